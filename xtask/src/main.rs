@@ -1,0 +1,38 @@
+//! `cargo xtask <command>`: the runner that chains the pipeline stages.
+//!
+//! Each subcommand lives in its own module and only parses flags and calls into the stage
+//! crates; the work itself is in `crates/`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod generate;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Distill a large causal LM into a smaller one with Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a Hugging Face Qwen2 checkpoint.
+    Generate(generate::Args),
+    /// Benchmarks (inference, preprocessing, distillation).
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(bench) => bench::run(bench),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
