@@ -1,0 +1,167 @@
+//! Every way a download can fail, worded so that the person at the terminal knows what to do.
+//!
+//! The variants are split by what the user has to change (a name, a token, disk space) rather
+//! than by which HTTP call failed, because that is what the message must tell them.
+
+use std::path::PathBuf;
+
+use crate::protocol::RepoType;
+
+/// The error source of a failed connection, kept opaque so the HTTP client is not part of the
+/// public API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    #[error(
+        "repository {repo} ({repo_type}) not found at {endpoint}: check the name, the \
+         --repo-type, and whether it is private (then set HF_TOKEN)"
+    )]
+    RepoNotFound {
+        repo: String,
+        repo_type: RepoType,
+        endpoint: String,
+    },
+
+    #[error("revision {revision:?} not found in {repo}: check the branch, tag or commit name")]
+    RevisionNotFound { repo: String, revision: String },
+
+    #[error("file {path:?} not found in {repo} at revision {revision}")]
+    FileNotFound {
+        repo: String,
+        revision: String,
+        path: String,
+    },
+
+    #[error(
+        "no file in {repo} at revision {revision} matches --include {patterns:?} \
+         ({listed} files are listed)"
+    )]
+    NothingMatched {
+        repo: String,
+        revision: String,
+        patterns: Vec<String>,
+        listed: usize,
+    },
+
+    #[error("access to {repo} denied (HTTP {status} from {url}): {hint}")]
+    AccessDenied {
+        repo: String,
+        status: u16,
+        url: String,
+        hint: String,
+    },
+
+    #[error("HTTP {status} from {url}: {body}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        body: String,
+    },
+
+    #[error("connection to {url} failed: {source}")]
+    Connection {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("download of {url} ended early: received {received} of {expected} bytes")]
+    TruncatedBody {
+        url: String,
+        received: u64,
+        expected: u64,
+    },
+
+    #[error(
+        "checksum mismatch for {path}: expected {expected}, got {actual}; the corrupted \
+         download was deleted"
+    )]
+    ChecksumMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("size mismatch for {path}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error(
+        "disk full while writing {}: {needed} more bytes are needed{}",
+        .path.display(),
+        .available.map(|free| format!(" but only {free} are free")).unwrap_or_default()
+    )]
+    DiskFull {
+        path: PathBuf,
+        needed: u64,
+        available: Option<u64>,
+    },
+
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot reach {endpoint} and these requested files are not present and verified in \
+         {}: {}",
+        .local_dir.display(),
+        .missing.join(", ")
+    )]
+    Offline {
+        endpoint: String,
+        local_dir: PathBuf,
+        missing: Vec<String>,
+        #[source]
+        source: Box<HubError>,
+    },
+
+    #[error("unexpected response from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+
+    #[error("invalid --include pattern {pattern:?}: {reason}")]
+    InvalidPattern { pattern: String, reason: String },
+
+    #[error("invalid endpoint URL {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+
+    #[error("recipe {}: {reason}", .path.display())]
+    Recipe { path: PathBuf, reason: String },
+}
+
+impl HubError {
+    /// Whether trying the same request again may succeed: server overload, a dropped
+    /// connection, a body cut short or corrupted in transit. Everything else needs the user.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HubError::HttpStatus { status, .. } => *status == 429 || *status >= 500,
+            HubError::Connection { .. }
+            | HubError::TruncatedBody { .. }
+            | HubError::ChecksumMismatch { .. }
+            | HubError::SizeMismatch { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the server could not be reached at all, so the local copy is all there is.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, HubError::Connection { .. })
+            || matches!(self, HubError::HttpStatus { status, .. } if *status >= 500)
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        HubError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

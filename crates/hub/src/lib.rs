@@ -1,0 +1,44 @@
+//! Resumable, verified downloads of model and dataset repositories from a Hugging Face hub
+//! or one of its mirrors (`hf-mirror.com` by default).
+//!
+//! It behaves like `huggingface-cli download --local-dir`: files are written as
+//! `{path}.incomplete`, resumed with HTTP `Range` after an interruption, checked against the
+//! hub's size and sha256 (or git blob id) and only then renamed into place. Transient
+//! failures are retried with exponential backoff; a corrupted body is deleted, never kept.
+//! A re-run skips verified files and works without the network when nothing is missing.
+//!
+//! ```no_run
+//! use hub::{DownloadRequest, Downloader, HubOptions, RepoRef, RepoType};
+//!
+//! let downloader = Downloader::new(HubOptions::new("https://hf-mirror.com"))?;
+//! let report = downloader.download(&DownloadRequest {
+//!     repo: RepoRef {
+//!         repo: "Salesforce/wikitext".into(),
+//!         repo_type: RepoType::Dataset,
+//!         revision: "main".into(),
+//!     },
+//!     local_dir: "data/wikitext".into(),
+//!     include: vec!["wikitext-2-raw-v1/*.parquet".into()],
+//! })?;
+//! println!("{} files", report.files.len());
+//! # Ok::<(), hub::HubError>(())
+//! ```
+
+mod client;
+mod disk;
+mod download;
+mod errors;
+mod local_dir;
+mod protocol;
+mod recipe;
+mod retry;
+mod snapshot;
+mod verify;
+
+pub use client::Timeouts;
+pub use errors::HubError;
+pub use local_dir::{FileRecord, INCOMPLETE_SUFFIX};
+pub use protocol::{resolve_endpoint, RepoRef, RepoType, DEFAULT_ENDPOINT};
+pub use recipe::{load_recipe, parse_recipe, RecipeDownload};
+pub use retry::RetryPolicy;
+pub use snapshot::{DownloadReport, DownloadRequest, Downloader, FileAction, FileReport, HubOptions};
