@@ -329,10 +329,12 @@ impl HubClient {
             if stop_at_linked_headers && has_linked_headers {
                 return Ok((url, response));
             }
-            let location = response.header("location").ok_or_else(|| HubError::Protocol {
-                url: url.to_string(),
-                reason: format!("HTTP {} without a Location header", response.status()),
-            })?;
+            let location = response
+                .header("location")
+                .ok_or_else(|| HubError::Protocol {
+                    url: url.to_string(),
+                    reason: format!("HTTP {} without a Location header", response.status()),
+                })?;
             url = url.join(location).map_err(|e| HubError::Protocol {
                 url: url.to_string(),
                 reason: format!("redirect to an invalid URL {location:?}: {e}"),
@@ -364,7 +366,10 @@ mod tests {
 
     #[test]
     fn parses_content_range() {
-        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
         assert_eq!(parse_content_range("bytes x-2/3"), None);

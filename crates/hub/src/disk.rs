@@ -37,13 +37,15 @@ fn available_space_of_existing(_path: &Path) -> Option<u64> {
 
 /// Whether a write failed because the disk (or quota) is full.
 pub fn is_disk_full(error: &io::Error) -> bool {
-    if error.kind() == io::ErrorKind::StorageFull || error.kind() == io::ErrorKind::QuotaExceeded
-    {
+    if error.kind() == io::ErrorKind::StorageFull || error.kind() == io::ErrorKind::QuotaExceeded {
         return true;
     }
     #[cfg(unix)]
     {
-        matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        matches!(
+            error.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        )
     }
     #[cfg(not(unix))]
     {

@@ -89,7 +89,12 @@ impl FileFetcher<'_> {
     }
 
     /// One try: resume or start the body, stream it to the partial file, verify, rename.
-    fn try_once(&self, path: &str, expected: &ExpectedFile, partial: &Path) -> Result<u64, HubError> {
+    fn try_once(
+        &self,
+        path: &str,
+        expected: &ExpectedFile,
+        partial: &Path,
+    ) -> Result<u64, HubError> {
         let mut have = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         if expected.size.is_some_and(|size| have > size) {
             remove_partial(partial)?;
@@ -133,7 +138,10 @@ impl FileFetcher<'_> {
         } else if body.partial && body.start != have {
             return Err(HubError::Protocol {
                 url: body.url,
-                reason: format!("asked for bytes from {have}, got a range from {}", body.start),
+                reason: format!(
+                    "asked for bytes from {have}, got a range from {}",
+                    body.start
+                ),
             });
         }
         let size = body
@@ -163,7 +171,8 @@ impl FileFetcher<'_> {
         let git_blob_len = expected.wants_git_blob().then_some(size).flatten();
         let mut hasher = ContentHasher::new(git_blob_len);
         let file = if have > 0 {
-            hash_prefix(partial, have, &mut hasher).map_err(|e| HubError::io("read", partial, e))?;
+            hash_prefix(partial, have, &mut hasher)
+                .map_err(|e| HubError::io("read", partial, e))?;
             OpenOptions::new().append(true).open(partial)
         } else {
             File::create(partial)

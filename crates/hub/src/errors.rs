@@ -157,7 +157,11 @@ impl HubError {
             || matches!(self, HubError::HttpStatus { status, .. } if *status >= 500)
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         HubError::Io {
             action,
             path: path.into(),

@@ -41,4 +41,6 @@ pub use local_dir::{FileRecord, INCOMPLETE_SUFFIX};
 pub use protocol::{resolve_endpoint, RepoRef, RepoType, DEFAULT_ENDPOINT};
 pub use recipe::{load_recipe, parse_recipe, RecipeDownload};
 pub use retry::RetryPolicy;
-pub use snapshot::{DownloadReport, DownloadRequest, Downloader, FileAction, FileReport, HubOptions};
+pub use snapshot::{
+    DownloadReport, DownloadRequest, Downloader, FileAction, FileReport, HubOptions,
+};

@@ -112,8 +112,9 @@ impl LocalDir {
     /// Creates the parent folders of `path` (a repo path may have subfolders).
     pub fn prepare_parent(&self, path: &Path) -> Result<(), HubError> {
         match path.parent() {
-            Some(parent) => fs::create_dir_all(parent)
-                .map_err(|e| HubError::io("create folder", parent, e)),
+            Some(parent) => {
+                fs::create_dir_all(parent).map_err(|e| HubError::io("create folder", parent, e))
+            }
             None => Ok(()),
         }
     }
@@ -246,10 +247,20 @@ mod tests {
 
     #[test]
     fn refuses_paths_outside_the_target_folder() {
-        for bad in ["../x", "/etc/passwd", "a/../../b", "", ".cache/hub/x", "w.incomplete"] {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            ".cache/hub/x",
+            "w.incomplete",
+        ] {
             assert!(check_repo_path(bad, "u").is_err(), "{bad}");
         }
-        for good in ["config.json", "wikitext-2-raw-v1/test-00000-of-00001.parquet"] {
+        for good in [
+            "config.json",
+            "wikitext-2-raw-v1/test-00000-of-00001.parquet",
+        ] {
             assert!(check_repo_path(good, "u").is_ok(), "{good}");
         }
     }
@@ -273,6 +284,8 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(local.final_path("f.bin"), b"abd").unwrap();
         assert!(!local.is_verified("f.bin", &expected, &template()).unwrap());
-        assert!(!local.is_verified("missing", &expected, &template()).unwrap());
+        assert!(!local
+            .is_verified("missing", &expected, &template())
+            .unwrap());
     }
 }

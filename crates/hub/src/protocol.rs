@@ -69,7 +69,9 @@ impl FromStr for RepoType {
         match s {
             "model" => Ok(RepoType::Model),
             "dataset" => Ok(RepoType::Dataset),
-            other => Err(format!("unknown repo type {other:?} (expected model or dataset)")),
+            other => Err(format!(
+                "unknown repo type {other:?} (expected model or dataset)"
+            )),
         }
     }
 }
@@ -96,7 +98,8 @@ impl Endpoint {
             endpoint: endpoint.to_string(),
             reason,
         };
-        let base = Url::parse(endpoint.trim_end_matches('/')).map_err(|e| invalid(e.to_string()))?;
+        let base =
+            Url::parse(endpoint.trim_end_matches('/')).map_err(|e| invalid(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(invalid("expected an http:// or https:// URL".into()));
         }
@@ -228,7 +231,10 @@ mod tests {
         let flag = Some("http://flag".to_string());
         assert_eq!(resolve_endpoint(env.clone(), flag.clone()), "http://env");
         assert_eq!(resolve_endpoint(None, flag), "http://flag");
-        assert_eq!(resolve_endpoint(Some(String::new()), None), DEFAULT_ENDPOINT);
+        assert_eq!(
+            resolve_endpoint(Some(String::new()), None),
+            DEFAULT_ENDPOINT
+        );
         assert_eq!(resolve_endpoint(None, None), DEFAULT_ENDPOINT);
     }
 

@@ -115,8 +115,7 @@ pub fn parse_recipe(text: &str, path: &Path) -> Result<Vec<RecipeDownload>, HubE
     }
     if downloads.is_empty() {
         return Err(invalid(
-            "names nothing to download: expected a [teacher], [student] or [dataset] table"
-                .into(),
+            "names nothing to download: expected a [teacher], [student] or [dataset] table".into(),
         ));
     }
     Ok(downloads)
@@ -166,12 +165,17 @@ mod tests {
 
     #[test]
     fn missing_keys_and_wrong_types_are_named() {
-        let error = parse("[teacher]\nrepo = \"a/b\"\n").unwrap_err().to_string();
+        let error = parse("[teacher]\nrepo = \"a/b\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("[teacher] needs `local_dir"), "{error}");
         let error = parse("[dataset]\nrepo = \"a/b\"\nlocal_dir = \"d\"\ninclude = \"x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("dataset.include must be an array"), "{error}");
+        assert!(
+            error.contains("dataset.include must be an array"),
+            "{error}"
+        );
         let error = parse("[training]\nlr = 1\n").unwrap_err().to_string();
         assert!(error.contains("names nothing to download"), "{error}");
         assert!(parse("not toml [").is_err());

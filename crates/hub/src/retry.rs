@@ -49,7 +49,9 @@ mod tests {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(500),
         };
-        let waits: Vec<_> = (1..=5).map(|a| policy.backoff_after(a).as_millis()).collect();
+        let waits: Vec<_> = (1..=5)
+            .map(|a| policy.backoff_after(a).as_millis())
+            .collect();
         assert_eq!(waits, [100, 200, 400, 500, 500]);
         assert_eq!(policy.backoff_after(1000), Duration::from_millis(500));
     }

@@ -106,7 +106,11 @@ impl Downloader {
             Offline(report) => return Ok(report),
         };
 
-        let listing_url = self.client.endpoint().repo_info_url(&request.repo).to_string();
+        let listing_url = self
+            .client
+            .endpoint()
+            .repo_info_url(&request.repo)
+            .to_string();
         let listed: Vec<SnapshotFile> = info
             .siblings
             .iter()
@@ -237,7 +241,9 @@ fn verify_offline(
 ) -> Result<DownloadReport, Vec<String>> {
     let repo = &request.repo;
     let snapshot = local.read_snapshot().filter(|s| {
-        s.repo == repo.repo && s.repo_type == repo.repo_type.to_string() && s.revision == repo.revision
+        s.repo == repo.repo
+            && s.repo_type == repo.repo_type.to_string()
+            && s.revision == repo.revision
     });
     let Some(snapshot) = snapshot else {
         return Err(vec![format!(
@@ -319,7 +325,11 @@ fn select<'a>(
     }
     for pattern in patterns {
         let literal = !pattern.as_str().contains(['*', '?', '[']);
-        if literal && !listed.iter().any(|f| pattern.matches_with(&f.path, MATCH_OPTIONS)) {
+        if literal
+            && !listed
+                .iter()
+                .any(|f| pattern.matches_with(&f.path, MATCH_OPTIONS))
+        {
             return Err(HubError::FileNotFound {
                 repo: request.repo.repo.clone(),
                 revision: request.repo.revision.clone(),
@@ -329,7 +339,11 @@ fn select<'a>(
     }
     let selected: Vec<_> = listed
         .iter()
-        .filter(|f| patterns.iter().any(|p| p.matches_with(&f.path, MATCH_OPTIONS)))
+        .filter(|f| {
+            patterns
+                .iter()
+                .any(|p| p.matches_with(&f.path, MATCH_OPTIONS))
+        })
         .collect();
     if selected.is_empty() {
         return Err(HubError::NothingMatched {

@@ -52,8 +52,12 @@ impl ExpectedFile {
     /// download will fetch; the listing fills whatever the headers leave out.
     pub fn merged_with_head(&self, head: &FileHead) -> Self {
         let head_digest = match (&head.linked_etag, &head.etag) {
-            (Some(linked), _) if is_hex_digest(linked, 64) => Some(ExpectedDigest::Sha256(linked.clone())),
-            (None, Some(etag)) if is_hex_digest(etag, 64) => Some(ExpectedDigest::Sha256(etag.clone())),
+            (Some(linked), _) if is_hex_digest(linked, 64) => {
+                Some(ExpectedDigest::Sha256(linked.clone()))
+            }
+            (None, Some(etag)) if is_hex_digest(etag, 64) => {
+                Some(ExpectedDigest::Sha256(etag.clone()))
+            }
             (None, Some(etag)) if is_hex_digest(etag, 40) => {
                 Some(ExpectedDigest::GitBlobSha1(etag.clone()))
             }
@@ -252,7 +256,11 @@ mod tests {
         };
         assert!(matches!(
             wrong_size.check("f", &measured),
-            Err(HubError::SizeMismatch { expected: 4, actual: 3, .. })
+            Err(HubError::SizeMismatch {
+                expected: 4,
+                actual: 3,
+                ..
+            })
         ));
         let wrong_hash = ExpectedFile {
             size: Some(3),

@@ -107,7 +107,9 @@ impl TestHub {
 
     pub fn start_on(addr: &str) -> Self {
         let listener = TcpListener::bind(addr).expect("bind the test hub");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -289,15 +291,36 @@ fn route(stream: &mut TcpStream, request: &Request, state: &Mutex<State>) {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
 
     if let ["cdn", kind, owner, name, commit, path @ ..] = segments.as_slice() {
-        return serve_cdn(stream, request, state, kind, &format!("{owner}/{name}"), commit, &path.join("/"));
+        return serve_cdn(
+            stream,
+            request,
+            state,
+            kind,
+            &format!("{owner}/{name}"),
+            commit,
+            &path.join("/"),
+        );
     }
     if !authorized(request, state) {
-        return respond(stream, 401, &[], b"{\"error\":\"Invalid credentials\"}", head_only);
+        return respond(
+            stream,
+            401,
+            &[],
+            b"{\"error\":\"Invalid credentials\"}",
+            head_only,
+        );
     }
     match segments.as_slice() {
         ["api", kind, owner, name, "revision", revision] => {
             let blobs = request.query.split('&').any(|kv| kv == "blobs=true");
-            serve_listing(stream, state, kind, &format!("{owner}/{name}"), revision, blobs)
+            serve_listing(
+                stream,
+                state,
+                kind,
+                &format!("{owner}/{name}"),
+                revision,
+                blobs,
+            )
         }
         ["api", kind, owner, name] => {
             let exists = lock(state)
@@ -307,14 +330,32 @@ fn route(stream: &mut TcpStream, request: &Request, state: &Mutex<State>) {
                 let body = format!("{{\"id\":\"{owner}/{name}\"}}");
                 respond(stream, 200, &[], body.as_bytes(), head_only)
             } else {
-                respond(stream, 404, &[], b"{\"error\":\"Repository not found\"}", head_only)
+                respond(
+                    stream,
+                    404,
+                    &[],
+                    b"{\"error\":\"Repository not found\"}",
+                    head_only,
+                )
             }
         }
         ["datasets", owner, name, "resolve", revision, path @ ..] => serve_resolve(
-            stream, request, state, "datasets", &format!("{owner}/{name}"), revision, &path.join("/"),
+            stream,
+            request,
+            state,
+            "datasets",
+            &format!("{owner}/{name}"),
+            revision,
+            &path.join("/"),
         ),
         [owner, name, "resolve", revision, path @ ..] => serve_resolve(
-            stream, request, state, "models", &format!("{owner}/{name}"), revision, &path.join("/"),
+            stream,
+            request,
+            state,
+            "models",
+            &format!("{owner}/{name}"),
+            revision,
+            &path.join("/"),
         ),
         _ => respond(stream, 404, &[], b"no such route", head_only),
     }
@@ -404,7 +445,13 @@ fn serve_resolve(
     let (served, commit) = match find_repo(state, kind, repo, revision) {
         Ok(found) => found,
         Err((code, message)) => {
-            return respond(stream, 404, &[("X-Error-Code", code.into())], message.as_bytes(), head_only)
+            return respond(
+                stream,
+                404,
+                &[("X-Error-Code", code.into())],
+                message.as_bytes(),
+                head_only,
+            )
         }
     };
     let Some(file) = served.files.get(path) else {
@@ -451,7 +498,13 @@ fn serve_cdn(
     };
     match file {
         Some(file) => serve_bytes(stream, request, state, path, &file.content, Vec::new()),
-        None => respond(stream, 404, &[], b"no such object", request.method == "HEAD"),
+        None => respond(
+            stream,
+            404,
+            &[],
+            b"no such object",
+            request.method == "HEAD",
+        ),
     }
 }
 
@@ -468,7 +521,10 @@ fn serve_bytes(
     let fault = if head_only {
         None
     } else {
-        lock(state).faults.get_mut(path).and_then(VecDeque::pop_front)
+        lock(state)
+            .faults
+            .get_mut(path)
+            .and_then(VecDeque::pop_front)
     };
     let total = content.len();
     let start = request
@@ -482,7 +538,10 @@ fn serve_bytes(
             return respond(stream, 416, &headers, b"", head_only);
         }
         Some(start) => {
-            headers.push(("Content-Range", format!("bytes {start}-{}/{total}", total - 1)));
+            headers.push((
+                "Content-Range",
+                format!("bytes {start}-{}/{total}", total - 1),
+            ));
             (206, content[start..].to_vec())
         }
         None => (200, content.to_vec()),
@@ -537,7 +596,8 @@ fn write_head(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], l
         500 => "Internal Server Error",
         _ => "Status",
     };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {length}\r\nConnection: close\r\n");
+    let mut head =
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {length}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
