@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod download;
 mod generate;
 
 #[derive(Parser)]
@@ -23,6 +24,8 @@ enum Command {
     /// Benchmarks (inference, preprocessing, distillation).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Download a model or dataset from a Hugging Face hub mirror.
+    Download(download::Args),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(bench) => bench::run(bench),
+        Command::Download(args) => download::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
