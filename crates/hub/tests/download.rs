@@ -478,6 +478,21 @@ fn unauthorized_without_token_says_to_set_hf_token_and_the_token_is_sent() {
     {
         assert_eq!(request.header("authorization"), Some("Bearer hf_secret"));
     }
+
+    // A 403 with a valid token is a gated repo whose licence the account has not accepted.
+    hub.push_fault(WEIGHTS, Fault::Status(403));
+    fs::remove_file(dir.path().join(WEIGHTS)).unwrap();
+    let authorized = HubOptions {
+        token: Some("hf_secret".into()),
+        ..options(&hub)
+    };
+    let error = download(authorized, &teacher_request(dir.path(), &[WEIGHTS])).unwrap_err();
+    assert!(
+        matches!(error, HubError::AccessDenied { status: 403, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("accept its licence"), "{error}");
+    assert!(!dir.path().join(WEIGHTS).exists());
 }
 
 #[test]
