@@ -7,7 +7,11 @@ use std::path::Path;
 /// Bytes available to this user on the filesystem holding `path` (or its nearest existing
 /// ancestor), where the platform tells.
 pub fn available_space(path: &Path) -> Option<u64> {
-    let existing = path.ancestors().find(|p| p.exists())?;
+    // A relative path's last ancestor is "", which names the working directory.
+    let existing = path
+        .ancestors()
+        .find(|p| !p.as_os_str().is_empty() && p.exists())
+        .unwrap_or(Path::new("."));
     available_space_of_existing(existing)
 }
 
@@ -62,6 +66,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let space = available_space(&dir.path().join("not/yet/there"));
         assert!(space.is_some_and(|s| s > 0));
+    }
+
+    #[test]
+    fn reports_space_for_a_relative_path_not_yet_created() {
+        assert!(available_space(Path::new("no-such-folder/below")).is_some_and(|s| s > 0));
     }
 
     #[test]
