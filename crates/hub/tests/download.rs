@@ -315,6 +315,27 @@ fn interrupted_run_leaves_only_a_partial_file_that_the_next_run_resumes() {
 }
 
 #[test]
+fn a_server_that_ignores_range_replaces_the_partial_file_instead_of_appending() {
+    let hub = TestHub::start();
+    serve_teacher(&hub);
+    hub.push_fault(WEIGHTS, Fault::IgnoreRange);
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join(format!("{WEIGHTS}.incomplete"));
+    fs::write(&partial, &pseudo_random(WEIGHTS_LEN, 1)[..1000]).unwrap();
+
+    download(options(&hub), &teacher_request(dir.path(), &[WEIGHTS])).unwrap();
+
+    let gets = cdn_gets(&hub, WEIGHTS);
+    assert_eq!(gets.len(), 1);
+    assert_eq!(gets[0].header("range"), Some("bytes=1000-"));
+    assert_eq!(
+        fs::read(dir.path().join(WEIGHTS)).unwrap(),
+        pseudo_random(WEIGHTS_LEN, 1)
+    );
+    assert!(!partial.exists());
+}
+
+#[test]
 fn server_error_is_retried_with_backoff() {
     let hub = TestHub::start();
     serve_teacher(&hub);

@@ -36,6 +36,8 @@ pub enum Fault {
     Corrupt,
     /// Answer 404 as for a missing file.
     NotFound,
+    /// Ignore any `Range` header and send the whole file with 200, as some proxies do.
+    IgnoreRange,
 }
 
 /// A request as the server saw it.
@@ -527,8 +529,9 @@ fn serve_bytes(
             .and_then(VecDeque::pop_front)
     };
     let total = content.len();
-    let start = request
-        .header("range")
+    let start = (fault != Some(Fault::IgnoreRange))
+        .then(|| request.header("range"))
+        .flatten()
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.split('-').next())
         .and_then(|s| s.trim().parse::<usize>().ok());
@@ -547,7 +550,7 @@ fn serve_bytes(
         None => (200, content.to_vec()),
     };
     match fault {
-        None => respond(stream, status, &headers, &body, head_only),
+        None | Some(Fault::IgnoreRange) => respond(stream, status, &headers, &body, head_only),
         Some(Fault::Status(code)) => respond(stream, code, &[], b"injected failure", false),
         Some(Fault::NotFound) => respond(
             stream,
