@@ -293,7 +293,11 @@ impl HubClient {
         let origin = url.origin();
         let mut url = url;
         for _ in 0..=MAX_REDIRECTS {
-            let mut request = self.agent.request_url(method, &url);
+            // Sizes and ranges refer to the stored bytes: no transparent compression.
+            let mut request = self
+                .agent
+                .request_url(method, &url)
+                .set("Accept-Encoding", "identity");
             if let (Some(token), true) = (&self.token, url.origin() == origin) {
                 request = request.set("Authorization", &format!("Bearer {token}"));
             }

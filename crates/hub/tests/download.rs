@@ -517,6 +517,36 @@ fn unauthorized_without_token_says_to_set_hf_token_and_the_token_is_sent() {
 }
 
 #[test]
+fn the_token_is_not_sent_to_a_cdn_on_another_host() {
+    let hub = TestHub::start();
+    let cdn = TestHub::start();
+    serve_teacher(&hub);
+    serve_teacher(&cdn);
+    hub.require_token("hf_secret");
+    hub.redirect_lfs_to(&cdn.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let authorized = HubOptions {
+        token: Some("hf_secret".into()),
+        ..options(&hub)
+    };
+
+    download(authorized, &teacher_request(dir.path(), &[WEIGHTS])).unwrap();
+
+    assert_eq!(
+        fs::read(dir.path().join(WEIGHTS)).unwrap(),
+        pseudo_random(WEIGHTS_LEN, 1)
+    );
+    let cdn_requests = cdn.requests();
+    assert_eq!(cdn_requests.len(), 1);
+    assert!(cdn_requests[0].target.starts_with("/cdn/"));
+    assert_eq!(cdn_requests[0].header("authorization"), None);
+    assert!(hub
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer hf_secret")));
+}
+
+#[test]
 fn rerun_skips_verified_files_and_works_offline_once_the_server_is_gone() {
     let mut hub = TestHub::start();
     serve_teacher(&hub);

@@ -90,6 +90,8 @@ struct State {
     /// Keyed by (`models` | `datasets`, `owner/name`).
     repos: HashMap<(String, String), ServedRepo>,
     token: Option<String>,
+    /// Where LFS redirects point: this server (a relative URL) unless set.
+    cdn_base: Option<String>,
     faults: HashMap<String, VecDeque<Fault>>,
     requests: Vec<RecordedRequest>,
 }
@@ -170,6 +172,12 @@ impl TestHub {
     /// Requires `Authorization: Bearer {token}` on the hub's own URLs (not the CDN's).
     pub fn require_token(&self, token: &str) {
         self.lock().token = Some(token.to_string());
+    }
+
+    /// Sends LFS redirects to another server (which must serve the same repo), as the hub
+    /// sends them to a CDN host.
+    pub fn redirect_lfs_to(&self, cdn_endpoint: &str) {
+        self.lock().cdn_base = Some(cdn_endpoint.to_string());
     }
 
     /// Queues a fault for the next request that serves `path`'s bytes.
@@ -466,13 +474,17 @@ fn serve_resolve(
         );
     };
     let mut headers = vec![("X-Repo-Commit", commit.clone())];
+    let cdn_base = lock(state).cdn_base.clone().unwrap_or_default();
     if file.lfs {
         let sha256 = file.sha256();
         headers.extend([
             ("ETag", format!("\"{sha256}\"")),
             ("X-Linked-Etag", format!("\"{sha256}\"")),
             ("X-Linked-Size", file.content.len().to_string()),
-            ("Location", format!("/cdn/{kind}/{repo}/{commit}/{path}")),
+            (
+                "Location",
+                format!("{cdn_base}/cdn/{kind}/{repo}/{commit}/{path}"),
+            ),
         ]);
         return respond(stream, 302, &headers, b"", head_only);
     }
