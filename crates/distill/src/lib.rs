@@ -1,0 +1,7 @@
+//! Knowledge distillation of a Qwen2 teacher into a Qwen2 student.
+//!
+//! Components (losses, logging) are kept apart from the recipe that drives them (the training
+//! loop), as torchtune does.
+
+pub mod metrics;
+pub mod tensorboard;
