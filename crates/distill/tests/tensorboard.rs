@@ -27,6 +27,8 @@ fn crc32c_bitwise(data: &[u8]) -> u32 {
     !crc
 }
 
+/// The mask exactly as the spec words it (the writer uses `rotate_right`).
+#[allow(clippy::manual_rotate)]
 fn masked(data: &[u8]) -> u32 {
     let crc = crc32c_bitwise(data);
     ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
