@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod download;
 mod generate;
+mod preprocess;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Distill a large causal LM into a smaller one with Burn")]
@@ -26,6 +27,8 @@ enum Command {
     Bench(bench::Bench),
     /// Download a model or dataset from a Hugging Face hub mirror.
     Download(download::Args),
+    /// Tokenize WikiText into packed Parquet token shards.
+    Preprocess(preprocess::Args),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Bench(bench) => bench::run(bench),
         Command::Download(args) => download::run(args),
+        Command::Preprocess(args) => preprocess::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
