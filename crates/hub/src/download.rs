@@ -203,7 +203,7 @@ impl FileFetcher<'_> {
                 Err(error) => {
                     // Keep what arrived so the retry resumes from it.
                     writer.flush().map_err(|e| write_failed(e, written))?;
-                    progress.abandon();
+                    leave_bar(&progress, false);
                     return Err(HubError::Connection {
                         url: body.url,
                         source: Box::new(error),
@@ -211,7 +211,7 @@ impl FileFetcher<'_> {
                 }
             };
             if size.is_some_and(|size| written + n as u64 > size) {
-                progress.abandon();
+                leave_bar(&progress, false);
                 return Err(HubError::SizeMismatch {
                     path: path.to_string(),
                     expected: size.unwrap_or_default(),
@@ -229,7 +229,7 @@ impl FileFetcher<'_> {
             .into_inner()
             .map_err(|e| write_failed(e.into_error(), written))?;
         file.sync_all().map_err(|e| write_failed(e, written))?;
-        progress.finish();
+        leave_bar(&progress, true);
 
         if let Some(size) = size {
             if written < size {
@@ -276,6 +276,19 @@ impl FileFetcher<'_> {
         bar.set_message(path.to_string());
         bar.set_position(position);
         bar
+    }
+}
+
+/// Finishes (or abandons, keeping its position) a bar and moves below it, so whatever is
+/// printed next starts on a fresh line instead of after the bar.
+fn leave_bar(progress: &ProgressBar, finished: bool) {
+    if finished {
+        progress.finish();
+    } else {
+        progress.abandon();
+    }
+    if !progress.is_hidden() {
+        eprintln!();
     }
 }
 
