@@ -110,7 +110,7 @@ impl HubClient {
             Ok((_, response)) => {
                 let text = response.into_string().map_err(|e| HubError::Connection {
                     url: url.to_string(),
-                    source: Box::new(e),
+                    reason: e.to_string(),
                 })?;
                 serde_json::from_str(&text).map_err(|e| HubError::Protocol {
                     url: url.to_string(),
@@ -320,7 +320,7 @@ impl HubClient {
                 Err(ureq::Error::Transport(transport)) => {
                     return Err(HubError::Connection {
                         url: url.to_string(),
-                        source: Box::new(transport),
+                        reason: describe_transport(&transport),
                     }
                     .into())
                 }
@@ -350,6 +350,18 @@ impl HubClient {
         }
         .into())
     }
+}
+
+/// The cause of a transport failure without the URL, which the error states already.
+fn describe_transport(transport: &ureq::Transport) -> String {
+    let mut reason = transport.kind().to_string();
+    if let Some(message) = transport.message() {
+        reason = format!("{reason}: {message}");
+    }
+    if let Some(cause) = std::error::Error::source(transport) {
+        reason = format!("{reason}: {cause}");
+    }
+    reason
 }
 
 /// Parses `bytes START-END/TOTAL` (TOTAL may be `*`) into the start and the total size.

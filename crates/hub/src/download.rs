@@ -206,7 +206,7 @@ impl FileFetcher<'_> {
                     leave_bar(&progress, false);
                     return Err(HubError::Connection {
                         url: body.url,
-                        source: Box::new(error),
+                        reason: error.to_string(),
                     });
                 }
             };

@@ -7,10 +7,6 @@ use std::path::PathBuf;
 
 use crate::protocol::RepoType;
 
-/// The error source of a failed connection, kept opaque so the HTTP client is not part of the
-/// public API.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubError {
@@ -60,12 +56,9 @@ pub enum HubError {
         body: String,
     },
 
-    #[error("connection to {url} failed: {source}")]
-    Connection {
-        url: String,
-        #[source]
-        source: BoxError,
-    },
+    /// The cause is kept as text, so that the HTTP client's types stay out of the API.
+    #[error("connection to {url} failed: {reason}")]
+    Connection { url: String, reason: String },
 
     #[error("download of {url} ended early: received {received} of {expected} bytes")]
     TruncatedBody {
@@ -102,12 +95,11 @@ pub enum HubError {
         available: Option<u64>,
     },
 
-    #[error("cannot {action} {}: {source}", .path.display())]
+    #[error("cannot {action} {}: {error}", .path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error(
@@ -160,12 +152,12 @@ impl HubError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         HubError::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 }
