@@ -3,7 +3,8 @@
 //! Two on-disk layouts hold the same text:
 //! - the raw release: `wiki.train.raw`, `wiki.valid.raw`, `wiki.test.raw`, one line of text a line;
 //! - the hub's `Salesforce/wikitext` parquet files `train|validation|test-*.parquet`, one row of a
-//!   `text` string column a line (the row keeps its trailing `"\n"`).
+//!   `text` string column a line (rows keep their trailing `"\n"`; blank lines are `""` there
+//!   and are read back as the raw file's `" \n"`, so both layouts give the same shards).
 //!
 //! Both are read line by line so that memory does not grow with the file: at most one article
 //! (or one [`DocumentPiece`] of a very long one) is held at a time.
@@ -294,31 +295,32 @@ impl Iterator for LineReader {
                 };
                 let column = batch.column(0);
                 // Null rows carry no text; the hub files have none, but skip them gracefully.
-                let rows: Vec<String> = match column.data_type() {
-                    DataType::Utf8 => column
-                        .as_string::<i32>()
-                        .iter()
-                        .flatten()
-                        .map(String::from)
-                        .collect(),
-                    DataType::LargeUtf8 => column
-                        .as_string::<i64>()
-                        .iter()
-                        .flatten()
-                        .map(String::from)
-                        .collect(),
-                    _ => column
-                        .as_string_view()
-                        .iter()
-                        .flatten()
-                        .map(String::from)
-                        .collect(),
+                let rows: Vec<&str> = match column.data_type() {
+                    DataType::Utf8 => column.as_string::<i32>().iter().flatten().collect(),
+                    DataType::LargeUtf8 => column.as_string::<i64>().iter().flatten().collect(),
+                    _ => column.as_string_view().iter().flatten().collect(),
                 };
+                let rows: Vec<String> = rows.into_iter().map(hub_row_to_raw_line).collect();
                 pending.extend(rows.into_iter().rev());
             },
         };
         self.text_bytes_read += line.len() as u64;
         Some(Ok(line))
+    }
+}
+
+/// The raw-file line a row of the hub's parquet stands for.
+///
+/// The hub's `Salesforce/wikitext` stores the raw files' blank lines (`" \n"`) as empty strings
+/// and keeps the `"\n"` of every other line. Restoring both makes a parquet input tokenize
+/// exactly like the raw file it was made from (same documents, same ids, same shards).
+fn hub_row_to_raw_line(row: &str) -> String {
+    if row.is_empty() {
+        " \n".to_string()
+    } else if row.ends_with('\n') {
+        row.to_string()
+    } else {
+        format!("{row}\n")
     }
 }
 
