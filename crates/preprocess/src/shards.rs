@@ -350,6 +350,16 @@ impl ShardReader {
         self.manifest.seq_len
     }
 
+    /// The id that ends every document in the blocks.
+    pub fn eos_id(&self) -> u32 {
+        self.manifest.tokenizer.eos_id
+    }
+
+    /// The id that fills positions at and after a block's `real_len`.
+    pub fn pad_id(&self) -> u32 {
+        self.manifest.tokenizer.pad_id
+    }
+
     /// The split this reader reads.
     pub fn split(&self) -> &str {
         &self.split
@@ -542,6 +552,13 @@ mod tests {
         assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
         // Pinned: a change here silently changes every resumed training run.
         assert_eq!(shuffled_order(10, 42, 0), PINNED_ORDER_10_42_0);
+    }
+
+    /// A data loader may move the reader into its own thread.
+    #[test]
+    fn shard_reader_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<ShardReader>();
     }
 
     const PINNED_ORDER_10_42_0: [usize; 10] = [8, 3, 6, 5, 4, 0, 9, 2, 1, 7];

@@ -358,6 +358,7 @@ fn reader_gives_random_access_shuffles_and_resumes_across_shards_and_row_groups(
     let mut reader = ShardReader::open(&out, "validation").unwrap();
     assert_eq!(reader.len() as u64, split.stats.blocks);
     assert_eq!(reader.seq_len(), 64);
+    assert_eq!((reader.eos_id(), reader.pad_id()), (EOS, EOS));
     let sequential: Vec<_> = reader.iter().map(Result::unwrap).collect();
     assert_eq!(sequential.len(), reader.len());
     assert!(sequential.iter().all(|b| b.ids.len() == 64));
