@@ -220,6 +220,19 @@ impl CompatReport {
                     describe_bos(&self.student)
                 ));
             }
+            if let (Some((teacher_eos, _)), Some((student_eos, _))) =
+                (&self.teacher.eos, &self.student.eos)
+            {
+                if teacher_eos == student_eos && ids_to_mask.contains(teacher_eos) {
+                    // Both models end a text with this id, whatever its spelling: it separates
+                    // the documents in the shards and stays a valid hard-label target.
+                    warnings.push(format!(
+                        "eos {teacher_eos} is masked from the teacher-student logit comparison, but it \
+                         is both models' end-of-text id and the shards' document separator: keep it as \
+                         a next-token target"
+                    ));
+                }
+            }
             warnings.push(format!(
                 "the loss compares the first {shared_vocab_rows} logit rows"
             ));

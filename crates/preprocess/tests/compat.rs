@@ -72,6 +72,7 @@ fn real_teacher_and_student_differ_only_in_special_ids_and_bos() {
         "config vocab_size 151936 vs 151665 tokenizer ids (271 padding rows",
         "verdict: SpecialIdsDiffer",
         "masked from the distillation loss",
+        "eos 151643 is masked from the teacher-student logit comparison",
     ] {
         assert!(text.contains(fragment), "report lacks `{fragment}`:\n{text}");
     }
