@@ -3,5 +3,7 @@
 //! Components (losses, logging) are kept apart from the recipe that drives them (the training
 //! loop), as torchtune does.
 
+pub mod losses;
 pub mod metrics;
+pub mod objective;
 pub mod tensorboard;

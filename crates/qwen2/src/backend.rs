@@ -1,0 +1,102 @@
+//! Choosing the compute backend at run time: ndarray (CPU, always built) or CUDA (built with
+//! the `cuda` feature). Model code is generic over Burn's `Backend`; a command hands its work
+//! to `with_backend` as a `BackendTask`, whose generic `run` is instantiated per backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+use crate::error::{ModelError, Result};
+
+/// The CPU backend.
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The CUDA backend.
+#[cfg(feature = "cuda")]
+pub type Gpu = burn::backend::Cuda<f32, i32>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    #[default]
+    Ndarray,
+    Cuda,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(value: &str) -> std::result::Result<Self, String> {
+        match value {
+            "ndarray" | "cpu" => Ok(Self::Ndarray),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            other => Err(format!("unknown backend `{other}`: use `ndarray` or `cuda`")),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ndarray => "ndarray",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// Work that runs on whichever backend is chosen.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `task` on the backend `kind`, or explains in one line why that backend is unavailable.
+pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
+    match kind {
+        BackendKind::Ndarray => Ok(task.run::<Cpu>(Default::default())),
+        BackendKind::Cuda => run_cuda(task),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<T: BackendTask>(_task: T) -> Result<T::Output> {
+    Err(ModelError::Invalid(
+        "this build has no CUDA backend: run `cargo xtask-cuda ...` (the xtask built with `--features cuda`), \
+         or use `--backend ndarray`"
+            .into(),
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<T: BackendTask>(task: T) -> Result<T::Output> {
+    let device = probe_cuda()?;
+    Ok(task.run::<Gpu>(device))
+}
+
+/// Checks that a CUDA driver and device answer before any model work starts. Burn's CUDA
+/// runtime panics (on a device thread) when libcuda is missing; the user should get a sentence
+/// instead, so the first touch happens here under `catch_unwind` with the panic message muted.
+#[cfg(feature = "cuda")]
+fn probe_cuda() -> Result<<Gpu as Backend>::Device> {
+    use burn::tensor::Tensor;
+    let no_gpu = |why: &str| {
+        ModelError::Invalid(format!(
+            "the CUDA backend is unavailable: {why}; install the NVIDIA driver or use `--backend ndarray`"
+        ))
+    };
+    // SAFETY: loading the driver library runs its initialisers, as CUDA itself would.
+    if unsafe { libloading::Library::new("libcuda.so.1") }.is_err() {
+        return Err(no_gpu("no CUDA driver (libcuda.so.1) on this machine"));
+    }
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = <Gpu as Backend>::Device::default();
+        let sum = Tensor::<Gpu, 1>::ones([4], &device).sum().into_scalar();
+        (device, sum)
+    });
+    std::panic::set_hook(previous_hook);
+    match probe {
+        Ok((device, sum)) if (sum - 4.0).abs() < 1e-6 => Ok(device),
+        Ok(_) => Err(no_gpu("a test computation on the GPU gave a wrong result")),
+        Err(_) => Err(no_gpu("no usable GPU was found")),
+    }
+}

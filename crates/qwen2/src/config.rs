@@ -1,0 +1,361 @@
+//! `config.json` of a Qwen2 checkpoint, in both styles found in the wild:
+//! transformers 4.x (`rope_theta` at top level, possibly a JSON integer; `torch_dtype`) and
+//! transformers 5.x (`rope_parameters: {rope_theta, rope_type}`; `dtype`).
+//! What this implementation cannot run is refused here, naming the field, rather than
+//! silently computing something else.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{read_json, ModelError, Result};
+
+/// The architecture hyper-parameters, as a plain struct.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Qwen2Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The dtype the checkpoint was saved in (`bfloat16`, `float16`, `float32`).
+    pub torch_dtype: String,
+}
+
+impl Qwen2Config {
+    /// Reads `DIR/config.json` (or a path to the file itself).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let path = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let json = read_json(&path)?;
+        Self::from_json(&json, &path)
+    }
+
+    /// Parses and validates a config.json value; `path` is only used in error messages.
+    pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
+        let fields = Fields { json, path };
+        let model_type = fields.string("model_type")?;
+        if model_type != "qwen2" {
+            return Err(fields.error(
+                "model_type",
+                format!("`{model_type}` is not supported: only `qwen2` (Qwen2ForCausalLM) is"),
+            ));
+        }
+        if fields.optional("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+            return Err(fields.error(
+                "use_sliding_window",
+                "sliding-window attention is not implemented; set it to false (Qwen2.5 and \
+                 DeepSeek-R1-Distill checkpoints ship false)"
+                    .into(),
+            ));
+        }
+        if let Some(act) = fields.optional("hidden_act").and_then(Value::as_str) {
+            if act != "silu" {
+                return Err(fields.error("hidden_act", format!("`{act}` is not supported: only `silu` is")));
+            }
+        }
+
+        let rope_parameters = fields.optional("rope_parameters").filter(|v| !v.is_null());
+        let rope_scaling = fields.optional("rope_scaling").filter(|v| !v.is_null());
+        for (field, params) in [("rope_parameters", rope_parameters), ("rope_scaling", rope_scaling)] {
+            if let Some(params) = params {
+                let rope_type = params
+                    .get("rope_type")
+                    .or_else(|| params.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                if rope_type != "default" {
+                    return Err(fields.error(
+                        &format!("{field}.rope_type"),
+                        format!("`{rope_type}` RoPE scaling is not supported: only `default` is"),
+                    ));
+                }
+            }
+        }
+        let rope_theta = match fields.optional("rope_theta").filter(|v| !v.is_null()) {
+            Some(value) => number(value).ok_or_else(|| fields.error("rope_theta", "expected a number".into()))?,
+            None => match rope_parameters.and_then(|p| p.get("rope_theta")) {
+                Some(value) => number(value)
+                    .ok_or_else(|| fields.error("rope_parameters.rope_theta", "expected a number".into()))?,
+                None => {
+                    return Err(fields.error(
+                        "rope_theta",
+                        "missing: give `rope_theta` or `rope_parameters.rope_theta`".into(),
+                    ))
+                }
+            },
+        };
+
+        let hidden_size = fields.usize("hidden_size")?;
+        let num_attention_heads = fields.usize("num_attention_heads")?;
+        let num_key_value_heads = match fields.optional("num_key_value_heads") {
+            Some(_) => fields.usize("num_key_value_heads")?,
+            None => num_attention_heads,
+        };
+        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+            return Err(fields.error(
+                "num_attention_heads",
+                format!("{num_attention_heads} does not divide hidden_size {hidden_size}"),
+            ));
+        }
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(fields.error(
+                "num_key_value_heads",
+                format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
+            ));
+        }
+        let head_dim = match fields.optional("head_dim").filter(|v| !v.is_null()) {
+            Some(_) => fields.usize("head_dim")?,
+            None => hidden_size / num_attention_heads,
+        };
+        if head_dim % 2 != 0 {
+            return Err(fields.error("head_dim", format!("{head_dim} must be even for RoPE")));
+        }
+
+        let eos_token_ids = match fields.optional("eos_token_id") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(value) => token_ids(value).ok_or_else(|| {
+                fields.error("eos_token_id", "expected a token id or a list of ids".into())
+            })?,
+        };
+        let bos_token_id = fields.optional("bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
+        let torch_dtype = fields
+            .optional("torch_dtype")
+            .or_else(|| fields.optional("dtype"))
+            .and_then(Value::as_str)
+            .unwrap_or("float32")
+            .to_string();
+
+        Ok(Self {
+            vocab_size: fields.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: fields.usize("intermediate_size")?,
+            num_hidden_layers: fields.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: match fields.optional("max_position_embeddings") {
+                Some(_) => fields.usize("max_position_embeddings")?,
+                None => 32768,
+            },
+            rms_norm_eps: match fields.optional("rms_norm_eps") {
+                Some(value) => number(value).ok_or_else(|| fields.error("rms_norm_eps", "expected a number".into()))?,
+                None => 1e-6,
+            },
+            rope_theta,
+            tie_word_embeddings: fields
+                .optional("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            bos_token_id,
+            eos_token_ids,
+            torch_dtype,
+        })
+    }
+
+    /// The config.json that transformers writes for this architecture (4.x style, which both
+    /// transformers 4 and 5 read).
+    pub fn to_hf_json(&self) -> Value {
+        let eos = match self.eos_token_ids.as_slice() {
+            [one] => Value::from(*one),
+            many => Value::from(many.to_vec()),
+        };
+        serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "head_dim": self.head_dim,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "max_window_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "sliding_window": null,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": self.torch_dtype,
+            "use_cache": true,
+            "use_sliding_window": false,
+            "vocab_size": self.vocab_size,
+        })
+    }
+
+    /// Number of parameters, counting a tied embedding once.
+    pub fn num_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let attention = h * q + q + 2 * (h * kv + kv) + q * h;
+        let mlp = 3 * h * self.intermediate_size;
+        let layer = attention + mlp + 2 * h;
+        let embeddings = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
+        self.num_hidden_layers * layer + embeddings + h
+    }
+
+    /// Architecture shapes of published checkpoints, for benchmarks with random weights.
+    pub fn preset(name: &str) -> Option<Self> {
+        let shape = |vocab, hidden, inter, layers, heads, kv, tie, theta| Self {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim: hidden / heads,
+            max_position_embeddings: 32768,
+            rms_norm_eps: 1e-6,
+            rope_theta: theta,
+            tie_word_embeddings: tie,
+            bos_token_id: Some(151643),
+            eos_token_ids: vec![151643],
+            torch_dtype: "float32".into(),
+        };
+        match name {
+            "tiny" => Some(shape(512, 64, 160, 4, 4, 2, true, 1e6)),
+            "qwen2.5-0.5b" => Some(shape(151936, 896, 4864, 24, 14, 2, true, 1e6)),
+            "qwen2.5-1.5b" => Some(shape(151936, 1536, 8960, 28, 12, 2, true, 1e6)),
+            _ => None,
+        }
+    }
+}
+
+/// A JSON number that may be an integer (`10000`) or a float (`1000000.0`).
+fn number(value: &Value) -> Option<f64> {
+    value.as_f64()
+}
+
+fn token_ids(value: &Value) -> Option<Vec<u32>> {
+    match value {
+        Value::Number(n) => n.as_u64().map(|id| vec![id as u32]),
+        Value::Array(items) => items.iter().map(|v| v.as_u64().map(|id| id as u32)).collect(),
+        _ => None,
+    }
+}
+
+/// Field access that names the file and the field in every error.
+struct Fields<'a> {
+    json: &'a Value,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn optional(&self, field: &str) -> Option<&Value> {
+        self.json.get(field)
+    }
+
+    fn error(&self, field: &str, message: String) -> ModelError {
+        ModelError::Config {
+            path: PathBuf::from(self.path),
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    fn string(&self, field: &str) -> Result<String> {
+        match self.json.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(self.error(field, "expected a string".into())),
+            None => Err(self.error(field, "missing".into())),
+        }
+    }
+
+    fn usize(&self, field: &str) -> Result<usize> {
+        match self.json.get(field) {
+            Some(value) => value
+                .as_u64()
+                .filter(|v| *v > 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| self.error(field, format!("expected a positive integer, found {value}"))),
+            None => Err(self.error(field, "missing".into())),
+        }
+    }
+}
+
+/// `generation_config.json`: how the model's authors want it sampled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationConfig {
+    pub do_sample: bool,
+    pub temperature: Option<f64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+    pub max_new_tokens: Option<usize>,
+}
+
+impl GenerationConfig {
+    /// Reads `DIR/generation_config.json`; a model without one generates greedily and stops at
+    /// config.json's eos.
+    pub fn from_dir(dir: &Path, config: &Qwen2Config) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(Self {
+                eos_token_ids: config.eos_token_ids.clone(),
+                bos_token_id: config.bos_token_id,
+                ..Self::default()
+            });
+        }
+        let json = read_json(&path)?;
+        let fields = Fields { json: &json, path: &path };
+        let eos_token_ids = match json.get("eos_token_id") {
+            None | Some(Value::Null) => config.eos_token_ids.clone(),
+            Some(value) => token_ids(value).ok_or_else(|| {
+                fields.error("eos_token_id", "expected a token id or a list of ids".into())
+            })?,
+        };
+        Ok(Self {
+            do_sample: json.get("do_sample").and_then(Value::as_bool).unwrap_or(false),
+            temperature: json.get("temperature").and_then(Value::as_f64),
+            top_k: json.get("top_k").and_then(Value::as_u64).map(|v| v as usize),
+            top_p: json.get("top_p").and_then(Value::as_f64),
+            eos_token_ids,
+            bos_token_id: json.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
+            max_new_tokens: json.get("max_new_tokens").and_then(Value::as_u64).map(|v| v as usize),
+        })
+    }
+
+    /// The generation_config.json to save beside a model.
+    pub fn to_hf_json(&self) -> Value {
+        let mut json = serde_json::json!({ "do_sample": self.do_sample });
+        let eos = match self.eos_token_ids.as_slice() {
+            [one] => Value::from(*one),
+            many => Value::from(many.to_vec()),
+        };
+        json["eos_token_id"] = eos;
+        if let Some(bos) = self.bos_token_id {
+            json["bos_token_id"] = bos.into();
+        }
+        if let Some(t) = self.temperature {
+            json["temperature"] = t.into();
+        }
+        if let Some(k) = self.top_k {
+            json["top_k"] = k.into();
+        }
+        if let Some(p) = self.top_p {
+            json["top_p"] = p.into();
+        }
+        if let Some(n) = self.max_new_tokens {
+            json["max_new_tokens"] = n.into();
+        }
+        json
+    }
+}

@@ -1,0 +1,21 @@
+//! Qwen2 (the architecture of Qwen2.5 and DeepSeek-R1-Distill-Qwen) in Burn, equal to Hugging
+//! Face transformers to float32 precision: load a checkpoint, run it, generate, save it back.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod load;
+pub mod loss;
+pub mod memory;
+pub mod model;
+pub mod safetensors;
+pub mod save;
+pub mod tokenizer;
+
+pub use config::{GenerationConfig, Qwen2Config};
+pub use error::{ModelError, Result};
+pub use generate::{generate, Sampling};
+pub use load::{build_model, load_model, RandomWeights, WeightSource};
+pub use model::{AttentionMask, KvCache, Model, ModelOutput};
+pub use save::{save_model, SaveOptions};

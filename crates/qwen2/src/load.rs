@@ -1,0 +1,157 @@
+//! Building a `Model` from weights: a Hugging Face checkpoint, or random weights of a given
+//! shape (benchmarks). Modules are built directly from the loaded tensors, never initialised
+//! first and overwritten, so no second copy of the model ever exists.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+
+use crate::config::Qwen2Config;
+use crate::error::Result;
+use crate::model::{Attention, DecoderLayer, Mlp, Model, RmsNorm};
+use crate::safetensors::Checkpoint;
+
+/// Where parameter values come from, by Hugging Face name and PyTorch-layout shape.
+pub trait WeightSource {
+    /// The f32 values of `name`; with `transpose`, a 2-D tensor comes back as `[cols, rows]`.
+    fn tensor(&mut self, name: &str, shape: &[usize], transpose: bool) -> Result<Vec<f32>>;
+}
+
+impl WeightSource for Checkpoint {
+    fn tensor(&mut self, name: &str, shape: &[usize], transpose: bool) -> Result<Vec<f32>> {
+        self.read_f32(name, shape, transpose)
+    }
+}
+
+/// Random weights as transformers initialises them (uniform with std 0.02 here; norms at 1),
+/// for benchmarks and tests that need a model of a given shape, not a trained one.
+pub struct RandomWeights {
+    rng: rand::rngs::StdRng,
+}
+
+impl RandomWeights {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn tensor(&mut self, name: &str, shape: &[usize], _transpose: bool) -> Result<Vec<f32>> {
+        let count: usize = shape.iter().product();
+        if name.ends_with("norm.weight") {
+            return Ok(vec![1.0; count]);
+        }
+        // Uniform(-a, a) has std a/sqrt(3); 0.02 is transformers' initializer_range.
+        let bound = 0.02 * 3f32.sqrt();
+        Ok((0..count).map(|_| self.rng.random_range(-bound..bound)).collect())
+    }
+}
+
+/// Loads a Qwen2 checkpoint directory (config.json + safetensors) onto `device`.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Model<B>, Qwen2Config)> {
+    let config = Qwen2Config::from_file(dir)?;
+    let mut checkpoint = Checkpoint::open(dir)?;
+    let model = build_model(&config, &mut checkpoint, device)?;
+    Ok((model, config))
+}
+
+/// Builds the model tensor by tensor from `source`.
+pub fn build_model<B: Backend>(
+    config: &Qwen2Config,
+    source: &mut dyn WeightSource,
+    device: &B::Device,
+) -> Result<Model<B>> {
+    let h = config.hidden_size;
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let i = config.intermediate_size;
+    let v = config.vocab_size;
+
+    fn vector<B: Backend>(
+        source: &mut dyn WeightSource,
+        name: &str,
+        len: usize,
+        device: &B::Device,
+    ) -> Result<Param<Tensor<B, 1>>> {
+        let values = source.tensor(name, &[len], false)?;
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, [len]), device)))
+    }
+    /// A PyTorch `[out, in]` matrix, kept as `[in, out]`.
+    fn matrix<B: Backend>(
+        source: &mut dyn WeightSource,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+        device: &B::Device,
+    ) -> Result<Param<Tensor<B, 2>>> {
+        let values = source.tensor(name, &[out_features, in_features], true)?;
+        Ok(Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, [in_features, out_features]),
+            device,
+        )))
+    }
+
+    let embed_tokens = matrix::<B>(source, "model.embed_tokens.weight", v, h, device)?;
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        let linear = |source: &mut dyn WeightSource, name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<Linear<B>> {
+            let weight = matrix::<B>(source, &format!("{p}.{name}.weight"), out_f, in_f, device)?;
+            let bias = if bias {
+                Some(vector::<B>(source, &format!("{p}.{name}.bias"), out_f, device)?)
+            } else {
+                None
+            };
+            Ok(Linear { weight, bias })
+        };
+        let self_attn = Attention {
+            q_proj: linear(source, "self_attn.q_proj", q, h, true)?,
+            k_proj: linear(source, "self_attn.k_proj", kv, h, true)?,
+            v_proj: linear(source, "self_attn.v_proj", kv, h, true)?,
+            o_proj: linear(source, "self_attn.o_proj", h, q, false)?,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        };
+        let mlp = Mlp {
+            gate_proj: linear(source, "mlp.gate_proj", i, h, false)?,
+            up_proj: linear(source, "mlp.up_proj", i, h, false)?,
+            down_proj: linear(source, "mlp.down_proj", h, i, false)?,
+        };
+        let norm = |source: &mut dyn WeightSource, name: &str| -> Result<RmsNorm<B>> {
+            Ok(RmsNorm {
+                weight: vector::<B>(source, &format!("{p}.{name}.weight"), h, device)?,
+                eps: config.rms_norm_eps,
+            })
+        };
+        layers.push(DecoderLayer {
+            self_attn,
+            mlp,
+            input_layernorm: norm(source, "input_layernorm")?,
+            post_attention_layernorm: norm(source, "post_attention_layernorm")?,
+        });
+    }
+    let norm = RmsNorm {
+        weight: vector::<B>(source, "model.norm.weight", h, device)?,
+        eps: config.rms_norm_eps,
+    };
+    let lm_head = if config.tie_word_embeddings {
+        None
+    } else {
+        Some(matrix::<B>(source, "lm_head.weight", v, h, device)?)
+    };
+    Ok(Model {
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        rope_theta: config.rope_theta,
+        head_dim: config.head_dim,
+    })
+}

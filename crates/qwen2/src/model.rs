@@ -1,0 +1,465 @@
+//! The Qwen2 architecture (Qwen2ForCausalLM), written to equal Hugging Face transformers to
+//! float32 precision. Structs are named after the parts of the paper: `Attention`, `Mlp`,
+//! `DecoderLayer`, `Model`.
+//!
+//! Conventions that matter for parity (see tests/fixtures/qwen2-parity/README.md):
+//! - attention mask = causal AND key padding; masked scores are set to f32::MIN (as HF's
+//!   `finfo.min`), so a row that sees no key gives a uniform softmax, never NaN;
+//! - RoPE is rotate-half over the whole head dim, applied to q and k after their biases;
+//! - GQA: kv head h serves query heads h*g .. h*g+g-1 (`repeat_interleave` order);
+//! - RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, in f32;
+//! - hidden states: layers + 1 entries, the last one after the final norm.
+//!
+//! Linear weights are kept as Burn stores them, `[in, out]` (the transpose of PyTorch's
+//! `[out, in]`), so that every matmul reads a contiguous operand; loading and saving transpose.
+//! The token embedding is kept as `[hidden, vocab]` for the same reason: it is the lm_head
+//! operand of tied models, and an embedding lookup is a column `select`.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::config::Qwen2Config;
+
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let inverse_rms = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip();
+        x * inverse_rms * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Rotary position embedding tables for the positions of one forward pass.
+pub struct Rope<B: Backend> {
+    /// `[B, 1, T, head_dim]`
+    cos: Tensor<B, 4>,
+    /// `[B, 1, T, head_dim]`
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// `positions[b][t]` is the absolute position of token t of row b.
+    pub fn new(positions: &[Vec<usize>], head_dim: usize, theta: f64, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        // Same float32 arithmetic as transformers' default rope init: theta^(2i/d) in f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let batch = positions.len();
+        let seq = positions.first().map_or(0, Vec::len);
+        let mut cos = Vec::with_capacity(batch * seq * head_dim);
+        let mut sin = Vec::with_capacity(batch * seq * head_dim);
+        for row in positions {
+            for &position in row {
+                for repeat in 0..2 {
+                    let _ = repeat; // cos/sin = cat(freqs, freqs)
+                    for &f in &inv_freq {
+                        let angle = position as f32 * f;
+                        cos.push(angle.cos());
+                        sin.push(angle.sin());
+                    }
+                }
+            }
+        }
+        let shape = [batch, 1, seq, head_dim];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x[d/2:], x[:d/2]).
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, _, head_dim] = x.dims();
+        let half = head_dim / 2;
+        let first = x.clone().narrow(3, 0, half);
+        let second = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer: `[B, kv_heads, S, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    pub keys: Tensor<B, 4>,
+    pub values: Tensor<B, 4>,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x: [B, T, hidden]`; `blocked: [B, 1, T, S]`, true where a query may not see a key.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        blocked: &Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let heads = |t: Tensor<B, 3>, n: usize| {
+            t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
+        };
+        let queries = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let mut keys = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
+        let mut values = heads(self.v_proj.forward(x), self.num_kv_heads);
+
+        if let Some(cache) = cache {
+            if let Some(past) = cache.take() {
+                keys = Tensor::cat(vec![past.keys, keys], 2);
+                values = Tensor::cat(vec![past.values, values], 2);
+            }
+            *cache = Some(LayerCache {
+                keys: keys.clone(),
+                values: values.clone(),
+            });
+        }
+        let keys_len = keys.dims()[2];
+
+        // GQA without copying keys and values: the g query heads that share a kv head are laid
+        // out contiguously (repeat_interleave order), so they fold into the query-length axis.
+        let group = self.num_heads / self.num_kv_heads;
+        let queries = queries.reshape([batch, self.num_kv_heads, group * seq, self.head_dim]);
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let scores = queries.matmul(keys.swap_dims(2, 3)) * scale;
+        let blocked = blocked
+            .clone()
+            .unsqueeze_dim::<5>(2)
+            .expand([batch, 1, group, seq, keys_len])
+            .reshape([batch, 1, group * seq, keys_len])
+            .expand([batch, self.num_kv_heads, group * seq, keys_len]);
+        let probabilities = softmax(scores.mask_fill(blocked, f32::MIN), 3);
+        let context = probabilities
+            .matmul(values)
+            .reshape([batch, self.num_heads, seq, self.head_dim])
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(context)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        blocked: &Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let attended = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), rope, blocked, cache);
+        let x = x + attended;
+        let transformed = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()));
+        x + transformed
+    }
+}
+
+/// Qwen2ForCausalLM: embeddings, decoder layers, final norm, lm_head.
+#[derive(Module, Debug)]
+pub struct Model<B: Backend> {
+    /// `[hidden, vocab]`: the transpose of HF's `model.embed_tokens.weight` (see module docs).
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `[hidden, vocab]`; `None` when the lm_head is tied to the embeddings.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    pub rope_theta: f64,
+    pub head_dim: usize,
+}
+
+/// What a forward pass returns.
+pub struct ModelOutput<B: Backend> {
+    /// `[B, T, vocab]`
+    pub logits: Tensor<B, 3>,
+    /// On request: layers + 1 tensors `[B, T, hidden]`, in the transformers convention.
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
+}
+
+/// The attention mask of a batch, kept on the host: it only decides which scores are blocked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionMask {
+    /// `rows[b][s]` is true when key s of row b is a real token.
+    pub rows: Vec<Vec<bool>>,
+}
+
+impl AttentionMask {
+    /// Every token real.
+    pub fn full(batch: usize, seq: usize) -> Self {
+        Self {
+            rows: vec![vec![true; seq]; batch],
+        }
+    }
+
+    /// From a `[B, T]` tensor of 0/1.
+    pub fn from_tensor<B: Backend>(mask: Tensor<B, 2, Int>) -> Self {
+        let [batch, seq] = mask.dims();
+        let values = mask
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("int tensor data");
+        Self {
+            rows: values.chunks(seq.max(1)).take(batch).map(|r| r.iter().map(|&v| v != 0).collect()).collect(),
+        }
+    }
+
+    fn batch(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn len(&self) -> usize {
+        self.rows.first().map_or(0, Vec::len)
+    }
+}
+
+/// State of incremental decoding: the cached keys/values and the mask of the keys they hold.
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<LayerCache<B>>>,
+    mask: AttentionMask,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            mask: AttentionMask { rows: Vec::new() },
+        }
+    }
+
+    /// Number of tokens already seen.
+    pub fn len(&self) -> usize {
+        self.mask.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<B: Backend> Model<B> {
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.dims()[1]
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.embed_tokens.dims()[0]
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.device()
+    }
+
+    /// Full forward pass over a batch (no cache). Logits at every position.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &AttentionMask,
+        output_hidden_states: bool,
+    ) -> ModelOutput<B> {
+        let (hidden, hidden_states) = self.forward_hidden(input_ids, attention_mask, output_hidden_states);
+        ModelOutput {
+            logits: self.lm_head(hidden),
+            hidden_states,
+        }
+    }
+
+    /// The final normed hidden state `[B, T, hidden]` (and, on request, every hidden state),
+    /// without the lm_head: losses over a large vocabulary apply `lm_head` in chunks.
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &AttentionMask,
+        output_hidden_states: bool,
+    ) -> (Tensor<B, 3>, Option<Vec<Tensor<B, 3>>>) {
+        let [batch, seq] = input_ids.dims();
+        assert_eq!(
+            (attention_mask.batch(), attention_mask.len()),
+            (batch, seq),
+            "attention mask shape must equal input_ids shape"
+        );
+        // Right padding keeps positions 0..T-1 (HF's default without position_ids).
+        let positions = vec![(0..seq).collect::<Vec<_>>(); batch];
+        let blocked = self.blocked_scores(attention_mask, 0, seq);
+        self.run_layers(input_ids, &positions, &blocked, None, output_hidden_states)
+    }
+
+    /// One step of incremental decoding: `input_ids: [B, T_new]` continue the sequences held
+    /// in `cache`; `new_mask` says which of the new tokens are real (all of them when decoding;
+    /// a left-padded prompt has pads). Returns the logits of the new positions.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        new_mask: &AttentionMask,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let past = cache.len();
+        if cache.mask.rows.is_empty() {
+            cache.mask.rows = vec![Vec::new(); batch];
+        }
+        for (row, new) in cache.mask.rows.iter_mut().zip(&new_mask.rows) {
+            row.extend_from_slice(new);
+        }
+        // Positions count real tokens only, as HF generate derives them from the mask, so a
+        // left-padded row starts at position 0 at its first real token.
+        let positions: Vec<Vec<usize>> = cache
+            .mask
+            .rows
+            .iter()
+            .map(|row| {
+                let mut real_before = 0usize;
+                let all: Vec<usize> = row
+                    .iter()
+                    .map(|&real| {
+                        // HF fills the position of a pad with 1; it is never attended anyway.
+                        let position = if real { real_before } else { 1 };
+                        real_before += usize::from(real);
+                        position
+                    })
+                    .collect();
+                all[past..].to_vec()
+            })
+            .collect();
+        let blocked = self.blocked_scores(&cache.mask, past, seq);
+        let (hidden, _) = self.run_layers(input_ids, &positions, &blocked, Some(&mut cache.layers), false);
+        self.lm_head(hidden)
+    }
+
+    fn run_layers(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: &[Vec<usize>],
+        blocked: &Tensor<B, 4, Bool>,
+        mut cache: Option<&mut Vec<Option<LayerCache<B>>>>,
+        output_hidden_states: bool,
+    ) -> (Tensor<B, 3>, Option<Vec<Tensor<B, 3>>>) {
+        let device = self.device();
+        let rope = Rope::new(positions, self.head_dim, self.rope_theta, &device);
+        let mut x = self.embed(input_ids);
+        let mut hidden_states = output_hidden_states.then(Vec::new);
+        for (index, layer) in self.layers.iter().enumerate() {
+            if let Some(states) = hidden_states.as_mut() {
+                states.push(x.clone());
+            }
+            let layer_cache = cache.as_deref_mut().map(|layers| &mut layers[index]);
+            x = layer.forward(x, &rope, blocked, layer_cache);
+        }
+        let x = self.norm.forward(x);
+        if let Some(states) = hidden_states.as_mut() {
+            states.push(x.clone());
+        }
+        (x, hidden_states)
+    }
+
+    /// `[B, T] -> [B, T, hidden]`
+    pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let hidden = self.hidden_size();
+        self.embed_tokens
+            .val()
+            .select(1, input_ids.reshape([batch * seq]))
+            .transpose()
+            .reshape([batch, seq, hidden])
+    }
+
+    /// `[B, T, hidden] -> [B, T, vocab]`
+    pub fn lm_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let weight = match &self.lm_head {
+            Some(weight) => weight.val(),
+            None => self.embed_tokens.val(),
+        };
+        hidden.matmul(weight.unsqueeze::<3>())
+    }
+
+    /// `[B, 1, T, S]`, true where query t (at absolute index past + t) may not see key s:
+    /// keys in the future, or padding.
+    fn blocked_scores(&self, mask: &AttentionMask, past: usize, seq: usize) -> Tensor<B, 4, Bool> {
+        let keys = mask.len();
+        let mut blocked = Vec::with_capacity(mask.batch() * seq * keys);
+        for row in &mask.rows {
+            for query in 0..seq {
+                let query_index = past + query;
+                blocked.extend(row.iter().enumerate().map(|(key, &real)| key > query_index || !real));
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(blocked, [mask.batch(), 1, seq, keys]),
+            &self.device(),
+        )
+    }
+}
+
+/// Shapes of every parameter, by Hugging Face name, in the PyTorch layout.
+pub fn parameter_shapes(config: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
+    let h = config.hidden_size;
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let i = config.intermediate_size;
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        shapes.extend([
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
+            (format!("{p}.self_attn.q_proj.bias"), vec![q]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
+            (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
+            (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
+            (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
+            (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
+            (format!("{p}.input_layernorm.weight"), vec![h]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+        ]);
+    }
+    shapes.push(("model.norm.weight".to_string(), vec![h]));
+    if !config.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
+    }
+    shapes
+}

@@ -1,0 +1,186 @@
+//! Writing a model back in the Hugging Face layout, so that transformers'
+//! `AutoModelForCausalLM.from_pretrained(dir)` loads it unchanged.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::config::{GenerationConfig, Qwen2Config};
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+use crate::safetensors::{write_safetensors, Dtype, TensorToWrite};
+
+/// The files besides the weights that make a directory loadable by tokenizers and transformers.
+pub const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+];
+
+/// A parameter by its Hugging Face name. Matrices are held in Burn's layout, the transpose of
+/// the PyTorch `[out, in]` shape in `hf_shape`.
+pub enum NamedTensor<B: Backend> {
+    Matrix { name: String, hf_shape: [usize; 2], value: Tensor<B, 2> },
+    Vector { name: String, value: Tensor<B, 1> },
+}
+
+impl<B: Backend> NamedTensor<B> {
+    pub fn name(&self) -> &str {
+        match self {
+            NamedTensor::Matrix { name, .. } | NamedTensor::Vector { name, .. } => name,
+        }
+    }
+
+    pub fn hf_shape(&self) -> Vec<usize> {
+        match self {
+            NamedTensor::Matrix { hf_shape, .. } => hf_shape.to_vec(),
+            NamedTensor::Vector { value, .. } => value.dims().to_vec(),
+        }
+    }
+
+    /// The values in the PyTorch layout, row-major.
+    pub fn hf_values(&self) -> Vec<f32> {
+        match self {
+            NamedTensor::Matrix { value, .. } => to_f32(value.clone().transpose().into_data()),
+            NamedTensor::Vector { value, .. } => to_f32(value.clone().into_data()),
+        }
+    }
+}
+
+fn to_f32(data: burn::tensor::TensorData) -> Vec<f32> {
+    data.convert::<f32>().to_vec::<f32>().expect("float tensor data")
+}
+
+impl<B: Backend> Model<B> {
+    /// Every parameter under its Hugging Face name (a tied lm_head appears once, as the
+    /// embedding).
+    pub fn named_tensors(&self) -> Vec<NamedTensor<B>> {
+        let matrix = |name: String, value: Tensor<B, 2>| {
+            let [inputs, outputs] = value.dims();
+            NamedTensor::Matrix { name, hf_shape: [outputs, inputs], value }
+        };
+        let vector = |name: String, value: Tensor<B, 1>| NamedTensor::Vector { name, value };
+        let mut tensors = vec![matrix("model.embed_tokens.weight".into(), self.embed_tokens.val())];
+        for (index, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{index}");
+            let attention = &layer.self_attn;
+            for (part, linear) in [
+                ("self_attn.q_proj", &attention.q_proj),
+                ("self_attn.k_proj", &attention.k_proj),
+                ("self_attn.v_proj", &attention.v_proj),
+                ("self_attn.o_proj", &attention.o_proj),
+                ("mlp.gate_proj", &layer.mlp.gate_proj),
+                ("mlp.up_proj", &layer.mlp.up_proj),
+                ("mlp.down_proj", &layer.mlp.down_proj),
+            ] {
+                tensors.push(matrix(format!("{p}.{part}.weight"), linear.weight.val()));
+                if let Some(bias) = &linear.bias {
+                    tensors.push(vector(format!("{p}.{part}.bias"), bias.val()));
+                }
+            }
+            tensors.push(vector(format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.val()));
+            tensors.push(vector(
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.weight.val(),
+            ));
+        }
+        tensors.push(vector("model.norm.weight".into(), self.norm.weight.val()));
+        if let Some(lm_head) = &self.lm_head {
+            tensors.push(matrix("lm_head.weight".into(), lm_head.val()));
+        }
+        tensors
+    }
+}
+
+/// What to write besides the weights.
+pub struct SaveOptions<'a> {
+    pub dtype: Dtype,
+    /// Copy tokenizer files from this directory, when given.
+    pub tokenizer_dir: Option<&'a Path>,
+    pub generation: Option<&'a GenerationConfig>,
+}
+
+/// Writes `model` to `dir` in the Hugging Face layout: config.json, generation_config.json,
+/// model.safetensors with the exact tensor names, and the tokenizer files. The directory is
+/// written under a temporary name and swapped in at the end, so a crash never leaves a
+/// half-written model where a complete one is expected.
+pub fn save_model<B: Backend>(
+    model: &Model<B>,
+    config: &Qwen2Config,
+    dir: &Path,
+    options: &SaveOptions<'_>,
+) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path, source }
+    };
+    let staging = sibling(dir, "tmp");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+
+    let mut config = config.clone();
+    config.torch_dtype = options.dtype.torch_name().to_string();
+    write_json(&staging.join("config.json"), &config.to_hf_json())?;
+    let generation = options.generation.cloned().unwrap_or_else(|| GenerationConfig {
+        eos_token_ids: config.eos_token_ids.clone(),
+        bos_token_id: config.bos_token_id,
+        ..GenerationConfig::default()
+    });
+    write_json(&staging.join("generation_config.json"), &generation.to_hf_json())?;
+
+    let tensors = model
+        .named_tensors()
+        .into_iter()
+        .map(|tensor| TensorToWrite {
+            name: tensor.name().to_string(),
+            shape: tensor.hf_shape(),
+            values: Box::new(move || tensor.hf_values()),
+        })
+        .collect();
+    write_safetensors(&staging.join("model.safetensors"), tensors, options.dtype)?;
+
+    if let Some(source_dir) = options.tokenizer_dir {
+        for file in TOKENIZER_FILES {
+            let from = source_dir.join(file);
+            if from.exists() {
+                std::fs::copy(&from, staging.join(file)).map_err(io(&from))?;
+            }
+        }
+    }
+
+    let previous = sibling(dir, "old");
+    if dir.exists() {
+        if previous.exists() {
+            std::fs::remove_dir_all(&previous).map_err(io(&previous))?;
+        }
+        std::fs::rename(dir, &previous).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous).map_err(io(&previous))?;
+    }
+    Ok(())
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Writes pretty JSON through a temporary file.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let temporary = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(value).expect("json") + "\n";
+    std::fs::write(&temporary, text)
+        .and_then(|_| std::fs::rename(&temporary, path))
+        .map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}

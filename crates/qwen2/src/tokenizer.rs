@@ -1,0 +1,145 @@
+//! The model's tokenizer (tokenizer.json through the `tokenizers` crate) and its chat template
+//! (tokenizer_config.json, rendered with minijinja as transformers renders it with Jinja2).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{read_json, ModelError, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl Tokenizer {
+    /// Loads `DIR/tokenizer.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(ModelError::Tokenizer {
+                path,
+                message: "missing: copy the model's tokenizer.json into this directory".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot parse: {e}"),
+        })?;
+        Ok(Self { inner, path })
+    }
+
+    /// Encodes text as `tokenizer(text)` does in transformers: with the tokenizer's own special
+    /// tokens when `add_special_tokens` (DeepSeek-R1-Distill prepends BOS, Qwen2.5 adds none).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot encode: {e}"),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot decode: {e}"),
+            })
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// Turns a growing list of generated ids into text deltas, holding back bytes that do not yet
+/// form a whole UTF-8 character (byte-level BPE splits characters across tokens).
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
+    /// The new text that `id` completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
+            return Ok(String::new());
+        }
+        let delta = text[self.printed..].to_string();
+        self.printed = text.len();
+        Ok(delta)
+    }
+}
+
+/// Renders the chat template of `DIR/tokenizer_config.json` for one user message, with the
+/// generation prompt appended, as `apply_chat_template(..., add_generation_prompt=True)`.
+pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
+    let path = dir.join("tokenizer_config.json");
+    let config = read_json(&path)?;
+    let error = |message: String| ModelError::ChatTemplate {
+        path: path.clone(),
+        message,
+    };
+    let template = match config.get("chat_template") {
+        Some(Value::String(template)) => template.clone(),
+        // Newer files list named templates; "default" is the chat one.
+        Some(Value::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| error("no template named `default` in `chat_template`".into()))?
+            .to_string(),
+        _ => {
+            return Err(error(
+                "field `chat_template` is missing: this model has no chat template; run without --chat".into(),
+            ))
+        }
+    };
+    let special = |name: &str| -> String {
+        match config.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or("").to_string(),
+            _ => String::new(),
+        }
+    };
+
+    let mut environment = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut environment);
+    environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    environment.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+    });
+    environment
+        .add_template("chat", &template)
+        .map_err(|e| error(format!("cannot parse: {e}")))?;
+    let context = minijinja::context! {
+        messages => vec![minijinja::context! { role => "user", content => user_message }],
+        add_generation_prompt => true,
+        bos_token => special("bos_token"),
+        eos_token => special("eos_token"),
+    };
+    environment
+        .get_template("chat")
+        .and_then(|t| t.render(context))
+        .map_err(|e| error(format!("cannot render: {e}")))
+}

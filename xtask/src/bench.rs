@@ -1,0 +1,160 @@
+//! `cargo xtask bench ...`: measured performance, printed as one line of text and as JSON.
+//! Figures are measured here, never asserted in tests.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::{Args as ClapArgs, Subcommand};
+use qwen2::backend::{with_backend, BackendKind, BackendTask};
+use qwen2::generate::{generate, GenerateOptions, Sampling};
+use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
+use qwen2::{build_model, load_model, AttentionMask, Qwen2Config, RandomWeights};
+use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// Forward latency, generation tokens/s and peak memory of a model.
+    Infer(InferArgs),
+}
+
+pub fn run(bench: Bench) -> Result<()> {
+    match bench {
+        Bench::Infer(args) => infer(args),
+    }
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct InferArgs {
+    /// A checkpoint directory (its load time and loading memory are measured too).
+    #[arg(long, conflicts_with = "shape")]
+    model: Option<PathBuf>,
+    /// Random weights of a published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b.
+    #[arg(long)]
+    shape: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Timed forward passes (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Tokens generated to measure decoding speed.
+    #[arg(long, default_value_t = 16)]
+    new_tokens: usize,
+    #[arg(long, default_value = "ndarray")]
+    backend: BackendKind,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn infer(args: InferArgs) -> Result<()> {
+    if args.model.is_none() && args.shape.is_none() {
+        bail!("give --model DIR or --shape tiny|qwen2.5-0.5b|qwen2.5-1.5b");
+    }
+    if let Some(shape) = &args.shape {
+        if Qwen2Config::preset(shape).is_none() {
+            bail!("unknown --shape `{shape}`: use tiny, qwen2.5-0.5b or qwen2.5-1.5b");
+        }
+    }
+    if args.batch == 0 || args.seq_len == 0 {
+        bail!("--batch and --seq-len must be positive");
+    }
+    with_backend(args.backend, Infer(args))?
+}
+
+struct Infer(InferArgs);
+
+impl BackendTask for Infer {
+    type Output = Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let rss_before_load = current_rss_bytes().unwrap_or(0);
+        let started = Instant::now();
+        let (model, config, source) = match (&args.model, &args.shape) {
+            (Some(dir), _) => {
+                let (model, config) = load_model::<B>(dir, &device)?;
+                (model, config, dir.display().to_string())
+            }
+            (None, Some(shape)) => {
+                let config = Qwen2Config::preset(shape).expect("checked");
+                let model = build_model::<B>(&config, &mut RandomWeights::new(0), &device)?;
+                (model, config, format!("random weights, {shape} shapes"))
+            }
+            (None, None) => unreachable!("checked"),
+        };
+        B::sync(&device)?;
+        let load_time = started.elapsed();
+        let load_peak_rss = peak_rss_bytes().unwrap_or(0);
+        let model_bytes = (config.num_parameters() * 4) as u64;
+
+        let (batch, seq) = (args.batch, args.seq_len);
+        let ids: Vec<i64> = (0..batch * seq).map(|i| ((i * 7919) % 1000 + 10) as i64).collect();
+        let input = || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), &device);
+        let mask = AttentionMask::full(batch, seq);
+        let mut latencies: Vec<Duration> = Vec::new();
+        for repeat in 0..=args.repeats {
+            let start = Instant::now();
+            let logits = model.forward(input(), &mask, false).logits;
+            let _ = logits.narrow(1, seq - 1, 1).into_data();
+            if repeat > 0 {
+                latencies.push(start.elapsed());
+            }
+        }
+        latencies.sort();
+        let forward = latencies[latencies.len() / 2];
+        let forward_tokens_per_second = (batch * seq) as f64 / forward.as_secs_f64();
+
+        let prompt: Vec<u32> = ids[..seq].iter().map(|&t| t as u32).collect();
+        let options = GenerateOptions {
+            max_new_tokens: args.new_tokens,
+            sampling: Sampling::Greedy,
+            eos_token_ids: Vec::new(),
+            keep_step_logits: false,
+        };
+        let generation = generate(&model, &prompt, &options, |_| {});
+        let peak_rss = peak_rss_bytes().unwrap_or(0);
+
+        let report = json!({
+            "bench": "infer",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "model": source,
+            "backend": args.backend.to_string(),
+            "parameters": config.num_parameters(),
+            "batch": batch,
+            "seq_len": seq,
+            "load_seconds": load_time.as_secs_f64(),
+            "load_peak_rss_bytes": load_peak_rss,
+            "model_f32_bytes": model_bytes,
+            "load_peak_rss_over_model": (load_peak_rss.saturating_sub(rss_before_load)) as f64 / model_bytes as f64,
+            "forward_latency_ms_median": forward.as_secs_f64() * 1e3,
+            "forward_tokens_per_second": forward_tokens_per_second,
+            "prefill_tokens_per_second": generation.prompt_tokens_per_second(),
+            "generation_tokens_per_second": generation.generated_tokens_per_second(),
+            "generated_tokens": generation.tokens.len(),
+            "peak_rss_bytes": peak_rss,
+        });
+        println!(
+            "bench infer [{}] {} params, {} backend, batch {batch} x {seq}: forward {:.1} ms ({:.1} tokens/s), \
+             generation {:.2} tokens/s, load {:.2} s (peak RSS while loading {:.2}x the f32 model), peak RSS {}",
+            source,
+            config.num_parameters(),
+            args.backend,
+            forward.as_secs_f64() * 1e3,
+            forward_tokens_per_second,
+            generation.generated_tokens_per_second(),
+            load_time.as_secs_f64(),
+            report["load_peak_rss_over_model"].as_f64().unwrap_or(0.0),
+            gib(peak_rss),
+        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        if let Some(path) = args.json {
+            std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        }
+        Ok(())
+    }
+}
