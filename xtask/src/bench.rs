@@ -18,11 +18,14 @@ use serde_json::json;
 pub enum Bench {
     /// Forward latency, generation tokens/s and peak memory of a model.
     Infer(InferArgs),
+    /// Text MB/s and peak RSS of preprocessing (VmHWM).
+    Preprocess(crate::bench_preprocess::Args),
 }
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Infer(args) => infer(args),
+        Bench::Preprocess(args) => crate::bench_preprocess::run(args),
     }
 }
 
@@ -93,8 +96,11 @@ impl BackendTask for Infer {
         let model_bytes = (config.num_parameters() * 4) as u64;
 
         let (batch, seq) = (args.batch, args.seq_len);
-        let ids: Vec<i64> = (0..batch * seq).map(|i| ((i * 7919) % 1000 + 10) as i64).collect();
-        let input = || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), &device);
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|i| ((i * 7919) % 1000 + 10) as i64)
+            .collect();
+        let input =
+            || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), &device);
         let mask = AttentionMask::full(batch, seq);
         let mut latencies: Vec<Duration> = Vec::new();
         for repeat in 0..=args.repeats {

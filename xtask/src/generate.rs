@@ -102,12 +102,14 @@ impl BackendTask for Generate {
         let mut stream = TextStream::new(&tokenizer);
         let mut stdout = std::io::stdout().lock();
         let mut stream_error = None;
-        let generation = generate(&model, &prompt_ids, &options, |token| match stream.push(token) {
-            Ok(text) => {
-                let _ = stdout.write_all(text.as_bytes());
-                let _ = stdout.flush();
+        let generation = generate(&model, &prompt_ids, &options, |token| {
+            match stream.push(token) {
+                Ok(text) => {
+                    let _ = stdout.write_all(text.as_bytes());
+                    let _ = stdout.flush();
+                }
+                Err(error) => stream_error = Some(error),
             }
-            Err(error) => stream_error = Some(error),
         });
         writeln!(stdout).ok();
         if let Some(error) = stream_error {

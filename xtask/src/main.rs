@@ -7,12 +7,16 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_preprocess;
 mod download;
 mod generate;
 mod preprocess;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Distill a large causal LM into a smaller one with Burn")]
+#[command(
+    name = "cargo xtask",
+    about = "Distill a large causal LM into a smaller one with Burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -51,12 +51,17 @@ pub fn divergence_per_position<B: Backend>(
             let log_p_student = log_softmax(student_logits / temperature, 1);
             let log_p_teacher = log_softmax(teacher_logits / temperature, 1);
             match kind {
-                KdLoss::Kl => (log_p_teacher.clone().exp() * (log_p_teacher - log_p_student)).sum_dim(1),
-                KdLoss::ReverseKl => (log_p_student.clone().exp() * (log_p_student - log_p_teacher)).sum_dim(1),
+                KdLoss::Kl => {
+                    (log_p_teacher.clone().exp() * (log_p_teacher - log_p_student)).sum_dim(1)
+                }
+                KdLoss::ReverseKl => {
+                    (log_p_student.clone().exp() * (log_p_student - log_p_teacher)).sum_dim(1)
+                }
                 KdLoss::Jsd => {
                     let p_teacher = log_p_teacher.clone().exp();
                     let p_student = log_p_student.clone().exp();
-                    let log_m = (p_teacher.clone() * jsd_beta + p_student.clone() * (1.0 - jsd_beta)).log();
+                    let log_m =
+                        (p_teacher.clone() * jsd_beta + p_student.clone() * (1.0 - jsd_beta)).log();
                     let to_teacher = (p_teacher * (log_p_teacher - log_m.clone())).sum_dim(1);
                     let to_student = (p_student * (log_p_student - log_m)).sum_dim(1);
                     to_teacher * jsd_beta + to_student * (1.0 - jsd_beta)
@@ -69,9 +74,15 @@ pub fn divergence_per_position<B: Backend>(
 }
 
 /// Next-token cross-entropy per position: `[N, V]` logits, `[N]` label ids -> `[N]`.
-pub fn cross_entropy_per_position<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+pub fn cross_entropy_per_position<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
-    log_softmax(logits, 1).gather(1, labels.reshape([n, 1])).reshape([n]).neg()
+    log_softmax(logits, 1)
+        .gather(1, labels.reshape([n, 1]))
+        .reshape([n])
+        .neg()
 }
 
 /// KL(teacher || student) when the teacher is known only by its top-k logits and the
@@ -99,7 +110,8 @@ pub fn top_k_kl_per_position<B: Backend>(
 
     let log_q = log_softmax(student_logits / temperature, 1);
     let log_q_top = log_q.gather(1, teacher_top_ids);
-    let q_rest = (Tensor::ones([n, 1], &log_q_top.device()) - log_q_top.clone().exp().sum_dim(1)).clamp_min(1e-30);
+    let q_rest = (Tensor::ones([n, 1], &log_q_top.device()) - log_q_top.clone().exp().sum_dim(1))
+        .clamp_min(1e-30);
     let log_q_rest = q_rest.log();
 
     let top = (log_p_top.clone().exp() * (log_p_top - log_q_top)).sum_dim(1);
@@ -141,7 +153,9 @@ pub fn hidden_loss<B: Backend>(
         HiddenLoss::Mse => (student - teacher).square().sum_dim(1) / width as f64,
         HiddenLoss::Cosine => {
             let dot = (student.clone() * teacher.clone()).sum_dim(1);
-            let norms = (student.square().sum_dim(1) * teacher.square().sum_dim(1)).sqrt().clamp_min(1e-8);
+            let norms = (student.square().sum_dim(1) * teacher.square().sum_dim(1))
+                .sqrt()
+                .clamp_min(1e-8);
             (dot / norms).neg() + 1.0
         }
     };

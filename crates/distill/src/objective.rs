@@ -19,7 +19,8 @@ use qwen2::{AttentionMask, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::losses::{
-    cross_entropy_per_position, divergence_per_position, hidden_loss, top_k_kl_per_position, HiddenLoss, KdLoss,
+    cross_entropy_per_position, divergence_per_position, hidden_loss, top_k_kl_per_position,
+    HiddenLoss, KdLoss,
 };
 
 /// One intermediate-layer match, layer indices in the transformers `hidden_states` convention.
@@ -105,7 +106,10 @@ impl Batch {
 
     pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
         let values: Vec<i64> = self.input_ids.iter().flatten().map(|&t| t as i64).collect();
-        Tensor::from_data(TensorData::new(values, [self.batch_size(), self.seq_len()]), device)
+        Tensor::from_data(
+            TensorData::new(values, [self.batch_size(), self.seq_len()]),
+            device,
+        )
     }
 }
 
@@ -133,10 +137,15 @@ pub struct TeacherOutputs<B: Backend> {
 
 impl<B: Backend> TeacherOutputs<B> {
     /// Runs a live teacher over `batch` (no autodiff graph: `B` is an inference backend).
-    pub fn from_model(teacher: &std::sync::Arc<Model<B>>, batch: &Batch, objective: &Objective) -> Self {
+    pub fn from_model(
+        teacher: &std::sync::Arc<Model<B>>,
+        batch: &Batch,
+        objective: &Objective,
+    ) -> Self {
         let device = teacher.device();
         let needs_states = !objective.intermediate_matches.is_empty();
-        let (final_hidden, states) = teacher.forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
+        let (final_hidden, states) =
+            teacher.forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
         let states = states
             .map(|states| {
                 objective
@@ -158,11 +167,18 @@ impl<B: Backend> TeacherOutputs<B> {
     /// The teacher's view of positions `start..start+len`.
     fn chunk(&self, start: usize, len: usize) -> ChunkTeacher<B> {
         match &self.signal {
-            TeacherSignal::Model { final_hidden, model } => {
+            TeacherSignal::Model {
+                final_hidden,
+                model,
+            } => {
                 let hidden = final_hidden.clone().narrow(0, start, len);
                 ChunkTeacher::Logits(chunk_logits(model, hidden))
             }
-            TeacherSignal::TopK { ids, logits, rest_lse } => ChunkTeacher::TopK {
+            TeacherSignal::TopK {
+                ids,
+                logits,
+                rest_lse,
+            } => ChunkTeacher::TopK {
                 ids: ids.clone().narrow(0, start, len),
                 logits: logits.clone().narrow(0, start, len),
                 rest_lse: rest_lse.clone().narrow(0, start, len),
@@ -186,7 +202,11 @@ impl<B: Backend> ChunkTeacher<B> {
     fn into_autodiff<A: AutodiffBackend<InnerBackend = B>>(self) -> ChunkTeacher<A> {
         match self {
             ChunkTeacher::Logits(logits) => ChunkTeacher::Logits(Tensor::from_inner(logits)),
-            ChunkTeacher::TopK { ids, logits, rest_lse } => ChunkTeacher::TopK {
+            ChunkTeacher::TopK {
+                ids,
+                logits,
+                rest_lse,
+            } => ChunkTeacher::TopK {
                 ids: Tensor::from_inner(ids),
                 logits: Tensor::from_inner(logits),
                 rest_lse: Tensor::from_inner(rest_lse),
@@ -233,7 +253,9 @@ impl PositionWeights {
         for (ids, mask) in batch.input_ids.iter().zip(&batch.mask.rows) {
             for t in 0..seq {
                 real.push(f32::from(mask[t]));
-                soft.push(f32::from(mask[t] && !objective.masked_token_ids.contains(&ids[t])));
+                soft.push(f32::from(
+                    mask[t] && !objective.masked_token_ids.contains(&ids[t]),
+                ));
                 let has_label = t + 1 < seq && mask[t + 1];
                 hard.push(f32::from(has_label));
                 labels.push(if has_label { ids[t + 1] as i64 } else { 0 });
@@ -246,7 +268,12 @@ impl PositionWeights {
         normalise(&mut soft);
         normalise(&mut real);
         normalise(&mut hard);
-        Self { soft, real, hard, labels }
+        Self {
+            soft,
+            real,
+            hard,
+            labels,
+        }
     }
 }
 
@@ -265,7 +292,10 @@ fn chunk_terms<B: Backend>(
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let device = student_logits.device();
     let range = start..start + len;
-    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(weights.labels[range.clone()].to_vec(), [len]), &device);
+    let labels = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(weights.labels[range.clone()].to_vec(), [len]),
+        &device,
+    );
     let hard_weights = vector::<B>(&weights.hard[range.clone()], &device);
     let hard = (cross_entropy_per_position(student_logits.clone(), labels) * hard_weights).sum();
 
@@ -275,16 +305,36 @@ fn chunk_terms<B: Backend>(
             let (student_logits, teacher_logits) = match &objective.vocab_rows {
                 Some(rows) => {
                     let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
-                    (student_logits.select(1, rows.clone()), teacher_logits.select(1, rows))
+                    let rows = Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(rows.clone(), [rows.len()]),
+                        &device,
+                    );
+                    (
+                        student_logits.select(1, rows.clone()),
+                        teacher_logits.select(1, rows),
+                    )
                 }
                 None => (student_logits, teacher_logits),
             };
-            divergence_per_position(objective.kd_loss, student_logits, teacher_logits, t, objective.jsd_beta)
+            divergence_per_position(
+                objective.kd_loss,
+                student_logits,
+                teacher_logits,
+                t,
+                objective.jsd_beta,
+            )
         }
-        ChunkTeacher::TopK { ids, logits, rest_lse } => top_k_kl_per_position(student_logits, logits, ids, rest_lse, t),
+        ChunkTeacher::TopK {
+            ids,
+            logits,
+            rest_lse,
+        } => top_k_kl_per_position(student_logits, logits, ids, rest_lse, t),
     };
-    let scale = if objective.kd_loss.scaled_by_temperature_squared() { t * t } else { 1.0 };
+    let scale = if objective.kd_loss.scaled_by_temperature_squared() {
+        t * t
+    } else {
+        1.0
+    };
     let soft = (divergence * vector::<B>(&weights.soft[range], &device)).sum() * scale;
     (hard, soft)
 }
@@ -307,7 +357,10 @@ fn intermediate_loss<B: Backend>(
 }
 
 fn scalar<B: Backend>(x: Tensor<B, 1>) -> f64 {
-    x.into_data().convert::<f64>().to_vec::<f64>().expect("scalar")[0]
+    x.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("scalar")[0]
 }
 
 /// Logits of a `[len, H]` hidden chunk.
@@ -328,7 +381,10 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     let device = student.model.device();
     let weights = PositionWeights::new(batch, objective);
     let needs_states = !objective.intermediate_matches.is_empty();
-    let (final_hidden, states) = student.model.forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
+    let (final_hidden, states) =
+        student
+            .model
+            .forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
     let final_hidden = flatten(final_hidden);
     let positions = final_hidden.dims()[0];
 
@@ -342,15 +398,30 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     let chunk = objective.chunk_positions.max(1);
     for start in (0..positions).step_by(chunk) {
         let len = chunk.min(positions - start);
-        let hidden_leaf = final_hidden.clone().detach().narrow(0, start, len).require_grad();
+        let hidden_leaf = final_hidden
+            .clone()
+            .detach()
+            .narrow(0, start, len)
+            .require_grad();
         let student_logits = chunk_logits(&student.model, hidden_leaf.clone());
         let teacher_chunk = teacher.chunk(start, len).into_autodiff::<B>();
-        let (hard, soft) = chunk_terms(objective, student_logits, teacher_chunk, &weights, start, len);
+        let (hard, soft) = chunk_terms(
+            objective,
+            student_logits,
+            teacher_chunk,
+            &weights,
+            start,
+            len,
+        );
         breakdown.hard += scalar(hard.clone());
         breakdown.soft += scalar(soft.clone());
         let chunk_loss = hard * alpha + soft * (1.0 - alpha);
         let gradients = chunk_loss.backward();
-        hidden_gradients.push(hidden_leaf.grad(&gradients).expect("the chunk depends on its hidden state"));
+        hidden_gradients.push(
+            hidden_leaf
+                .grad(&gradients)
+                .expect("the chunk depends on its hidden state"),
+        );
         accumulator.accumulate(student, GradientsParams::from_grads(gradients, student));
     }
     breakdown.total = alpha * breakdown.hard + (1.0 - alpha) * breakdown.soft;
@@ -362,14 +433,24 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
         let real = vector::<B>(&weights.real, &device);
         for (index, matched) in objective.intermediate_matches.iter().enumerate() {
             let teacher_state = Tensor::<B, 2>::from_inner(teacher.states[index].clone());
-            let value = intermediate_loss(student, &states, teacher_state, index, matched, real.clone());
+            let value = intermediate_loss(
+                student,
+                &states,
+                teacher_state,
+                index,
+                matched,
+                real.clone(),
+            );
             let plain = scalar(value.clone());
             breakdown.intermediate.push(plain);
             breakdown.total += matched.weight * plain;
             body_loss = body_loss + value * matched.weight;
         }
     }
-    accumulator.accumulate(student, GradientsParams::from_grads(body_loss.backward(), student));
+    accumulator.accumulate(
+        student,
+        GradientsParams::from_grads(body_loss.backward(), student),
+    );
     (accumulator.grads(), breakdown)
 }
 
@@ -383,7 +464,10 @@ pub fn loss_only<B: Backend>(
     let device = student.model.device();
     let weights = PositionWeights::new(batch, objective);
     let needs_states = !objective.intermediate_matches.is_empty();
-    let (final_hidden, states) = student.model.forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
+    let (final_hidden, states) =
+        student
+            .model
+            .forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
     let final_hidden = flatten(final_hidden);
     let positions = final_hidden.dims()[0];
     let mut breakdown = LossBreakdown {
@@ -393,8 +477,16 @@ pub fn loss_only<B: Backend>(
     let chunk = objective.chunk_positions.max(1);
     for start in (0..positions).step_by(chunk) {
         let len = chunk.min(positions - start);
-        let student_logits = chunk_logits(&student.model, final_hidden.clone().narrow(0, start, len));
-        let (hard, soft) = chunk_terms(objective, student_logits, teacher.chunk(start, len), &weights, start, len);
+        let student_logits =
+            chunk_logits(&student.model, final_hidden.clone().narrow(0, start, len));
+        let (hard, soft) = chunk_terms(
+            objective,
+            student_logits,
+            teacher.chunk(start, len),
+            &weights,
+            start,
+            len,
+        );
         breakdown.hard += scalar(hard);
         breakdown.soft += scalar(soft);
     }
@@ -404,7 +496,14 @@ pub fn loss_only<B: Backend>(
         let real = vector::<B>(&weights.real, &device);
         for (index, matched) in objective.intermediate_matches.iter().enumerate() {
             let teacher_state = teacher.states[index].clone();
-            let value = scalar(intermediate_loss(student, &states, teacher_state, index, matched, real.clone()));
+            let value = scalar(intermediate_loss(
+                student,
+                &states,
+                teacher_state,
+                index,
+                matched,
+                real.clone(),
+            ));
             breakdown.intermediate.push(value);
             breakdown.total += matched.weight * value;
         }

@@ -14,7 +14,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use distill::losses::{divergence_per_position, HiddenLoss, KdLoss};
 use distill::objective::{
-    loss_and_gradients, loss_only, Batch, IntermediateMatch, Objective, Projection, Student, TeacherOutputs,
+    loss_and_gradients, loss_only, Batch, IntermediateMatch, Objective, Projection, Student,
+    TeacherOutputs,
 };
 use qwen2::backend::Cpu;
 use qwen2::{load_model, AttentionMask};
@@ -33,25 +34,42 @@ impl Reference {
     }
     fn view(&self, name: &str) -> (Vec<usize>, Vec<u8>, safetensors::Dtype) {
         let tensors = safetensors::SafeTensors::deserialize(&self.0).unwrap();
-        let view = tensors.tensor(name).unwrap_or_else(|_| panic!("no tensor {name}"));
+        let view = tensors
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
         (view.shape().to_vec(), view.data().to_vec(), view.dtype())
     }
     fn f32(&self, name: &str) -> Vec<f32> {
         let (_, data, dtype) = self.view(name);
         assert_eq!(dtype, safetensors::Dtype::F32);
-        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
     fn scalar(&self, name: &str) -> f64 {
         self.f32(name)[0] as f64
     }
     fn batch(&self) -> Batch {
         let (shape, data, _) = self.view("input_ids");
-        let ids: Vec<i64> = data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        let ids: Vec<i64> = data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         let (_, mask, _) = self.view("attention_mask");
-        let mask: Vec<i64> = mask.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        let mask: Vec<i64> = mask
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         Batch::new(
-            ids.chunks(shape[1]).map(|r| r.iter().map(|&v| v as u32).collect()).collect(),
-            AttentionMask { rows: mask.chunks(shape[1]).map(|r| r.iter().map(|&v| v != 0).collect()).collect() },
+            ids.chunks(shape[1])
+                .map(|r| r.iter().map(|&v| v as u32).collect())
+                .collect(),
+            AttentionMask {
+                rows: mask
+                    .chunks(shape[1])
+                    .map(|r| r.iter().map(|&v| v != 0).collect())
+                    .collect(),
+            },
         )
     }
 }
@@ -64,7 +82,11 @@ fn assert_close(name: &str, actual: f64, expected: f64, rtol: f64) {
 
 fn relative_l2(actual: &[f32], expected: &[f32]) -> f64 {
     assert_eq!(actual.len(), expected.len());
-    let diff: f64 = actual.iter().zip(expected).map(|(a, e)| ((a - e) as f64).powi(2)).sum();
+    let diff: f64 = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| ((a - e) as f64).powi(2))
+        .sum();
     let norm: f64 = expected.iter().map(|e| (*e as f64).powi(2)).sum();
     (diff / norm).sqrt()
 }
@@ -98,18 +120,35 @@ fn student(name: &str, reference: &Reference) -> Student<Train> {
     let (model, _) = load_model::<Train>(&fixtures().join(name), &device).unwrap();
     let linear = (name == "student_h32").then(|| {
         // PyTorch [H_t, H_s] -> Burn's [H_s, H_t].
-        let weight = Tensor::<Train, 2>::from_data(TensorData::new(reference.f32("proj.weight"), [64, 32]), &device);
-        Linear { weight: Param::from_tensor(weight.transpose()), bias: None }
+        let weight = Tensor::<Train, 2>::from_data(
+            TensorData::new(reference.f32("proj.weight"), [64, 32]),
+            &device,
+        );
+        Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias: None,
+        }
     });
-    Student { model, projections: vec![Projection { linear }] }
+    Student {
+        model,
+        projections: vec![Projection { linear }],
+    }
 }
 
 fn teacher() -> Arc<qwen2::Model<Cpu>> {
-    Arc::new(load_model::<Cpu>(&fixtures().join("teacher"), &Default::default()).unwrap().0)
+    Arc::new(
+        load_model::<Cpu>(&fixtures().join("teacher"), &Default::default())
+            .unwrap()
+            .0,
+    )
 }
 
 fn gradient<const D: usize>(grads: &GradientsParams, param: &Param<Tensor<Train, D>>) -> Vec<f32> {
-    values(grads.get::<Cpu, D>(param.id).expect("parameter has a gradient"))
+    values(
+        grads
+            .get::<Cpu, D>(param.id)
+            .expect("parameter has a gradient"),
+    )
 }
 
 #[test]
@@ -123,21 +162,54 @@ fn losses_and_gradients_equal_the_reference_for_every_chunking() {
             let objective = objective(chunk_positions);
             let student = student(pair, &reference);
             let teacher_outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
-            let (grads, losses) = loss_and_gradients(&student, &teacher_outputs, &batch, &objective);
+            let (grads, losses) =
+                loss_and_gradients(&student, &teacher_outputs, &batch, &objective);
             let label = format!("{pair} chunk {chunk_positions}");
-            assert_close(&format!("{label} hard"), losses.hard, reference.scalar("hard_loss"), 1e-5);
-            assert_close(&format!("{label} soft"), losses.soft, reference.scalar("soft_loss"), 1e-5);
-            assert_close(&format!("{label} hidden"), losses.intermediate[0], reference.scalar("hidden_mse"), 1e-5);
-            assert_close(&format!("{label} total"), losses.total, reference.scalar("total_loss_with_hidden"), 1e-5);
+            assert_close(
+                &format!("{label} hard"),
+                losses.hard,
+                reference.scalar("hard_loss"),
+                1e-5,
+            );
+            assert_close(
+                &format!("{label} soft"),
+                losses.soft,
+                reference.scalar("soft_loss"),
+                1e-5,
+            );
+            assert_close(
+                &format!("{label} hidden"),
+                losses.intermediate[0],
+                reference.scalar("hidden_mse"),
+                1e-5,
+            );
+            assert_close(
+                &format!("{label} total"),
+                losses.total,
+                reference.scalar("total_loss_with_hidden"),
+                1e-5,
+            );
 
             let model = &student.model;
             let layer = &model.layers[0].self_attn.q_proj;
             let checks: Vec<(&str, Vec<f32>)> = vec![
-                ("grad.model.norm.weight", gradient(&grads, &model.norm.weight)),
-                ("grad.model.layers.0.self_attn.q_proj.bias", gradient(&grads, layer.bias.as_ref().unwrap())),
+                (
+                    "grad.model.norm.weight",
+                    gradient(&grads, &model.norm.weight),
+                ),
+                (
+                    "grad.model.layers.0.self_attn.q_proj.bias",
+                    gradient(&grads, layer.bias.as_ref().unwrap()),
+                ),
                 // Burn keeps [in, out]; the reference is PyTorch's [out, in].
-                ("grad.model.layers.0.self_attn.q_proj.weight", transpose(gradient(&grads, &layer.weight), model.hidden_size())),
-                ("grad.model.embed_tokens.weight", transpose(gradient(&grads, &model.embed_tokens), model.hidden_size())),
+                (
+                    "grad.model.layers.0.self_attn.q_proj.weight",
+                    transpose(gradient(&grads, &layer.weight), model.hidden_size()),
+                ),
+                (
+                    "grad.model.embed_tokens.weight",
+                    transpose(gradient(&grads, &model.embed_tokens), model.hidden_size()),
+                ),
             ];
             for (name, actual) in checks {
                 let error = relative_l2(&actual, &reference.f32(name));
@@ -145,7 +217,10 @@ fn losses_and_gradients_equal_the_reference_for_every_chunking() {
                 assert!(error < 1e-4, "{label} {name}: relative L2 error {error}");
             }
             if let Some(linear) = &student.projections[0].linear {
-                let error = relative_l2(&transpose(gradient(&grads, &linear.weight), 32), &reference.f32("grad.proj.weight"));
+                let error = relative_l2(
+                    &transpose(gradient(&grads, &linear.weight), 32),
+                    &reference.f32("grad.proj.weight"),
+                );
                 println!("{label} grad.proj.weight: relative L2 error {error:e}");
                 assert!(error < 1e-4, "{label} projection gradient: {error}");
             }
@@ -183,16 +258,28 @@ fn every_divergence_matches_its_formula_per_token() {
         (KdLoss::ReverseKl, "kl_reverse_per_token"),
         (KdLoss::Jsd, "jsd_per_token"),
     ] {
-        let actual = values(divergence_per_position(kind, student_logits.clone(), teacher_logits.clone(), 2.0, 0.5));
+        let actual = values(divergence_per_position(
+            kind,
+            student_logits.clone(),
+            teacher_logits.clone(),
+            2.0,
+            0.5,
+        ));
         let expected = reference.f32(name);
         for (position, (a, e)) in actual.iter().zip(&expected).enumerate() {
-            assert!((a - e).abs() <= 1e-5 * e.abs().max(1e-3), "{name} at {position}: {a} vs {e}");
+            assert!(
+                (a - e).abs() <= 1e-5 * e.abs().max(1e-3),
+                "{name} at {position}: {a} vs {e}"
+            );
         }
     }
     // The token means (over real positions) times T^2 give the reported losses.
     let mut objective = objective(8);
     objective.intermediate_matches.clear();
-    let student = Student { model: student, projections: vec![] };
+    let student = Student {
+        model: student,
+        projections: vec![],
+    };
     let teacher_outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
     for (kind, name, scale) in [
         (KdLoss::Kl, "soft_loss", 1.0),
@@ -203,10 +290,15 @@ fn every_divergence_matches_its_formula_per_token() {
         let losses = loss_only(&student, &teacher_outputs, &batch, &objective);
         assert_close(name, losses.soft, reference.scalar(name) * scale, 1e-5);
     }
-    assert_close("total_loss", {
-        objective.kd_loss = KdLoss::Kl;
-        loss_only(&student, &teacher_outputs, &batch, &objective).total
-    }, reference.scalar("total_loss"), 1e-5);
+    assert_close(
+        "total_loss",
+        {
+            objective.kd_loss = KdLoss::Kl;
+            loss_only(&student, &teacher_outputs, &batch, &objective).total
+        },
+        reference.scalar("total_loss"),
+        1e-5,
+    );
 }
 
 #[test]
@@ -226,17 +318,41 @@ fn three_adamw_steps_follow_the_reference_trajectory() {
             .init::<Train, Student<Train>>();
         let expected = reference.f32("adamw_losses");
         for (step, expected_loss) in expected.iter().enumerate() {
-            let (grads, losses) = loss_and_gradients(&student, &teacher_outputs, &batch, &objective);
-            assert_close(&format!("{pair} AdamW loss before step {step}"), losses.total, *expected_loss as f64, 1e-4);
+            let (grads, losses) =
+                loss_and_gradients(&student, &teacher_outputs, &batch, &objective);
+            assert_close(
+                &format!("{pair} AdamW loss before step {step}"),
+                losses.total,
+                *expected_loss as f64,
+                1e-4,
+            );
             student = optimizer.step(1e-3, student, grads);
         }
-        let after = loss_and_gradients(&student, &teacher_outputs, &batch, &objective).1.total;
-        assert_close(&format!("{pair} loss after 3 steps"), after, reference.scalar("adamw_loss_after"), 1e-4);
+        let after = loss_and_gradients(&student, &teacher_outputs, &batch, &objective)
+            .1
+            .total;
+        assert_close(
+            &format!("{pair} loss after 3 steps"),
+            after,
+            reference.scalar("adamw_loss_after"),
+            1e-4,
+        );
         let norm = values(student.model.norm.weight.val());
         let error = relative_l2(&norm, &reference.f32("adamw_final.model.norm.weight"));
         assert!(error < 1e-4, "{pair} final norm weight: {error}");
-        let bias = values(student.model.layers[0].self_attn.q_proj.bias.as_ref().unwrap().val());
-        let error = relative_l2(&bias, &reference.f32("adamw_final.model.layers.0.self_attn.q_proj.bias"));
+        let bias = values(
+            student.model.layers[0]
+                .self_attn
+                .q_proj
+                .bias
+                .as_ref()
+                .unwrap()
+                .val(),
+        );
+        let error = relative_l2(
+            &bias,
+            &reference.f32("adamw_final.model.layers.0.self_attn.q_proj.bias"),
+        );
         assert!(error < 1e-4, "{pair} final q_proj bias: {error}");
     }
 }

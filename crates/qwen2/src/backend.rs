@@ -28,7 +28,9 @@ impl FromStr for BackendKind {
         match value {
             "ndarray" | "cpu" => Ok(Self::Ndarray),
             "cuda" | "gpu" => Ok(Self::Cuda),
-            other => Err(format!("unknown backend `{other}`: use `ndarray` or `cuda`")),
+            other => Err(format!(
+                "unknown backend `{other}`: use `ndarray` or `cuda`"
+            )),
         }
     }
 }

@@ -53,7 +53,11 @@ impl Qwen2Config {
                 format!("`{model_type}` is not supported: only `qwen2` (Qwen2ForCausalLM) is"),
             ));
         }
-        if fields.optional("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        if fields
+            .optional("use_sliding_window")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             return Err(fields.error(
                 "use_sliding_window",
                 "sliding-window attention is not implemented; set it to false (Qwen2.5 and \
@@ -63,13 +67,19 @@ impl Qwen2Config {
         }
         if let Some(act) = fields.optional("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                return Err(fields.error("hidden_act", format!("`{act}` is not supported: only `silu` is")));
+                return Err(fields.error(
+                    "hidden_act",
+                    format!("`{act}` is not supported: only `silu` is"),
+                ));
             }
         }
 
         let rope_parameters = fields.optional("rope_parameters").filter(|v| !v.is_null());
         let rope_scaling = fields.optional("rope_scaling").filter(|v| !v.is_null());
-        for (field, params) in [("rope_parameters", rope_parameters), ("rope_scaling", rope_scaling)] {
+        for (field, params) in [
+            ("rope_parameters", rope_parameters),
+            ("rope_scaling", rope_scaling),
+        ] {
             if let Some(params) = params {
                 let rope_type = params
                     .get("rope_type")
@@ -85,10 +95,12 @@ impl Qwen2Config {
             }
         }
         let rope_theta = match fields.optional("rope_theta").filter(|v| !v.is_null()) {
-            Some(value) => number(value).ok_or_else(|| fields.error("rope_theta", "expected a number".into()))?,
+            Some(value) => number(value)
+                .ok_or_else(|| fields.error("rope_theta", "expected a number".into()))?,
             None => match rope_parameters.and_then(|p| p.get("rope_theta")) {
-                Some(value) => number(value)
-                    .ok_or_else(|| fields.error("rope_parameters.rope_theta", "expected a number".into()))?,
+                Some(value) => number(value).ok_or_else(|| {
+                    fields.error("rope_parameters.rope_theta", "expected a number".into())
+                })?,
                 None => {
                     return Err(fields.error(
                         "rope_theta",
@@ -127,10 +139,16 @@ impl Qwen2Config {
         let eos_token_ids = match fields.optional("eos_token_id") {
             None | Some(Value::Null) => Vec::new(),
             Some(value) => token_ids(value).ok_or_else(|| {
-                fields.error("eos_token_id", "expected a token id or a list of ids".into())
+                fields.error(
+                    "eos_token_id",
+                    "expected a token id or a list of ids".into(),
+                )
             })?,
         };
-        let bos_token_id = fields.optional("bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
+        let bos_token_id = fields
+            .optional("bos_token_id")
+            .and_then(Value::as_u64)
+            .map(|v| v as u32);
         let torch_dtype = fields
             .optional("torch_dtype")
             .or_else(|| fields.optional("dtype"))
@@ -151,7 +169,8 @@ impl Qwen2Config {
                 None => 32768,
             },
             rms_norm_eps: match fields.optional("rms_norm_eps") {
-                Some(value) => number(value).ok_or_else(|| fields.error("rms_norm_eps", "expected a number".into()))?,
+                Some(value) => number(value)
+                    .ok_or_else(|| fields.error("rms_norm_eps", "expected a number".into()))?,
                 None => 1e-6,
             },
             rope_theta,
@@ -246,7 +265,10 @@ fn number(value: &Value) -> Option<f64> {
 fn token_ids(value: &Value) -> Option<Vec<u32>> {
     match value {
         Value::Number(n) => n.as_u64().map(|id| vec![id as u32]),
-        Value::Array(items) => items.iter().map(|v| v.as_u64().map(|id| id as u32)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_u64().map(|id| id as u32))
+            .collect(),
         _ => None,
     }
 }
@@ -284,7 +306,9 @@ impl Fields<'_> {
                 .as_u64()
                 .filter(|v| *v > 0)
                 .map(|v| v as usize)
-                .ok_or_else(|| self.error(field, format!("expected a positive integer, found {value}"))),
+                .ok_or_else(|| {
+                    self.error(field, format!("expected a positive integer, found {value}"))
+                }),
             None => Err(self.error(field, "missing".into())),
         }
     }
@@ -315,21 +339,39 @@ impl GenerationConfig {
             });
         }
         let json = read_json(&path)?;
-        let fields = Fields { json: &json, path: &path };
+        let fields = Fields {
+            json: &json,
+            path: &path,
+        };
         let eos_token_ids = match json.get("eos_token_id") {
             None | Some(Value::Null) => config.eos_token_ids.clone(),
             Some(value) => token_ids(value).ok_or_else(|| {
-                fields.error("eos_token_id", "expected a token id or a list of ids".into())
+                fields.error(
+                    "eos_token_id",
+                    "expected a token id or a list of ids".into(),
+                )
             })?,
         };
         Ok(Self {
-            do_sample: json.get("do_sample").and_then(Value::as_bool).unwrap_or(false),
+            do_sample: json
+                .get("do_sample")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             temperature: json.get("temperature").and_then(Value::as_f64),
-            top_k: json.get("top_k").and_then(Value::as_u64).map(|v| v as usize),
+            top_k: json
+                .get("top_k")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
             top_p: json.get("top_p").and_then(Value::as_f64),
             eos_token_ids,
-            bos_token_id: json.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
-            max_new_tokens: json.get("max_new_tokens").and_then(Value::as_u64).map(|v| v as usize),
+            bos_token_id: json
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
+            max_new_tokens: json
+                .get("max_new_tokens")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
         })
     }
 

@@ -84,7 +84,10 @@ pub fn generate<B: Backend>(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32),
 ) -> Generation {
-    assert!(!prompt.is_empty(), "generation needs at least one prompt token");
+    assert!(
+        !prompt.is_empty(),
+        "generation needs at least one prompt token"
+    );
     let device = model.device();
     let mut cache = KvCache::new(model.num_layers());
     let mut sampler = Sampler::new(&options.sampling);
@@ -98,7 +101,11 @@ pub fn generate<B: Backend>(
         Tensor::<B, 2, Int>::from_data(TensorData::new(values, [1, tokens.len()]), &device)
     };
     let started = Instant::now();
-    let mut logits = last_position(model.forward_cached(ids(prompt), &AttentionMask::full(1, prompt.len()), &mut cache));
+    let mut logits = last_position(model.forward_cached(
+        ids(prompt),
+        &AttentionMask::full(1, prompt.len()),
+        &mut cache,
+    ));
     generation.prefill_time = started.elapsed();
 
     let decode_started = Instant::now();
@@ -116,7 +123,11 @@ pub fn generate<B: Backend>(
         if step + 1 == options.max_new_tokens {
             break;
         }
-        logits = last_position(model.forward_cached(ids(&[token]), &AttentionMask::full(1, 1), &mut cache));
+        logits = last_position(model.forward_cached(
+            ids(&[token]),
+            &AttentionMask::full(1, 1),
+            &mut cache,
+        ));
     }
     generation.decode_time = decode_started.elapsed();
     generation
@@ -241,14 +252,25 @@ mod tests {
         let e = std::f64::consts::E;
         assert!((top2[0].1 - e / (e + 1.0)).abs() < 1e-12);
         // p(3)=0.644, p(2)=0.237: top-p 0.7 keeps both, top-p 0.5 keeps one.
-        assert_eq!(filtered_probabilities(&logits, 1.0, None, Some(0.7)).len(), 2);
-        assert_eq!(filtered_probabilities(&logits, 1.0, None, Some(0.5)).len(), 1);
+        assert_eq!(
+            filtered_probabilities(&logits, 1.0, None, Some(0.7)).len(),
+            2
+        );
+        assert_eq!(
+            filtered_probabilities(&logits, 1.0, None, Some(0.5)).len(),
+            1
+        );
     }
 
     #[test]
     fn sampling_is_reproducible_with_a_seed_and_follows_the_distribution() {
         let logits = [0.0f32, 1.0, 2.0];
-        let sampling = Sampling::Sample { temperature: 1.0, top_k: None, top_p: None, seed: 7 };
+        let sampling = Sampling::Sample {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed: 7,
+        };
         let draws = |seed_sampling: &Sampling| {
             let mut sampler = Sampler::new(seed_sampling);
             (0..3000).map(|_| sampler.next(&logits)).collect::<Vec<_>>()
@@ -257,6 +279,9 @@ mod tests {
         assert_eq!(first, draws(&sampling));
         let share_of_2 = first.iter().filter(|&&t| t == 2).count() as f64 / 3000.0;
         let expected = 2f64.exp() / (1.0 + 1f64.exp() + 2f64.exp());
-        assert!((share_of_2 - expected).abs() < 0.03, "{share_of_2} vs {expected}");
+        assert!(
+            (share_of_2 - expected).abs() < 0.03,
+            "{share_of_2} vs {expected}"
+        );
     }
 }

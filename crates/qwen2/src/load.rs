@@ -49,7 +49,9 @@ impl WeightSource for RandomWeights {
         }
         // Uniform(-a, a) has std a/sqrt(3); 0.02 is transformers' initializer_range.
         let bound = 0.02 * 3f32.sqrt();
-        Ok((0..count).map(|_| self.rng.random_range(-bound..bound)).collect())
+        Ok((0..count)
+            .map(|_| self.rng.random_range(-bound..bound))
+            .collect())
     }
 }
 
@@ -80,7 +82,10 @@ pub fn build_model<B: Backend>(
         device: &B::Device,
     ) -> Result<Param<Tensor<B, 1>>> {
         let values = source.tensor(name, &[len], false)?;
-        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, [len]), device)))
+        Ok(Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, [len]),
+            device,
+        )))
     }
     /// A PyTorch `[out, in]` matrix, kept as `[in, out]`.
     fn matrix<B: Backend>(
@@ -101,10 +106,20 @@ pub fn build_model<B: Backend>(
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for layer in 0..config.num_hidden_layers {
         let p = format!("model.layers.{layer}");
-        let linear = |source: &mut dyn WeightSource, name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<Linear<B>> {
+        let linear = |source: &mut dyn WeightSource,
+                      name: &str,
+                      out_f: usize,
+                      in_f: usize,
+                      bias: bool|
+         -> Result<Linear<B>> {
             let weight = matrix::<B>(source, &format!("{p}.{name}.weight"), out_f, in_f, device)?;
             let bias = if bias {
-                Some(vector::<B>(source, &format!("{p}.{name}.bias"), out_f, device)?)
+                Some(vector::<B>(
+                    source,
+                    &format!("{p}.{name}.bias"),
+                    out_f,
+                    device,
+                )?)
             } else {
                 None
             };

@@ -53,7 +53,8 @@ pub fn next_token_cross_entropy<B: Backend>(
     let device = logits.device();
     let (labels, valid) = shifted_labels(input_ids, mask);
     let count = valid.iter().filter(|&&v| v > 0.0).count();
-    let labels = Tensor::<B, 3, Int>::from_data(TensorData::new(labels, [batch, seq - 1, 1]), &device);
+    let labels =
+        Tensor::<B, 3, Int>::from_data(TensorData::new(labels, [batch, seq - 1, 1]), &device);
     let valid = Tensor::<B, 2>::from_data(TensorData::new(valid, [batch, seq - 1]), &device);
     let log_probabilities = log_softmax(logits.narrow(1, 0, seq - 1), 2);
     let per_token = log_probabilities

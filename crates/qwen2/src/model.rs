@@ -114,9 +114,8 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| {
-            t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
-        };
+        let heads =
+            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let queries = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
         let mut keys = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
         let mut values = heads(self.v_proj.forward(x), self.num_kv_heads);
@@ -185,11 +184,16 @@ impl<B: Backend> DecoderLayer<B> {
         blocked: &Tensor<B, 4, Bool>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let attended = self
-            .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), rope, blocked, cache);
+        let attended = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            rope,
+            blocked,
+            cache,
+        );
         let x = x + attended;
-        let transformed = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()));
+        let transformed = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
         x + transformed
     }
 }
@@ -239,7 +243,11 @@ impl AttentionMask {
             .to_vec::<i64>()
             .expect("int tensor data");
         Self {
-            rows: values.chunks(seq.max(1)).take(batch).map(|r| r.iter().map(|&v| v != 0).collect()).collect(),
+            rows: values
+                .chunks(seq.max(1))
+                .take(batch)
+                .map(|r| r.iter().map(|&v| v != 0).collect())
+                .collect(),
         }
     }
 
@@ -300,7 +308,8 @@ impl<B: Backend> Model<B> {
         attention_mask: &AttentionMask,
         output_hidden_states: bool,
     ) -> ModelOutput<B> {
-        let (hidden, hidden_states) = self.forward_hidden(input_ids, attention_mask, output_hidden_states);
+        let (hidden, hidden_states) =
+            self.forward_hidden(input_ids, attention_mask, output_hidden_states);
         ModelOutput {
             logits: self.lm_head(hidden),
             hidden_states,
@@ -365,7 +374,13 @@ impl<B: Backend> Model<B> {
             })
             .collect();
         let blocked = self.blocked_scores(&cache.mask, past, seq);
-        let (hidden, _) = self.run_layers(input_ids, &positions, &blocked, Some(&mut cache.layers), false);
+        let (hidden, _) = self.run_layers(
+            input_ids,
+            &positions,
+            &blocked,
+            Some(&mut cache.layers),
+            false,
+        );
         self.lm_head(hidden)
     }
 
@@ -423,7 +438,11 @@ impl<B: Backend> Model<B> {
         for row in &mask.rows {
             for query in 0..seq {
                 let query_index = past + query;
-                blocked.extend(row.iter().enumerate().map(|(key, &real)| key > query_index || !real));
+                blocked.extend(
+                    row.iter()
+                        .enumerate()
+                        .map(|(key, &real)| key > query_index || !real),
+                );
             }
         }
         Tensor::from_data(
@@ -439,7 +458,10 @@ pub fn parameter_shapes(config: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
     let i = config.intermediate_size;
-    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
+    let mut shapes = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![config.vocab_size, h],
+    )];
     for layer in 0..config.num_hidden_layers {
         let p = format!("model.layers.{layer}");
         shapes.extend([

@@ -75,13 +75,14 @@ impl Checkpoint {
             vec![single]
         } else if index_path.exists() {
             let index = read_json(&index_path)?;
-            let map = index.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-                ModelError::Config {
+            let map = index
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| ModelError::Config {
                     path: index_path.clone(),
                     field: "weight_map".into(),
                     message: "missing or not an object".into(),
-                }
-            })?;
+                })?;
             let mut names: Vec<&str> = map.values().filter_map(Value::as_str).collect();
             names.sort_unstable();
             names.dedup();
@@ -150,7 +151,11 @@ impl Checkpoint {
             let shape: Vec<usize> = info
                 .get("shape")
                 .and_then(Value::as_array)
-                .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+                .and_then(|dims| {
+                    dims.iter()
+                        .map(|d| d.as_u64().map(|d| d as usize))
+                        .collect()
+                })
                 .ok_or_else(|| corrupt(format!("tensor `{name}` has no valid shape")))?;
             let offsets: Vec<u64> = info
                 .get("data_offsets")
@@ -189,24 +194,37 @@ impl Checkpoint {
         for entry in self.tensors.values() {
             *counts.entry(entry.dtype_name.as_str()).or_default() += 1;
         }
-        let (name, _) = counts.into_iter().max_by_key(|(name, count)| (*count, *name))?;
+        let (name, _) = counts
+            .into_iter()
+            .max_by_key(|(name, count)| (*count, *name))?;
         parse_dtype(name)
     }
 
     /// Path of the file that holds `name` (or of the first file), for error messages.
     fn path_of(&self, name: &str) -> PathBuf {
         let index = self.tensors.get(name).map_or(0, |e| e.file);
-        self.files.get(index).map(|(p, _)| p.clone()).unwrap_or_default()
+        self.files
+            .get(index)
+            .map(|(p, _)| p.clone())
+            .unwrap_or_default()
     }
 
     /// Reads tensor `name` as f32, checking it has `expected_shape`. With `transpose`, a 2-D
     /// `[rows, cols]` tensor is returned as `[cols, rows]` (Burn's linear layout), converted
     /// and transposed in one pass so no second full-size copy exists.
-    pub fn read_f32(&self, name: &str, expected_shape: &[usize], transpose: bool) -> Result<Vec<f32>> {
-        let entry = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path_of(name),
-            name: name.to_string(),
-        })?;
+    pub fn read_f32(
+        &self,
+        name: &str,
+        expected_shape: &[usize],
+        transpose: bool,
+    ) -> Result<Vec<f32>> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path_of(name),
+                name: name.to_string(),
+            })?;
         let (path, file) = &self.files[entry.file];
         if entry.shape != expected_shape {
             return Err(ModelError::WrongShape {
@@ -235,10 +253,11 @@ impl Checkpoint {
             });
         }
         let mut bytes = vec![0u8; byte_len];
-        file.read_exact_at(&mut bytes, entry.start).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        file.read_exact_at(&mut bytes, entry.start)
+            .map_err(|source| ModelError::Io {
+                path: path.clone(),
+                source,
+            })?;
         let convert: fn(&[u8]) -> f32 = match dtype {
             Dtype::BF16 => |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
             Dtype::F16 => |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
@@ -286,17 +305,18 @@ pub struct TensorToWrite<'a> {
 
 /// Writes a safetensors file at `path` (through a temporary file renamed at the end), storing
 /// every tensor as `dtype`. Tensors are written in name order, as the Python library does.
-pub fn write_safetensors(path: &Path, mut tensors: Vec<TensorToWrite<'_>>, dtype: Dtype) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    mut tensors: Vec<TensorToWrite<'_>>,
+    dtype: Dtype,
+) -> Result<()> {
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     let io_error = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     };
     let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "format": "pt" }),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
     for tensor in &tensors {
         let len = tensor.shape.iter().product::<usize>() * dtype.size();
@@ -326,15 +346,22 @@ pub fn write_safetensors(path: &Path, mut tensors: Vec<TensorToWrite<'_>>, dtype
     for tensor in tensors {
         let expected = tensor.shape.iter().product::<usize>();
         let values = (tensor.values)();
-        assert_eq!(values.len(), expected, "tensor {} has the wrong number of values", tensor.name);
+        assert_eq!(
+            values.len(),
+            expected,
+            "tensor {} has the wrong number of values",
+            tensor.name
+        );
         let mut buffer = Vec::with_capacity(values.len().min(1 << 20) * dtype.size());
         for chunk in values.chunks(1 << 20) {
             buffer.clear();
             match dtype {
-                Dtype::F32 => chunk.iter().for_each(|v| buffer.extend_from_slice(&v.to_le_bytes())),
-                Dtype::BF16 => chunk
+                Dtype::F32 => chunk
                     .iter()
-                    .for_each(|v| buffer.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+                    .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes())),
+                Dtype::BF16 => chunk.iter().for_each(|v| {
+                    buffer.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                }),
                 Dtype::F16 => chunk
                     .iter()
                     .for_each(|v| buffer.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),

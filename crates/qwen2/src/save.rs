@@ -24,8 +24,15 @@ pub const TOKENIZER_FILES: [&str; 6] = [
 /// A parameter by its Hugging Face name. Matrices are held in Burn's layout, the transpose of
 /// the PyTorch `[out, in]` shape in `hf_shape`.
 pub enum NamedTensor<B: Backend> {
-    Matrix { name: String, hf_shape: [usize; 2], value: Tensor<B, 2> },
-    Vector { name: String, value: Tensor<B, 1> },
+    Matrix {
+        name: String,
+        hf_shape: [usize; 2],
+        value: Tensor<B, 2>,
+    },
+    Vector {
+        name: String,
+        value: Tensor<B, 1>,
+    },
 }
 
 impl<B: Backend> NamedTensor<B> {
@@ -52,7 +59,9 @@ impl<B: Backend> NamedTensor<B> {
 }
 
 fn to_f32(data: burn::tensor::TensorData) -> Vec<f32> {
-    data.convert::<f32>().to_vec::<f32>().expect("float tensor data")
+    data.convert::<f32>()
+        .to_vec::<f32>()
+        .expect("float tensor data")
 }
 
 impl<B: Backend> Model<B> {
@@ -61,10 +70,17 @@ impl<B: Backend> Model<B> {
     pub fn named_tensors(&self) -> Vec<NamedTensor<B>> {
         let matrix = |name: String, value: Tensor<B, 2>| {
             let [inputs, outputs] = value.dims();
-            NamedTensor::Matrix { name, hf_shape: [outputs, inputs], value }
+            NamedTensor::Matrix {
+                name,
+                hf_shape: [outputs, inputs],
+                value,
+            }
         };
         let vector = |name: String, value: Tensor<B, 1>| NamedTensor::Vector { name, value };
-        let mut tensors = vec![matrix("model.embed_tokens.weight".into(), self.embed_tokens.val())];
+        let mut tensors = vec![matrix(
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.val(),
+        )];
         for (index, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{index}");
             let attention = &layer.self_attn;
@@ -82,7 +98,10 @@ impl<B: Backend> Model<B> {
                     tensors.push(vector(format!("{p}.{part}.bias"), bias.val()));
                 }
             }
-            tensors.push(vector(format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.val()));
+            tensors.push(vector(
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.weight.val(),
+            ));
             tensors.push(vector(
                 format!("{p}.post_attention_layernorm.weight"),
                 layer.post_attention_layernorm.weight.val(),
@@ -127,12 +146,18 @@ pub fn save_model<B: Backend>(
     let mut config = config.clone();
     config.torch_dtype = options.dtype.torch_name().to_string();
     write_json(&staging.join("config.json"), &config.to_hf_json())?;
-    let generation = options.generation.cloned().unwrap_or_else(|| GenerationConfig {
-        eos_token_ids: config.eos_token_ids.clone(),
-        bos_token_id: config.bos_token_id,
-        ..GenerationConfig::default()
-    });
-    write_json(&staging.join("generation_config.json"), &generation.to_hf_json())?;
+    let generation = options
+        .generation
+        .cloned()
+        .unwrap_or_else(|| GenerationConfig {
+            eos_token_ids: config.eos_token_ids.clone(),
+            bos_token_id: config.bos_token_id,
+            ..GenerationConfig::default()
+        });
+    write_json(
+        &staging.join("generation_config.json"),
+        &generation.to_hf_json(),
+    )?;
 
     let tensors = model
         .named_tensors()
@@ -169,7 +194,10 @@ pub fn save_model<B: Backend>(
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dir.with_file_name(format!(".{name}.{suffix}"))
 }
 

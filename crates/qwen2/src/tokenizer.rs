@@ -32,13 +32,13 @@ impl Tokenizer {
     /// Encodes text as `tokenizer(text)` does in transformers: with the tokenizer's own special
     /// tokens when `add_special_tokens` (DeepSeek-R1-Distill prepends BOS, Qwen2.5 adds none).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("cannot encode: {e}"),
-            })?;
+        let encoding =
+            self.inner
+                .encode(text, add_special_tokens)
+                .map_err(|e| ModelError::Tokenizer {
+                    path: self.path.clone(),
+                    message: format!("cannot encode: {e}"),
+                })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -109,16 +109,19 @@ pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
             .and_then(Value::as_str)
             .ok_or_else(|| error("no template named `default` in `chat_template`".into()))?
             .to_string(),
-        _ => {
-            return Err(error(
-                "field `chat_template` is missing: this model has no chat template; run without --chat".into(),
-            ))
-        }
+        _ => return Err(error(
+            "field `chat_template` is missing: this model has no chat template; run without --chat"
+                .into(),
+        )),
     };
     let special = |name: &str| -> String {
         match config.get(name) {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or("").to_string(),
+            Some(Value::Object(o)) => o
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             _ => String::new(),
         }
     };
@@ -126,9 +129,15 @@ pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
     let mut environment = minijinja::Environment::new();
     minijinja_contrib::add_to_environment(&mut environment);
     environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    environment.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-    });
+    environment.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                message,
+            ))
+        },
+    );
     environment
         .add_template("chat", &template)
         .map_err(|e| error(format!("cannot parse: {e}")))?;

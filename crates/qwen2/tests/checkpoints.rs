@@ -27,7 +27,12 @@ fn logits_of(dir: &Path) -> Vec<f32> {
     let logits = to_vec(model.forward(ids_tensor(&rows), &mask, false).logits);
     // Real positions only: what a pad query sees is not part of the contract.
     let real: Vec<bool> = mask.rows.iter().flatten().copied().collect();
-    logits.chunks(vocab).zip(real).filter(|(_, r)| *r).flat_map(|(row, _)| row.to_vec()).collect()
+    logits
+        .chunks(vocab)
+        .zip(real)
+        .filter(|(_, r)| *r)
+        .flat_map(|(row, _)| row.to_vec())
+        .collect()
 }
 
 /// Same weights give the same logits; the bound only allows for the summation order of
@@ -42,7 +47,11 @@ fn read_config(dir: &Path) -> Value {
 }
 
 fn write_config(dir: &Path, config: &Value) {
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(config).unwrap(),
+    )
+    .unwrap();
 }
 
 fn load_error(dir: &Path) -> String {
@@ -65,7 +74,10 @@ fn both_config_styles_load_to_the_same_model() {
     let object = config.as_object_mut().unwrap();
     let theta = object.remove("rope_theta").unwrap();
     let dtype = object.remove("torch_dtype").unwrap();
-    object.insert("rope_parameters".into(), json!({"rope_theta": theta, "rope_type": "default"}));
+    object.insert(
+        "rope_parameters".into(),
+        json!({"rope_theta": theta, "rope_type": "default"}),
+    );
     object.insert("dtype".into(), dtype);
     object.insert("sliding_window".into(), Value::Null);
     object.insert("layer_types".into(), json!(vec!["full_attention"; 4]));
@@ -78,22 +90,46 @@ fn both_config_styles_load_to_the_same_model() {
 #[test]
 fn save_then_load_is_bit_identical_and_bf16_keeps_a_bf16_source_exact() {
     let temp = tempfile::tempdir().unwrap();
-    for (name, dtype) in [("student", Dtype::F32), ("teacher", Dtype::BF16), ("teacher", Dtype::F32)] {
+    for (name, dtype) in [
+        ("student", Dtype::F32),
+        ("teacher", Dtype::BF16),
+        ("teacher", Dtype::F32),
+    ] {
         let (model, config) = load_model::<B>(&model_dir(name), &Default::default()).unwrap();
         let out = temp.path().join(format!("{name}-{}", dtype.name()));
-        let options = SaveOptions { dtype, tokenizer_dir: None, generation: None };
+        let options = SaveOptions {
+            dtype,
+            tokenizer_dir: None,
+            generation: None,
+        };
         save_model(&model, &config, &out, &options).unwrap();
         for file in ["config.json", "generation_config.json", "model.safetensors"] {
             assert!(out.join(file).exists(), "{file} written");
         }
         let (reloaded, reloaded_config) = load_model::<B>(&out, &Default::default()).unwrap();
         assert_eq!(reloaded_config.torch_dtype, dtype.torch_name());
-        let original: Vec<_> = model.named_tensors().iter().map(|t| (t.name().to_string(), t.hf_values())).collect();
-        let again: Vec<_> = reloaded.named_tensors().iter().map(|t| (t.name().to_string(), t.hf_values())).collect();
-        assert_eq!(original, again, "{name} saved as {} reloads bit-identically", dtype.name());
+        let original: Vec<_> = model
+            .named_tensors()
+            .iter()
+            .map(|t| (t.name().to_string(), t.hf_values()))
+            .collect();
+        let again: Vec<_> = reloaded
+            .named_tensors()
+            .iter()
+            .map(|t| (t.name().to_string(), t.hf_values()))
+            .collect();
+        assert_eq!(
+            original,
+            again,
+            "{name} saved as {} reloads bit-identically",
+            dtype.name()
+        );
     }
     // The teacher is bf16 on disk, so saving it in bf16 loses nothing: same logits exactly.
-    assert_same_logits(&logits_of(&temp.path().join("teacher-BF16")), &logits_of(&model_dir("teacher")));
+    assert_same_logits(
+        &logits_of(&temp.path().join("teacher-BF16")),
+        &logits_of(&model_dir("teacher")),
+    );
 }
 
 #[test]
@@ -102,17 +138,33 @@ fn saved_tensor_names_are_exactly_the_checkpoints() {
     for name in ["teacher", "student"] {
         let (model, config) = load_model::<B>(&model_dir(name), &Default::default()).unwrap();
         let out = temp.path().join(name);
-        save_model(&model, &config, &out, &SaveOptions { dtype: Dtype::F32, tokenizer_dir: None, generation: None })
-            .unwrap();
+        save_model(
+            &model,
+            &config,
+            &out,
+            &SaveOptions {
+                dtype: Dtype::F32,
+                tokenizer_dir: None,
+                generation: None,
+            },
+        )
+        .unwrap();
         let names = |dir: &Path| {
             let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
             let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            let mut names: Vec<(String, Vec<usize>)> =
-                tensors.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
+            let mut names: Vec<(String, Vec<usize>)> = tensors
+                .tensors()
+                .into_iter()
+                .map(|(n, v)| (n, v.shape().to_vec()))
+                .collect();
             names.sort();
             names
         };
-        assert_eq!(names(&out), names(&model_dir(name)), "{name}: names and shapes");
+        assert_eq!(
+            names(&out),
+            names(&model_dir(name)),
+            "{name}: names and shapes"
+        );
     }
 }
 
@@ -122,12 +174,18 @@ fn missing_config_and_malformed_json_are_named() {
     let dir = temp.path().join("empty");
     std::fs::create_dir_all(&dir).unwrap();
     let error = load_error(&dir);
-    assert!(error.contains("config.json") && error.contains("cargo xtask download"), "{error}");
+    assert!(
+        error.contains("config.json") && error.contains("cargo xtask download"),
+        "{error}"
+    );
 
     copy_model(&model_dir("student"), &dir);
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"qwen2\",").unwrap();
     let error = load_error(&dir);
-    assert!(error.contains("config.json") && error.contains("malformed JSON"), "{error}");
+    assert!(
+        error.contains("config.json") && error.contains("malformed JSON"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -136,7 +194,11 @@ fn unsupported_configs_are_refused_naming_the_field() {
     let cases: [(&str, Value, &str); 4] = [
         ("model_type", json!("llama"), "model_type"),
         ("use_sliding_window", json!(true), "use_sliding_window"),
-        ("rope_scaling", json!({"rope_type": "yarn", "factor": 4.0}), "rope_scaling.rope_type"),
+        (
+            "rope_scaling",
+            json!({"rope_type": "yarn", "factor": 4.0}),
+            "rope_scaling.rope_type",
+        ),
         ("num_key_value_heads", json!(3), "num_key_value_heads"),
     ];
     for (field, value, named) in cases {
@@ -146,7 +208,10 @@ fn unsupported_configs_are_refused_naming_the_field() {
         config[field] = value;
         write_config(&dir, &config);
         let error = load_error(&dir);
-        assert!(error.contains("config.json") && error.contains(named), "{field}: {error}");
+        assert!(
+            error.contains("config.json") && error.contains(named),
+            "{field}: {error}"
+        );
     }
 }
 
@@ -162,7 +227,11 @@ fn write_student_with(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>
     edit(&mut tensors);
     let to_write = tensors
         .into_iter()
-        .map(|(name, shape, values)| TensorToWrite { name, shape, values: Box::new(move || values) })
+        .map(|(name, shape, values)| TensorToWrite {
+            name,
+            shape,
+            values: Box::new(move || values),
+        })
         .collect();
     write_safetensors(&dir.join("model.safetensors"), to_write, Dtype::F32).unwrap();
 }
@@ -171,9 +240,14 @@ fn write_student_with(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>
 fn missing_tensor_is_named() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("missing");
-    write_student_with(&dir, |tensors| tensors.retain(|t| t.0 != "model.layers.1.mlp.up_proj.weight"));
+    write_student_with(&dir, |tensors| {
+        tensors.retain(|t| t.0 != "model.layers.1.mlp.up_proj.weight")
+    });
     let error = load_error(&dir);
-    assert!(error.contains("model.safetensors") && error.contains("model.layers.1.mlp.up_proj.weight"), "{error}");
+    assert!(
+        error.contains("model.safetensors") && error.contains("model.layers.1.mlp.up_proj.weight"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -181,13 +255,18 @@ fn wrong_shape_names_tensor_expected_and_found() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("shape");
     write_student_with(&dir, |tensors| {
-        let bias = tensors.iter_mut().find(|t| t.0 == "model.layers.0.self_attn.k_proj.bias").unwrap();
+        let bias = tensors
+            .iter_mut()
+            .find(|t| t.0 == "model.layers.0.self_attn.k_proj.bias")
+            .unwrap();
         bias.1 = vec![16];
         bias.2.truncate(16);
     });
     let error = load_error(&dir);
     assert!(
-        error.contains("model.layers.0.self_attn.k_proj.bias") && error.contains("[16]") && error.contains("[32]"),
+        error.contains("model.layers.0.self_attn.k_proj.bias")
+            && error.contains("[16]")
+            && error.contains("[32]"),
         "{error}"
     );
 }
@@ -202,7 +281,10 @@ fn truncated_safetensors_is_reported_not_read() {
     for keep in [4, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let error = load_error(&dir);
-        assert!(error.contains("model.safetensors") && error.contains("re-download"), "{keep}: {error}");
+        assert!(
+            error.contains("model.safetensors") && error.contains("re-download"),
+            "{keep}: {error}"
+        );
     }
 }
 
@@ -226,7 +308,10 @@ fn unreadable_dtype_is_an_error_not_an_abort() {
     rewritten.extend_from_slice(&bytes[8 + header_len..]);
     std::fs::write(&path, rewritten).unwrap();
     let error = load_error(&dir);
-    assert!(error.contains("model.norm.weight") && error.contains("I32"), "{error}");
+    assert!(
+        error.contains("model.norm.weight") && error.contains("I32"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -239,13 +324,20 @@ fn sharded_checkpoints_load() {
     let tensors = model.named_tensors();
     let (first, second) = tensors.split_at(tensors.len() / 2);
     let mut weight_map = serde_json::Map::new();
-    for (shard, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
         let to_write = part
             .iter()
             .map(|t| {
                 weight_map.insert(t.name().to_string(), json!(shard));
                 let values = t.hf_values();
-                TensorToWrite { name: t.name().to_string(), shape: t.hf_shape(), values: Box::new(move || values) }
+                TensorToWrite {
+                    name: t.name().to_string(),
+                    shape: t.hf_shape(),
+                    values: Box::new(move || values),
+                }
             })
             .collect();
         write_safetensors(&dir.join(shard), to_write, Dtype::BF16).unwrap();
@@ -260,6 +352,7 @@ fn sharded_checkpoints_load() {
 
 #[test]
 fn error_type_is_typed() {
-    let error = Qwen2Config::from_json(&json!({"model_type": "qwen2"}), Path::new("x/config.json")).unwrap_err();
+    let error = Qwen2Config::from_json(&json!({"model_type": "qwen2"}), Path::new("x/config.json"))
+        .unwrap_err();
     assert!(matches!(error, ModelError::Config { .. }));
 }

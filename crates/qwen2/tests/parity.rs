@@ -14,7 +14,9 @@ const MODELS: [&str; 3] = ["teacher", "student", "student_h32"];
 const LOGIT_TOLERANCE: f32 = 1e-4;
 
 fn load(name: &str) -> Model<B> {
-    load_model::<B>(&model_dir(name), &Default::default()).unwrap().0
+    load_model::<B>(&model_dir(name), &Default::default())
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -34,12 +36,19 @@ fn logits_and_hidden_states_equal_transformers() {
         assert!(error < LOGIT_TOLERANCE, "{name}: logits differ by {error}");
 
         let hidden_states = output.hidden_states.unwrap();
-        assert_eq!(hidden_states.len(), model.num_layers() + 1, "{name}: layers + 1 hidden states");
+        assert_eq!(
+            hidden_states.len(),
+            model.num_layers() + 1,
+            "{name}: layers + 1 hidden states"
+        );
         for (index, state) in hidden_states.into_iter().enumerate() {
             let expected = reference.f32(&format!("hidden_states.{index}"));
             let error = max_abs_diff_rows(&to_vec(state), &expected, model.hidden_size(), &real);
             println!("{name}: hidden_states.{index} max |error| = {error:e}");
-            assert!(error < LOGIT_TOLERANCE, "{name}: hidden state {index} differs by {error}");
+            assert!(
+                error < LOGIT_TOLERANCE,
+                "{name}: hidden state {index} differs by {error}"
+            );
         }
     }
 }
@@ -55,7 +64,11 @@ fn right_padded_row_equals_its_unpadded_run() {
     let alone_ids = vec![rows[1][..real_len].to_vec()];
     let alone = to_vec(
         model
-            .forward(ids_tensor(&alone_ids), &qwen2::AttentionMask::full(1, real_len), false)
+            .forward(
+                ids_tensor(&alone_ids),
+                &qwen2::AttentionMask::full(1, real_len),
+                false,
+            )
             .logits,
     );
     let vocab = model.vocab_size();
@@ -75,17 +88,31 @@ fn cross_entropy_equals_transformers_loss() {
         let logits = model.forward(ids_tensor(&rows), &mask, false).logits;
         let ce = next_token_cross_entropy(logits, &rows, &mask);
 
-        let expected_valid: Vec<f32> = reference.i64("ce_valid_mask").iter().map(|&v| v as f32).collect();
-        assert_eq!(to_vec(ce.valid.clone()), expected_valid, "{name}: label mask");
+        let expected_valid: Vec<f32> = reference
+            .i64("ce_valid_mask")
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        assert_eq!(
+            to_vec(ce.valid.clone()),
+            expected_valid,
+            "{name}: label mask"
+        );
         let per_token = to_vec(ce.per_token.clone());
         let expected = reference.f32("ce_per_token");
         for (index, (a, e)) in per_token.iter().zip(&expected).enumerate() {
-            assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{name}: CE at {index}: {a} vs {e}");
+            assert!(
+                (a - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{name}: CE at {index}: {a} vs {e}"
+            );
         }
         let loss = to_vec(ce.mean())[0];
         let expected_loss = reference.f32("loss")[0];
         println!("{name}: loss {loss} vs transformers {expected_loss}");
-        assert!(((loss - expected_loss) / expected_loss).abs() < 1e-5, "{name}: loss {loss} vs {expected_loss}");
+        assert!(
+            ((loss - expected_loss) / expected_loss).abs() < 1e-5,
+            "{name}: loss {loss} vs {expected_loss}"
+        );
     }
 }
 
@@ -95,7 +122,11 @@ fn greedy_generation_with_cache_equals_transformers() {
         let model = load(name);
         let reference = Reference::open(model_dir(name).join("reference.safetensors"));
         let prompt = &reference.rows("gen_prompt")[0];
-        let expected_tokens: Vec<u32> = reference.i64("gen_tokens").iter().map(|&t| t as u32).collect();
+        let expected_tokens: Vec<u32> = reference
+            .i64("gen_tokens")
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
         let options = GenerateOptions {
             max_new_tokens: expected_tokens.len(),
             sampling: Sampling::Greedy,
@@ -108,7 +139,10 @@ fn greedy_generation_with_cache_equals_transformers() {
         let steps: Vec<f32> = generation.step_logits.concat();
         let error = max_abs_diff(&steps, &expected_logits);
         println!("{name}: cached step logits max |error| = {error:e}");
-        assert!(error < LOGIT_TOLERANCE, "{name}: cached step logits differ by {error}");
+        assert!(
+            error < LOGIT_TOLERANCE,
+            "{name}: cached step logits differ by {error}"
+        );
     }
 }
 
@@ -117,7 +151,11 @@ fn generation_stops_at_eos() {
     let model = load("teacher");
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
     let prompt = &reference.rows("gen_prompt")[0];
-    let tokens: Vec<u32> = reference.i64("gen_tokens").iter().map(|&t| t as u32).collect();
+    let tokens: Vec<u32> = reference
+        .i64("gen_tokens")
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
     // Declare the 4th greedy token an eos: generation must stop right after emitting it.
     let options = GenerateOptions {
         max_new_tokens: 24,

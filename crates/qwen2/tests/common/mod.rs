@@ -32,7 +32,9 @@ impl Reference {
 
     fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
         let tensors = safetensors::SafeTensors::deserialize(&self.bytes).expect("fixture parses");
-        tensors.tensor(name).unwrap_or_else(|_| panic!("fixture has no tensor {name}"))
+        tensors
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture has no tensor {name}"))
     }
 
     pub fn shape(&self, name: &str) -> Vec<usize> {
@@ -42,32 +44,48 @@ impl Reference {
     pub fn f32(&self, name: &str) -> Vec<f32> {
         let view = self.view(name);
         assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-        view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let view = self.view(name);
         assert_eq!(view.dtype(), safetensors::Dtype::I64, "{name}");
-        view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+        view.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 
     /// `input_ids` as rows of u32.
     pub fn rows(&self, name: &str) -> Vec<Vec<u32>> {
         let shape = self.shape(name);
-        self.i64(name).chunks(shape[1]).map(|r| r.iter().map(|&v| v as u32).collect()).collect()
+        self.i64(name)
+            .chunks(shape[1])
+            .map(|r| r.iter().map(|&v| v as u32).collect())
+            .collect()
     }
 
     pub fn mask(&self) -> AttentionMask {
         let shape = self.shape("attention_mask");
         AttentionMask {
-            rows: self.i64("attention_mask").chunks(shape[1]).map(|r| r.iter().map(|&v| v != 0).collect()).collect(),
+            rows: self
+                .i64("attention_mask")
+                .chunks(shape[1])
+                .map(|r| r.iter().map(|&v| v != 0).collect())
+                .collect(),
         }
     }
 }
 
 pub fn ids_tensor(rows: &[Vec<u32>]) -> Tensor<B, 2, Int> {
     let values: Vec<i64> = rows.iter().flatten().map(|&v| v as i64).collect();
-    Tensor::from_data(TensorData::new(values, [rows.len(), rows[0].len()]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(values, [rows.len(), rows[0].len()]),
+        &Default::default(),
+    )
 }
 
 pub fn to_vec<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
@@ -91,5 +109,9 @@ pub fn max_abs_diff_rows(actual: &[f32], expected: &[f32], width: usize, keep: &
 
 pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(actual.len(), expected.len());
-    actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
