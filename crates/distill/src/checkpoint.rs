@@ -45,7 +45,11 @@ pub fn list_checkpoints(output_dir: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            entry.path().join(STATE_FILE).exists().then(|| (step, entry.path()))
+            entry
+                .path()
+                .join(STATE_FILE)
+                .exists()
+                .then(|| (step, entry.path()))
         })
         .collect();
     found.sort();

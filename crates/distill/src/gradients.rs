@@ -31,8 +31,14 @@ impl<E: burn::tensor::ElementConversion> ElemF64 for E {
 }
 
 /// sqrt(sum of squares of every gradient of `module`).
-pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, gradients: &GradientsParams) -> f64 {
-    let mut visitor = SquaredNorm { gradients, sum: 0.0 };
+pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    gradients: &GradientsParams,
+) -> f64 {
+    let mut visitor = SquaredNorm {
+        gradients,
+        sum: 0.0,
+    };
     module.visit(&mut visitor);
     visitor.sum.sqrt()
 }
@@ -51,7 +57,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
 }
 
 /// Multiplies every gradient of `module` by `factor`.
-pub fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, gradients: &mut GradientsParams, factor: f64) {
+pub fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    gradients: &mut GradientsParams,
+    factor: f64,
+) {
     if factor != 1.0 {
         module.visit(&mut Scale { gradients, factor });
     }

@@ -3,7 +3,11 @@
 //! Components (losses, logging) are kept apart from the recipe that drives them (the training
 //! loop), as torchtune does.
 
+pub mod checkpoint;
+pub mod gradients;
 pub mod losses;
 pub mod metrics;
 pub mod objective;
+pub mod recipe;
+pub mod schedule;
 pub mod tensorboard;

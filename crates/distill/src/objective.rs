@@ -371,6 +371,19 @@ fn chunk_logits<B: Backend>(model: &Model<B>, hidden: Tensor<B, 2>) -> Tensor<B,
     logits.reshape([len, vocab])
 }
 
+/// The student's flattened final hidden state `[B*T, H]` and, when intermediate matches need
+/// them, all its hidden states.
+fn student_forward<B: Backend>(
+    student: &Student<B>,
+    batch: &Batch,
+    objective: &Objective,
+) -> (Tensor<B, 2>, Option<Vec<Tensor<B, 3>>>) {
+    let needs_states = !objective.intermediate_matches.is_empty();
+    let ids = batch.ids_tensor(&student.model.device());
+    let (final_hidden, states) = student.model.forward_hidden(ids, &batch.mask, needs_states);
+    (flatten(final_hidden), states)
+}
+
 /// Loss and gradients of one batch for the student (and its projections).
 pub fn loss_and_gradients<B: AutodiffBackend>(
     student: &Student<B>,
@@ -380,12 +393,7 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
 ) -> (GradientsParams, LossBreakdown) {
     let device = student.model.device();
     let weights = PositionWeights::new(batch, objective);
-    let needs_states = !objective.intermediate_matches.is_empty();
-    let (final_hidden, states) =
-        student
-            .model
-            .forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
-    let final_hidden = flatten(final_hidden);
+    let (final_hidden, states) = student_forward(student, batch, objective);
     let positions = final_hidden.dims()[0];
 
     let alpha = objective.hard_label_weight;
@@ -463,12 +471,7 @@ pub fn loss_only<B: Backend>(
 ) -> LossBreakdown {
     let device = student.model.device();
     let weights = PositionWeights::new(batch, objective);
-    let needs_states = !objective.intermediate_matches.is_empty();
-    let (final_hidden, states) =
-        student
-            .model
-            .forward_hidden(batch.ids_tensor(&device), &batch.mask, needs_states);
-    let final_hidden = flatten(final_hidden);
+    let (final_hidden, states) = student_forward(student, batch, objective);
     let positions = final_hidden.dims()[0];
     let mut breakdown = LossBreakdown {
         real_tokens: batch.real_tokens(),

@@ -175,7 +175,10 @@ pub struct TeacherCache {
 
 impl Default for TeacherCache {
     fn default() -> Self {
-        Self { top_k: default_top_k(), dir: None }
+        Self {
+            top_k: default_top_k(),
+            dir: None,
+        }
     }
 }
 
@@ -290,7 +293,8 @@ impl Recipe {
             path: path.to_path_buf(),
             message,
         };
-        let mut document: toml::Table = toml::from_str(text).map_err(|e| invalid(format!("not valid TOML: {e}")))?;
+        let mut document: toml::Table =
+            toml::from_str(text).map_err(|e| invalid(format!("not valid TOML: {e}")))?;
         for assignment in overrides {
             apply_override(&mut document, assignment).map_err(|message| RecipeError::Field {
                 path: path.to_path_buf(),
@@ -325,9 +329,18 @@ impl Recipe {
         let t = &self.training;
         let d = &self.distillation;
         let positive = [
-            ("training.per_device_train_batch_size", t.per_device_train_batch_size),
-            ("training.per_device_eval_batch_size", t.per_device_eval_batch_size),
-            ("training.gradient_accumulation_steps", t.gradient_accumulation_steps),
+            (
+                "training.per_device_train_batch_size",
+                t.per_device_train_batch_size,
+            ),
+            (
+                "training.per_device_eval_batch_size",
+                t.per_device_eval_batch_size,
+            ),
+            (
+                "training.gradient_accumulation_steps",
+                t.gradient_accumulation_steps,
+            ),
             ("training.logging_steps", t.logging_steps),
             ("training.eval_steps", t.eval_steps),
             ("training.save_steps", t.save_steps),
@@ -341,44 +354,83 @@ impl Recipe {
             }
         }
         if t.num_train_epochs == 0 && t.max_steps == 0 {
-            return Err(field("training.num_train_epochs", "must be at least 1 (or set training.max_steps)".into()));
+            return Err(field(
+                "training.num_train_epochs",
+                "must be at least 1 (or set training.max_steps)".into(),
+            ));
         }
         if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
-            return Err(field("training.learning_rate", format!("{} is out of range (0, 1)", t.learning_rate)));
+            return Err(field(
+                "training.learning_rate",
+                format!("{} is out of range (0, 1)", t.learning_rate),
+            ));
         }
         if !(0.0..1.0).contains(&t.weight_decay) {
-            return Err(field("training.weight_decay", format!("{} is out of range [0, 1)", t.weight_decay)));
+            return Err(field(
+                "training.weight_decay",
+                format!("{} is out of range [0, 1)", t.weight_decay),
+            ));
         }
-        for (name, value) in [("training.adam_beta1", t.adam_beta1), ("training.adam_beta2", t.adam_beta2)] {
+        for (name, value) in [
+            ("training.adam_beta1", t.adam_beta1),
+            ("training.adam_beta2", t.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&value) {
                 return Err(field(name, format!("{value} is out of range [0, 1)")));
             }
         }
         if !(0.0..1.0).contains(&t.warmup_ratio) {
-            return Err(field("training.warmup_ratio", format!("{} is out of range [0, 1)", t.warmup_ratio)));
+            return Err(field(
+                "training.warmup_ratio",
+                format!("{} is out of range [0, 1)", t.warmup_ratio),
+            ));
         }
         if t.max_grad_norm < 0.0 {
-            return Err(field("training.max_grad_norm", "must be >= 0 (0 disables clipping)".into()));
+            return Err(field(
+                "training.max_grad_norm",
+                "must be >= 0 (0 disables clipping)".into(),
+            ));
         }
         if !matches!(t.save_dtype.as_str(), "bfloat16" | "float32") {
-            return Err(field("training.save_dtype", format!("`{}`: use \"bfloat16\" or \"float32\"", t.save_dtype)));
+            return Err(field(
+                "training.save_dtype",
+                format!("`{}`: use \"bfloat16\" or \"float32\"", t.save_dtype),
+            ));
         }
         if t.save_strategy == SaveStrategy::Best && t.eval_strategy == EvalStrategy::No {
-            return Err(field("training.save_strategy", "\"best\" needs an eval_strategy other than \"no\"".into()));
+            return Err(field(
+                "training.save_strategy",
+                "\"best\" needs an eval_strategy other than \"no\"".into(),
+            ));
         }
         if !(d.temperature > 0.0 && d.temperature <= 100.0) {
-            return Err(field("distillation.temperature", format!("{} is out of range (0, 100]", d.temperature)));
+            return Err(field(
+                "distillation.temperature",
+                format!("{} is out of range (0, 100]", d.temperature),
+            ));
         }
         if !(0.0..=1.0).contains(&d.hard_label_weight) {
-            return Err(field("distillation.hard_label_weight", format!("{} is out of range [0, 1]", d.hard_label_weight)));
+            return Err(field(
+                "distillation.hard_label_weight",
+                format!("{} is out of range [0, 1]", d.hard_label_weight),
+            ));
         }
         if !(d.jsd_beta > 0.0 && d.jsd_beta < 1.0) {
-            return Err(field("distillation.jsd_beta", format!("{} is out of range (0, 1)", d.jsd_beta)));
+            return Err(field(
+                "distillation.jsd_beta",
+                format!("{} is out of range (0, 1)", d.jsd_beta),
+            ));
         }
-        if !matches!(d.kd_loss_type.as_str(), "kl" | "ce" | "forward_kl" | "reverse_kl" | "jsd" | "mse") {
+        if !matches!(
+            d.kd_loss_type.as_str(),
+            "kl" | "ce" | "forward_kl" | "reverse_kl" | "jsd" | "mse"
+        ) {
             return Err(field(
                 "distillation.kd_loss_type",
-                format!("`{}`: use kl (alias ce), reverse_kl, jsd or mse", d.kd_loss_type),
+                format!(
+                    "`{}`: use kl (alias ce), reverse_kl, jsd or mse",
+                    d.kd_loss_type
+                ),
             ));
         }
         for (index, matched) in d.intermediate_matches.iter().enumerate() {
@@ -400,9 +452,17 @@ impl Recipe {
 
     /// Checks the intermediate-match layer indices against the two models' layer counts
     /// (transformers' hidden_states convention: 0 = embeddings, n = after the final norm).
-    pub fn check_layers(&self, path: &Path, teacher_layers: usize, student_layers: usize) -> Result<(), RecipeError> {
+    pub fn check_layers(
+        &self,
+        path: &Path,
+        teacher_layers: usize,
+        student_layers: usize,
+    ) -> Result<(), RecipeError> {
         for (index, matched) in self.distillation.intermediate_matches.iter().enumerate() {
-            for (name, layer, layers) in [("layer_T", matched.layer_t, teacher_layers), ("layer_S", matched.layer_s, student_layers)] {
+            for (name, layer, layers) in [
+                ("layer_T", matched.layer_t, teacher_layers),
+                ("layer_S", matched.layer_s, student_layers),
+            ] {
                 if layer > layers {
                     return Err(RecipeError::Field {
                         path: path.to_path_buf(),

@@ -32,12 +32,20 @@ mod tests {
 
     #[test]
     fn schedules_follow_the_transformers_formulas() {
-        let lr = |schedule| LearningRate { base: 1.0, schedule, warmup_steps: 2, total_steps: 10 };
+        let lr = |schedule| LearningRate {
+            base: 1.0,
+            schedule,
+            warmup_steps: 2,
+            total_steps: 10,
+        };
         let linear: Vec<f64> = (0..11).map(|s| lr(Schedule::Linear).at(s)).collect();
         assert_eq!(&linear[..4], &[0.0, 0.5, 1.0, 0.875]);
         assert_eq!(linear[10], 0.0);
         let cosine = lr(Schedule::Cosine);
-        assert!((cosine.at(6) - 0.5).abs() < 1e-12, "half way through the decay");
+        assert!(
+            (cosine.at(6) - 0.5).abs() < 1e-12,
+            "half way through the decay"
+        );
         assert_eq!(cosine.at(2), 1.0);
         assert_eq!(lr(Schedule::Constant).at(9), 1.0);
     }

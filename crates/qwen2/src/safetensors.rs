@@ -332,7 +332,7 @@ pub fn write_safetensors(
     }
     let mut header_bytes = serde_json::to_vec(&Value::Object(header)).expect("json");
     // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while (8 + header_bytes.len()) % 8 != 0 {
+    while !(8 + header_bytes.len()).is_multiple_of(8) {
         header_bytes.push(b' ');
     }
 

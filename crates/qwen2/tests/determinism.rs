@@ -11,14 +11,21 @@ fn forward_is_deterministic_state_by_state() {
     let mask = reference.mask();
     let run = || {
         let out = model.forward(ids_tensor(&rows), &mask, true);
-        out.hidden_states.unwrap().into_iter().map(to_vec).collect::<Vec<_>>()
+        out.hidden_states
+            .unwrap()
+            .into_iter()
+            .map(to_vec)
+            .collect::<Vec<_>>()
     };
     let first = run();
     for _ in 0..5 {
         let again = run();
         for (index, (a, b)) in first.iter().zip(&again).enumerate() {
             let error = max_abs_diff(a, b);
-            assert!(error == 0.0, "hidden state {index} differs by {error} between two runs");
+            assert!(
+                error == 0.0,
+                "hidden state {index} differs by {error} between two runs"
+            );
         }
     }
 }
