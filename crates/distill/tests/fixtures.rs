@@ -152,7 +152,6 @@ fn gradient<const D: usize>(grads: &GradientsParams, param: &Param<Tensor<Train,
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn losses_and_gradients_equal_the_reference_for_every_chunking() {
     let teacher = teacher();
     for pair in ["student", "student_h32"] {
@@ -242,7 +241,6 @@ fn transpose(values: Vec<f32>, rows: usize) -> Vec<f32> {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn every_divergence_matches_its_formula_per_token() {
     let teacher = teacher();
     let reference = Reference::open("distill_teacher__student.safetensors");
@@ -304,7 +302,6 @@ fn every_divergence_matches_its_formula_per_token() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn three_adamw_steps_follow_the_reference_trajectory() {
     let teacher = teacher();
     for pair in ["student", "student_h32"] {

@@ -31,7 +31,11 @@ pub struct RmsNorm<B: Backend> {
 
 impl<B: Backend> RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let inverse_rms = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip();
+        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+        // 1/rms by a true division, as torch's rsqrt does on CPU: burn-ndarray's `recip` takes
+        // an approximate SIMD reciprocal (about 12 bits) on aligned data and an exact one
+        // otherwise, so it is both inexact and different from run to run.
+        let inverse_rms = Tensor::ones_like(&rms) / rms;
         x * inverse_rms * self.weight.val().unsqueeze::<3>()
     }
 }

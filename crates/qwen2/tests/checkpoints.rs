@@ -62,7 +62,6 @@ fn load_error(dir: &Path) -> String {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn both_config_styles_load_to_the_same_model() {
     let v4 = Qwen2Config::from_file(&model_dir("teacher")).unwrap();
     assert_eq!(v4.rope_theta, 10000.0, "integer rope_theta is read");
@@ -89,7 +88,6 @@ fn both_config_styles_load_to_the_same_model() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn save_then_load_is_bit_identical_and_bf16_keeps_a_bf16_source_exact() {
     let temp = tempfile::tempdir().unwrap();
     for (name, dtype) in [
@@ -317,7 +315,6 @@ fn unreadable_dtype_is_an_error_not_an_abort() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn sharded_checkpoints_load() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("sharded");

@@ -3,7 +3,6 @@ mod common;
 use common::*;
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn forward_is_deterministic_state_by_state() {
     let (model, _) = qwen2::load_model::<B>(&model_dir("teacher"), &Default::default()).unwrap();
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));

@@ -20,7 +20,6 @@ fn load(name: &str) -> Model<B> {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn logits_and_hidden_states_equal_transformers() {
     for name in MODELS {
         let model = load(name);
@@ -55,7 +54,6 @@ fn logits_and_hidden_states_equal_transformers() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn right_padded_row_equals_its_unpadded_run() {
     let model = load("teacher");
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
@@ -81,7 +79,6 @@ fn right_padded_row_equals_its_unpadded_run() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn cross_entropy_equals_transformers_loss() {
     for name in MODELS {
         let model = load(name);
@@ -120,7 +117,6 @@ fn cross_entropy_equals_transformers_loss() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn greedy_generation_with_cache_equals_transformers() {
     for name in MODELS {
         let model = load(name);
@@ -151,7 +147,6 @@ fn greedy_generation_with_cache_equals_transformers() {
 }
 
 #[test]
-#[ignore = "Qwen2 forward is not yet deterministic between runs (see tests/determinism.rs); fix pending"]
 fn generation_stops_at_eos() {
     let model = load("teacher");
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
