@@ -10,6 +10,7 @@ mod bench;
 mod bench_preprocess;
 mod download;
 mod generate;
+mod init_model;
 mod preprocess;
 
 #[derive(Parser)]
@@ -33,6 +34,8 @@ enum Command {
     Download(download::Args),
     /// Tokenize WikiText into packed Parquet token shards.
     Preprocess(preprocess::Args),
+    /// Write a randomly initialised Qwen2 checkpoint (Hugging Face layout).
+    InitModel(init_model::Args),
 }
 
 fn main() {
@@ -42,6 +45,7 @@ fn main() {
         Command::Bench(bench) => bench::run(bench),
         Command::Download(args) => download::run(args),
         Command::Preprocess(args) => preprocess::run(args),
+        Command::InitModel(args) => init_model::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
