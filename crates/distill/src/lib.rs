@@ -4,10 +4,19 @@
 //! loop), as torchtune does.
 
 pub mod checkpoint;
+pub mod data;
+pub mod evaluate;
 pub mod gradients;
 pub mod losses;
 pub mod metrics;
 pub mod objective;
+pub mod optimizer;
 pub mod recipe;
 pub mod schedule;
 pub mod tensorboard;
+pub mod toy;
+pub mod train;
+pub mod trainer_checkpoint;
+
+pub use evaluate::EvalMetrics;
+pub use train::{train, TeacherSource, TrainError, TrainOptions, TrainSummary};

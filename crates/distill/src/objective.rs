@@ -115,6 +115,9 @@ impl Batch {
 
 /// What the teacher says about a batch, flattened to positions `[N = B*T, ...]`.
 pub enum TeacherSignal<B: Backend> {
+    /// No teacher: pure hard-label training (`hard_label_weight = 1`, no intermediate
+    /// matches); the soft loss is 0 and the teacher is never loaded.
+    Absent,
     /// A live teacher: its final hidden state and its lm_head.
     Model {
         final_hidden: Tensor<B, 2>,
@@ -136,6 +139,14 @@ pub struct TeacherOutputs<B: Backend> {
 }
 
 impl<B: Backend> TeacherOutputs<B> {
+    /// No teacher (hard-label training).
+    pub fn absent() -> Self {
+        Self {
+            signal: TeacherSignal::Absent,
+            states: Vec::new(),
+        }
+    }
+
     /// Runs a live teacher over `batch` (no autodiff graph: `B` is an inference backend).
     pub fn from_model(
         teacher: &std::sync::Arc<Model<B>>,
@@ -167,6 +178,7 @@ impl<B: Backend> TeacherOutputs<B> {
     /// The teacher's view of positions `start..start+len`.
     fn chunk(&self, start: usize, len: usize) -> ChunkTeacher<B> {
         match &self.signal {
+            TeacherSignal::Absent => ChunkTeacher::Absent,
             TeacherSignal::Model {
                 final_hidden,
                 model,
@@ -189,6 +201,7 @@ impl<B: Backend> TeacherOutputs<B> {
 
 /// The teacher on one chunk of positions.
 enum ChunkTeacher<B: Backend> {
+    Absent,
     Logits(Tensor<B, 2>),
     TopK {
         ids: Tensor<B, 2, Int>,
@@ -201,6 +214,7 @@ impl<B: Backend> ChunkTeacher<B> {
     /// Moves the (constant) teacher tensors onto the autodiff backend of `A`.
     fn into_autodiff<A: AutodiffBackend<InnerBackend = B>>(self) -> ChunkTeacher<A> {
         match self {
+            ChunkTeacher::Absent => ChunkTeacher::Absent,
             ChunkTeacher::Logits(logits) => ChunkTeacher::Logits(Tensor::from_inner(logits)),
             ChunkTeacher::TopK {
                 ids,
@@ -301,6 +315,7 @@ fn chunk_terms<B: Backend>(
 
     let t = objective.temperature;
     let divergence = match teacher {
+        ChunkTeacher::Absent => return (hard, Tensor::zeros([1], &device)),
         ChunkTeacher::Logits(teacher_logits) => {
             let (student_logits, teacher_logits) = match &objective.vocab_rows {
                 Some(rows) => {

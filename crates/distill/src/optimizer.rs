@@ -1,0 +1,94 @@
+//! AdamW as transformers' Trainer sets it up: torch's decoupled weight decay
+//! (`p <- p - lr * wd * p`, then the Adam step), applied to matrices only. The Trainer leaves
+//! biases and normalisation weights undecayed; in Qwen2 those are exactly the 1-D parameters,
+//! so the parameters form two groups, each with its own Burn AdamW (one with decay, one
+//! without). Each group's moments are saved in its own file of a checkpoint.
+
+use std::path::Path;
+
+use burn::module::{ModuleVisitor, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+
+use crate::objective::Student;
+use crate::recipe::Training;
+
+type Adam<B> = OptimizerAdaptor<AdamW, Student<B>, B>;
+
+/// The two parameter groups' optimizers.
+pub struct GroupedAdamW<B: AutodiffBackend> {
+    decayed: Adam<B>,
+    undecayed: Adam<B>,
+}
+
+/// File stems (the recorder adds `.bin`) of the two groups' states in a checkpoint.
+pub const DECAYED_STATE: &str = "optimizer-decay";
+pub const UNDECAYED_STATE: &str = "optimizer-no-decay";
+
+fn config(training: &Training, weight_decay: f64) -> AdamWConfig {
+    AdamWConfig::new()
+        .with_beta_1(training.adam_beta1 as f32)
+        .with_beta_2(training.adam_beta2 as f32)
+        .with_epsilon(training.adam_epsilon as f32)
+        .with_weight_decay(weight_decay as f32)
+}
+
+impl<B: AutodiffBackend> GroupedAdamW<B> {
+    pub fn new(training: &Training) -> Self {
+        Self {
+            decayed: config(training, training.weight_decay).init(),
+            undecayed: config(training, 0.0).init(),
+        }
+    }
+
+    /// One update of `student` with learning rate `lr`.
+    pub fn step(&mut self, lr: f64, student: Student<B>, mut grads: GradientsParams) -> Student<B> {
+        let mut split = SplitVectors {
+            from: &mut grads,
+            vectors: GradientsParams::new(),
+        };
+        burn::module::Module::visit(&student, &mut split);
+        let vectors = split.vectors;
+        let student = self.decayed.step(lr, student, grads);
+        self.undecayed.step(lr, student, vectors)
+    }
+
+    /// Writes both groups' states into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), burn::record::RecorderError> {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        recorder.record(self.decayed.to_record(), dir.join(DECAYED_STATE))?;
+        recorder.record(self.undecayed.to_record(), dir.join(UNDECAYED_STATE))?;
+        Ok(())
+    }
+
+    /// Restores both groups' states from a checkpoint `dir` (the student's parameters must
+    /// carry the ids they had when it was written: see `checkpoint::PositionalIds`).
+    pub fn load(self, dir: &Path, device: &B::Device) -> Result<Self, burn::record::RecorderError> {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        let decayed = recorder.load(dir.join(DECAYED_STATE), device)?;
+        let undecayed = recorder.load(dir.join(UNDECAYED_STATE), device)?;
+        Ok(Self {
+            decayed: self.decayed.load_record(decayed),
+            undecayed: self.undecayed.load_record(undecayed),
+        })
+    }
+}
+
+/// Moves the gradients of 1-D parameters (biases, norm weights) into `vectors`.
+struct SplitVectors<'a> {
+    from: &'a mut GradientsParams,
+    vectors: GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SplitVectors<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if D == 1 {
+            if let Some(gradient) = self.from.remove::<B::InnerBackend, D>(param.id) {
+                self.vectors.register(param.id, gradient);
+            }
+        }
+    }
+}

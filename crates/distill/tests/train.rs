@@ -1,0 +1,265 @@
+//! The training loop end to end on tiny models (crates/distill/src/toy.rs) and configs/small.toml:
+//! the KL to the teacher falls; a resumed run (after Ctrl-C, or from a mid-run checkpoint)
+//! has exactly the losses of an uninterrupted one; hard-label training needs no teacher;
+//! a NaN loss stops the run naming the step.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use distill::data::BatchSource;
+use distill::evaluate::evaluate;
+use distill::objective::Student;
+use distill::recipe::Recipe;
+use distill::toy::{toy_config, write_random_model, write_small_setup, SmallSetup};
+use distill::train::{objective_for, train, TeacherSource, TrainError, TrainOptions};
+use qwen2::backend::Cpu;
+use qwen2::load_model;
+
+type Train = Autodiff<Cpu>;
+
+fn wikitext() -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/wikitext-2-raw/wiki.valid.raw");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Tiny models and shards: `train_bytes` of text for training, 1 KiB for validation, blocks
+/// of 32 byte tokens.
+fn setup(root: &Path, train_bytes: usize) -> SmallSetup {
+    let text = wikitext();
+    let train = &text[..train_bytes];
+    let valid = &text[train_bytes..train_bytes + 1024];
+    write_small_setup::<Cpu>(root, train, valid, 32, &Default::default()).unwrap()
+}
+
+/// configs/small.toml pointed at `setup`, writing into `output`, with `extra` overrides.
+fn recipe(setup: &SmallSetup, output: &Path, extra: &[&str]) -> Recipe {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/small.toml");
+    let mut overrides = vec![
+        format!("teacher.local_dir={}", setup.teacher.display()),
+        format!("student.local_dir={}", setup.student.display()),
+        format!("dataset.shards={}", setup.shards.display()),
+        format!("training.output_dir={}", output.display()),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    Recipe::load(&config, &overrides).unwrap()
+}
+
+fn options(resume: bool, stop: bool) -> TrainOptions {
+    TrainOptions {
+        resume,
+        progress: false,
+        stop: Arc::new(AtomicBool::new(stop)),
+        max_steps: None,
+    }
+}
+
+/// (step, loss) of every train line of `output/metrics.jsonl`.
+fn logged_losses(output: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn kl_to_the_teacher_falls_and_checkpoints_load_as_hugging_face_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 6 << 10);
+    let output = dir.path().join("run");
+    let recipe = recipe(
+        &setup,
+        &output,
+        &[
+            "training.num_train_epochs=3",
+            "distillation.hard_label_weight=0.0",
+            "distillation.temperature=1.0",
+            "training.learning_rate=1e-2",
+        ],
+    );
+    let device = Default::default();
+
+    // Before: the student as initialised, against the teacher, on the validation split.
+    let (teacher, _) = load_model::<Cpu>(&setup.teacher, &device).unwrap();
+    let (student, config) = load_model::<Cpu>(&setup.student, &device).unwrap();
+    let objective = objective_for(&recipe, Some(teacher.vocab_size()), config.vocab_size).unwrap();
+    let mut eval_data = BatchSource::open(&setup.shards, "validation", 8).unwrap();
+    let student = Student {
+        model: student,
+        projections: Vec::new(),
+    };
+    let teacher = TeacherSource::Live(Arc::new(teacher));
+    let before = evaluate(&student, &teacher, &mut eval_data, &objective, 0).unwrap();
+
+    let summary = train::<Train>(&recipe, &options(false, false), &device).unwrap();
+    let after = summary.last_eval.expect("evaluated at each epoch");
+    let (kl_before, kl_after) = (before.kl_to_teacher.unwrap(), after.kl_to_teacher.unwrap());
+    println!(
+        "KL to the teacher: {kl_before} before, {kl_after} after {} steps",
+        summary.steps
+    );
+    assert!(kl_after < 0.8 * kl_before, "KL {kl_before} -> {kl_after}");
+    assert!((after.perplexity - after.loss.exp()).abs() < 1e-9);
+    assert!(!summary.stopped_early);
+    assert_eq!(summary.epochs_completed, 3);
+
+    // The best checkpoint and the final student load as Hugging Face checkpoints.
+    let best = summary.best_checkpoint.expect("save_strategy = best");
+    for dir in [best.clone(), summary.final_model.unwrap()] {
+        let (model, _) = load_model::<Cpu>(&dir, &device).unwrap();
+        assert_eq!(model.hidden_size(), 32);
+        assert!(dir.join("tokenizer.json").exists());
+    }
+    for file in [
+        "projections.safetensors",
+        "optimizer-decay.bin",
+        "trainer_state.json",
+    ] {
+        assert!(best.join(file).exists(), "{file} in {}", best.display());
+    }
+    // Every epoch evaluated; the metrics carry the KL.
+    let evals = std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"eval\"") && l.contains("kl_to_teacher"))
+        .count();
+    assert_eq!(evals, 3);
+}
+
+/// 6 updates over 2 epochs of 16 blocks (batch 2, 3 micro-batches per update, so the last
+/// update of each epoch has 2), logged every step.
+const RESUME_SETTINGS: [&str; 9] = [
+    "training.per_device_train_batch_size=2",
+    "training.gradient_accumulation_steps=3",
+    "training.num_train_epochs=2",
+    "training.logging_steps=1",
+    "training.eval_strategy=\"steps\"",
+    "training.eval_steps=3",
+    "training.save_strategy=\"steps\"",
+    "training.save_steps=3",
+    "training.lr_scheduler_type=\"linear\"",
+];
+
+fn assert_same_losses(straight: &[(u64, f64)], resumed: &[(u64, f64)]) {
+    assert_eq!(straight.len(), 6, "{straight:?}");
+    assert_eq!(
+        straight.iter().map(|s| s.0).collect::<Vec<_>>(),
+        resumed.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "each step logged once"
+    );
+    for ((step, a), (_, b)) in straight.iter().zip(resumed) {
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+            "step {step}: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 blocks of 32 tokens.
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+
+    let straight_dir = dir.path().join("straight");
+    let straight = recipe(&setup, &straight_dir, &RESUME_SETTINGS);
+    let summary = train::<Train>(&straight, &options(false, false), &device).unwrap();
+    assert_eq!((summary.steps, summary.epochs_completed), (6, 2));
+    let straight_losses = logged_losses(&straight_dir);
+
+    // Ctrl-C before the first update ends: a checkpoint at step 1, a clean return.
+    let stopped_dir = dir.path().join("stopped");
+    let stopped = recipe(&setup, &stopped_dir, &RESUME_SETTINGS);
+    let first = train::<Train>(&stopped, &options(false, true), &device).unwrap();
+    assert!(first.stopped_early);
+    assert_eq!(first.steps, 1);
+    assert!(first.final_model.is_none());
+    assert_eq!(
+        first.last_checkpoint.as_deref(),
+        Some(stopped_dir.join("checkpoint-1").as_path())
+    );
+    // Starting again without --resume is refused (it would mix two runs).
+    let refused = train::<Train>(&stopped, &options(false, false), &device).unwrap_err();
+    assert!(refused.to_string().contains("--resume"), "{refused}");
+    let rest = train::<Train>(&stopped, &options(true, false), &device).unwrap();
+    assert_eq!((rest.steps, rest.stopped_early), (6, false));
+    assert_same_losses(&straight_losses, &logged_losses(&stopped_dir));
+
+    // A crash after the mid-run checkpoint: the straight run's files without its later
+    // checkpoint and final student; the resumed run drops the logged steps 4..6 and redoes them.
+    let crashed_dir = dir.path().join("crashed");
+    copy_dir(&straight_dir, &crashed_dir);
+    std::fs::remove_dir_all(crashed_dir.join("checkpoint-6")).unwrap();
+    std::fs::remove_dir_all(crashed_dir.join("final")).unwrap();
+    let crashed = recipe(&setup, &crashed_dir, &RESUME_SETTINGS);
+    let resumed = train::<Train>(&crashed, &options(true, false), &device).unwrap();
+    assert_eq!(resumed.steps, 6);
+    assert_same_losses(&straight_losses, &logged_losses(&crashed_dir));
+    // The final students are the same.
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert_eq!(weights(&straight_dir), weights(&crashed_dir));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn hard_label_training_never_loads_a_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let output = dir.path().join("run");
+    let mut hard = recipe(
+        &setup,
+        &output,
+        &[
+            "distillation.hard_label_weight=1.0",
+            "distillation.intermediate_matches=[]",
+            "training.num_train_epochs=1",
+        ],
+    );
+    hard.teacher.local_dir = dir.path().join("no-such-teacher");
+    let summary = train::<Train>(&hard, &options(false, false), &Default::default()).unwrap();
+    let eval = summary.last_eval.unwrap();
+    assert_eq!(eval.kl_to_teacher, None);
+    assert!(eval.loss.is_finite());
+    assert!(summary.tokens_per_second > 0.0);
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let broken = dir.path().join("nan-student");
+    write_random_model::<Cpu>(
+        &broken,
+        &toy_config(32, 2, 4),
+        3,
+        f32::NAN,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut nan = recipe(&setup, &dir.path().join("run"), &[]);
+    nan.student.local_dir = broken;
+    let error = train::<Train>(&nan, &options(false, false), &Default::default()).unwrap_err();
+    assert!(
+        matches!(error, TrainError::NonFinite { step: 1, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("at step 1"), "{error}");
+}
