@@ -87,17 +87,7 @@ pub fn run(args: Args) -> Result<()> {
             started.elapsed().as_secs_f64()
         ),
     }
-    for (split, info) in &manifest.splits {
-        println!(
-            "  {split:<10} {:>4} articles  {:>9} tokens (eos incl.)  {:>6} blocks of {}  padding {:.4}%  {} shard file(s)",
-            info.stats.documents,
-            info.stats.tokens,
-            info.stats.blocks,
-            manifest.seq_len,
-            info.padding_fraction * 100.0,
-            info.shards.len()
-        );
-    }
+    print_splits(manifest);
     let tokenizer = &manifest.tokenizer;
     println!(
         "  eos {} {:?}, pad {}, vocab {}; BOS {} (shards never contain it)",
@@ -126,4 +116,19 @@ fn check_tokenizers(teacher: &PathBuf, student: &PathBuf, json: bool) -> Result<
         report.require_distillable()?;
     }
     Ok(())
+}
+
+/// One line per split: articles, tokens, blocks, padding, shard files.
+pub fn print_splits(manifest: &preprocess::Manifest) {
+    for (split, info) in &manifest.splits {
+        println!(
+            "  {split:<10} {:>4} articles  {:>9} tokens (eos incl.)  {:>6} blocks of {}  padding {:.4}%  {} shard file(s)",
+            info.stats.documents,
+            info.stats.tokens,
+            info.stats.blocks,
+            manifest.seq_len,
+            info.padding_fraction * 100.0,
+            info.shards.len()
+        );
+    }
 }
