@@ -13,6 +13,7 @@ pub mod objective;
 pub mod optimizer;
 pub mod recipe;
 pub mod schedule;
+pub mod teacher_cache;
 pub mod tensorboard;
 pub mod toy;
 pub mod train;
