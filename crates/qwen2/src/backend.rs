@@ -77,7 +77,7 @@ fn run_cuda<T: BackendTask>(task: T) -> Result<T::Output> {
 /// runtime panics (on a device thread) when libcuda is missing; the user should get a sentence
 /// instead, so the first touch happens here under `catch_unwind` with the panic message muted.
 #[cfg(feature = "cuda")]
-fn probe_cuda() -> Result<<Gpu as Backend>::Device> {
+fn probe_cuda() -> Result<<Gpu as burn::tensor::backend::BackendTypes>::Device> {
     use burn::tensor::Tensor;
     let no_gpu = |why: &str| {
         ModelError::Invalid(format!(
@@ -91,7 +91,7 @@ fn probe_cuda() -> Result<<Gpu as Backend>::Device> {
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let probe = std::panic::catch_unwind(|| {
-        let device = <Gpu as Backend>::Device::default();
+        let device = <Gpu as burn::tensor::backend::BackendTypes>::Device::default();
         let sum = Tensor::<Gpu, 1>::ones([4], &device).sum().into_scalar();
         (device, sum)
     });
