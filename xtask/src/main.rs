@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_preprocess;
 mod download;
+mod eval;
 mod generate;
 mod init_model;
 mod preprocess;
@@ -34,6 +35,8 @@ enum Command {
     Download(download::Args),
     /// Tokenize WikiText into packed Parquet token shards.
     Preprocess(preprocess::Args),
+    /// Evaluate models on token shards: loss, perplexity, KL to a teacher, speed, memory; writes a report.
+    Eval(eval::Args),
     /// Write a randomly initialised Qwen2 checkpoint (Hugging Face layout).
     InitModel(init_model::Args),
 }
@@ -45,6 +48,7 @@ fn main() {
         Command::Bench(bench) => bench::run(bench),
         Command::Download(args) => download::run(args),
         Command::Preprocess(args) => preprocess::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::InitModel(args) => init_model::run(args),
     };
     if let Err(err) = result {

@@ -197,6 +197,19 @@ pub fn plot_training_curves(
 }
 
 const FONT: &str = "sans-serif";
+/// Matplotlib's "tab10" colours: distinct on white, unlike plotters' palette (pale yellow).
+const SERIES_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 const WIDTH: u32 = 1000;
 const PANEL_HEIGHT: u32 = 420;
 
@@ -228,12 +241,13 @@ fn draw(panels: &[Panel], path: &Path) -> Result<(), String> {
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|step| format!("{step:.0}"))
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
             .draw()
             .map_err(|e| text(&e))?;
         for (index, series) in panel.series.iter().enumerate() {
-            let color = Palette99::pick(index).to_rgba();
+            let color = SERIES_COLORS[index % SERIES_COLORS.len()].to_rgba();
             chart
                 .draw_series(LineSeries::new(
                     series.points.iter().copied(),

@@ -10,6 +10,7 @@ use crate::atomic::write_atomic;
 use crate::error::EvalError;
 use crate::evaluate::{EvalOptions, ModelReport};
 use crate::provenance::{utc_now_iso8601, Machine};
+use crate::speed::GenerationSample;
 
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
@@ -200,7 +201,7 @@ impl Report {
                         md.push_str(&format!(
                             "| {} | {} |\n",
                             markdown_cell(&model.label),
-                            markdown_cell(&sample.text)
+                            continuation_cell(sample)
                         ));
                     }
                 }
@@ -244,6 +245,17 @@ pub const COLUMNS: [&str; 9] = [
     "gen tokens/s",
     "peak RSS",
 ];
+
+/// The continuation's text, or its ids when they decode to nothing visible (a random model may
+/// pick ids that no tokenizer entry maps to).
+fn continuation_cell(sample: &GenerationSample) -> String {
+    if sample.text.trim().is_empty() && !sample.token_ids.is_empty() {
+        let ids: Vec<String> = sample.token_ids.iter().map(u32::to_string).collect();
+        format!("(no text; token ids {})", ids.join(" "))
+    } else {
+        markdown_cell(&sample.text)
+    }
+}
 
 /// Text that stays inside one Markdown table cell.
 fn markdown_cell(text: &str) -> String {

@@ -48,6 +48,8 @@ pub struct GenerationSample {
     pub text: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
+    /// The generated ids (some may have no text, e.g. rows past the tokenizer's vocabulary).
+    pub token_ids: Vec<u32>,
     pub stopped_at_eos: bool,
 }
 
@@ -87,6 +89,7 @@ pub fn greedy_generations<B: Backend>(
             text: tokenizer.decode(&generation.tokens, true)?,
             prompt_tokens: ids.len(),
             new_tokens: generation.tokens.len(),
+            token_ids: generation.tokens.clone(),
             stopped_at_eos: generation.stopped_at_eos,
         });
     }

@@ -1,0 +1,178 @@
+//! `cargo xtask eval`: measures models on a split of token shards and writes the report
+//! (report.json, report.md, and curves.png when training metrics are given). The work is in
+//! the `eval` crate; this module parses flags and chooses the backend.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use clap::Args as ClapArgs;
+use eval::{evaluate_loaded, evaluate_model, plot_training_curves, EvalOptions, Report};
+use qwen2::backend::{with_backend, BackendKind, BackendTask};
+use qwen2::load_model;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// A model directory (Hugging Face layout) to evaluate; repeat for several rows.
+    #[arg(long = "model", required = true, value_name = "DIR")]
+    models: Vec<PathBuf>,
+    /// Row name of each --model, in order (default: the directory's name).
+    #[arg(long = "label", value_name = "NAME")]
+    labels: Vec<String>,
+    /// The teacher: adds its own row first and the KL/top-1 agreement columns for the others.
+    #[arg(long, value_name = "DIR")]
+    teacher: Option<PathBuf>,
+    /// Token shard directory made by `cargo xtask preprocess`.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Output directory for report.json, report.md and curves.png.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Evaluate only the first N blocks of the split.
+    #[arg(long, value_name = "N")]
+    max_blocks: Option<usize>,
+    /// Blocks per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Timed forward passes of one block for the latency (median).
+    #[arg(long, default_value_t = 5)]
+    latency_repeats: usize,
+    /// A generation prompt; repeat for several (default: three fixed WikiText-style openings).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    prompts: Vec<String>,
+    /// Skip generation (then no tokenizer.json is needed in the model directories).
+    #[arg(long, conflicts_with = "prompts")]
+    no_generate: bool,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Training metrics to plot: LABEL=PATH, PATH a metrics.jsonl or a distill output dir.
+    #[arg(long = "metrics", value_name = "LABEL=PATH")]
+    metrics: Vec<String>,
+    #[arg(long, default_value = "ndarray")]
+    backend: BackendKind,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if !args.labels.is_empty() && args.labels.len() != args.models.len() {
+        bail!(
+            "{} --label for {} --model: give one label per model, in the same order, or none",
+            args.labels.len(),
+            args.models.len()
+        );
+    }
+    let metrics = args
+        .metrics
+        .iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((label, path)) if !label.is_empty() && !path.is_empty() => {
+                Ok((label.to_string(), PathBuf::from(path)))
+            }
+            _ => bail!("--metrics {entry:?}: expected LABEL=PATH, e.g. distilled=runs/distilled/metrics.jsonl"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = EvalOptions {
+        split: args.split.clone(),
+        max_blocks: args.max_blocks,
+        batch_size: args.batch_size,
+        latency_repeats: args.latency_repeats,
+        generation_prompts: if args.no_generate {
+            Vec::new()
+        } else if args.prompts.is_empty() {
+            eval::default_prompts()
+        } else {
+            args.prompts.clone()
+        },
+        max_new_tokens: args.max_new_tokens,
+        ..EvalOptions::default()
+    };
+    options.validate()?;
+
+    let mut report = Report::new(
+        &command_line(),
+        &args.backend.to_string(),
+        &args.data,
+        &options,
+    );
+    report.teacher = args.teacher.as_ref().map(|t| t.display().to_string());
+    report.models = with_backend(
+        args.backend,
+        Evaluate {
+            args: &args,
+            options: &options,
+        },
+    )??;
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    if !metrics.is_empty() {
+        let png = args.out.join("curves.png");
+        plot_training_curves(&metrics, &png)?;
+        report.curves_png = Some("curves.png".into());
+        eprintln!("wrote {}", png.display());
+    }
+    let (json, markdown) = report.write(&args.out)?;
+    print!("{}", report.render_table());
+    eprintln!("wrote {} and {}", json.display(), markdown.display());
+    Ok(())
+}
+
+struct Evaluate<'a> {
+    args: &'a Args,
+    options: &'a EvalOptions,
+}
+
+impl BackendTask for Evaluate<'_> {
+    type Output = Result<Vec<eval::ModelReport>>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let Evaluate { args, options } = self;
+        let mut rows = Vec::new();
+        let teacher = match &args.teacher {
+            Some(dir) => {
+                eprintln!("loading the teacher {}", dir.display());
+                let (teacher, _) = load_model::<B>(dir, &device)?;
+                eprintln!("evaluating teacher");
+                rows.push(evaluate_loaded(
+                    &teacher, dir, "teacher", None, &args.data, options,
+                )?);
+                Some(teacher)
+            }
+            None => None,
+        };
+        for (index, dir) in args.models.iter().enumerate() {
+            let label = args.labels.get(index).cloned().unwrap_or_else(|| {
+                dir.file_name()
+                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
+            });
+            eprintln!("evaluating {label} ({})", dir.display());
+            rows.push(evaluate_model::<B>(
+                dir,
+                &label,
+                teacher.as_ref(),
+                &args.data,
+                options,
+                &device,
+            )?);
+        }
+        Ok(rows)
+    }
+}
+
+/// The command as typed, for the report (arguments with spaces or quotes are quoted).
+fn command_line() -> String {
+    let quote = |arg: String| {
+        if !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c))
+        {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', r"'\''"))
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
