@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_preprocess;
+mod distill;
 mod download;
 mod eval;
 mod generate;
@@ -35,6 +36,8 @@ enum Command {
     Download(download::Args),
     /// Tokenize WikiText into packed Parquet token shards.
     Preprocess(preprocess::Args),
+    /// Distill a teacher into a student as a recipe (configs/*.toml) says.
+    Distill(distill::Args),
     /// Evaluate models on token shards: loss, perplexity, KL to a teacher, speed, memory; writes a report.
     Eval(eval::Args),
     /// Write a randomly initialised Qwen2 checkpoint (Hugging Face layout).
@@ -48,6 +51,7 @@ fn main() {
         Command::Bench(bench) => bench::run(bench),
         Command::Download(args) => download::run(args),
         Command::Preprocess(args) => preprocess::run(args),
+        Command::Distill(args) => distill::run(args),
         Command::Eval(args) => eval::run(args),
         Command::InitModel(args) => init_model::run(args),
     };

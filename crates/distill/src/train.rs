@@ -70,6 +70,9 @@ pub struct TrainSummary {
     pub peak_rss_bytes: Option<u64>,
     /// Mean loss of the last update.
     pub last_train_loss: Option<f64>,
+    /// Evaluation of the student as loaded, before the first update (fresh runs with an
+    /// eval_strategy; also logged at step 0), the baseline the later evaluations improve on.
+    pub initial_eval: Option<EvalMetrics>,
     pub last_eval: Option<EvalMetrics>,
     pub output_dir: PathBuf,
     /// The checkpoint with the lowest evaluation loss, when it was saved.
@@ -358,6 +361,7 @@ pub fn train<B: AutodiffBackend>(
         tokens_per_second: 0.0,
         peak_rss_bytes: None,
         last_train_loss: state.history.last().map(|r| r.loss),
+        initial_eval: None,
         last_eval: None,
         output_dir: output_dir.clone(),
         best_checkpoint: state
@@ -375,6 +379,11 @@ pub fn train<B: AutodiffBackend>(
     let mut run_tokens = 0u64;
     let mut window_started = Instant::now();
     let mut order = epoch_order(train_data.blocks(), t.seed, state.trainer.epoch);
+    if let (None, Some(data)) = (&resume_from, eval_data.as_mut()) {
+        let result = run_eval(&student, &teacher, data, &objective, t.max_eval_batches)?;
+        log_eval(&mut metrics, 0, 0.0, &result)?;
+        summary.initial_eval = Some(result);
+    }
 
     while state.trainer.global_step < total_steps {
         let step = state.trainer.global_step;

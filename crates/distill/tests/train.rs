@@ -98,6 +98,8 @@ fn kl_to_the_teacher_falls_and_checkpoints_load_as_hugging_face_models() {
 
     let summary = train::<Train>(&recipe, &options(false, false), &device).unwrap();
     let after = summary.last_eval.expect("evaluated at each epoch");
+    // The trainer's own evaluation before the first update is the same measurement.
+    assert_eq!(summary.initial_eval, Some(before));
     let (kl_before, kl_after) = (before.kl_to_teacher.unwrap(), after.kl_to_teacher.unwrap());
     println!(
         "KL to the teacher: {kl_before} before, {kl_after} after {} steps",
@@ -128,7 +130,7 @@ fn kl_to_the_teacher_falls_and_checkpoints_load_as_hugging_face_models() {
         .lines()
         .filter(|l| l.contains("\"eval\"") && l.contains("kl_to_teacher"))
         .count();
-    assert_eq!(evals, 3);
+    assert_eq!(evals, 4, "step 0 and each epoch");
 }
 
 /// 6 updates over 2 epochs of 16 blocks (batch 2, 3 micro-batches per update, so the last
@@ -262,4 +264,19 @@ fn a_nan_loss_stops_the_run_naming_the_step() {
         "{error}"
     );
     assert!(error.to_string().contains("at step 1"), "{error}");
+}
+
+#[test]
+fn the_shipped_recipes_load() {
+    let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let seed = Recipe::load(
+        &configs.join("deepseek-r1-distill-qwen-1.5b-to-qwen2.5-1.5b.toml"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(seed.training.learning_rate, 5e-5);
+    assert_eq!(seed.training.gradient_accumulation_steps, 4);
+    assert_eq!(seed.distillation.temperature, 2.0);
+    let small = Recipe::load(&configs.join("small.toml"), &[]).unwrap();
+    assert_eq!(small.distillation.intermediate_matches.len(), 1);
 }

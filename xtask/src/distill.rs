@@ -1,0 +1,149 @@
+//! `cargo xtask distill --config configs/X.toml [--set key=value ...] [--resume]
+//! [--cache-teacher] [--backend ndarray|cuda] [--max-steps N]`: runs the training loop of
+//! crates/distill and prints what it did. Ctrl-C stops at the next update with a checkpoint;
+//! `--resume` continues from it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use clap::Args as ClapArgs;
+use distill::recipe::Recipe;
+use distill::{TrainOptions, TrainSummary};
+use qwen2::backend::{with_backend, BackendKind, BackendTask};
+use qwen2::memory::gib;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The recipe (TOML), e.g. configs/deepseek-r1-distill-qwen-1.5b-to-qwen2.5-1.5b.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a recipe field, e.g. `--set training.learning_rate=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue from the newest checkpoint in the recipe's output_dir.
+    #[arg(long)]
+    resume: bool,
+    /// Run the teacher once over the shards and train from its cached top-k logits.
+    #[arg(long)]
+    cache_teacher: bool,
+    #[arg(long, default_value = "ndarray")]
+    backend: BackendKind,
+    /// Stop after this many optimizer updates (overrides training.max_steps).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let recipe = Recipe::load(&args.config, &args.overrides)?;
+    if args.cache_teacher {
+        bail!(
+            "--cache-teacher: the offline teacher cache is not wired into `cargo xtask distill` \
+             yet; run without it (the teacher then runs live on every batch)"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nCtrl-C: finishing this update, then writing a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let options = TrainOptions {
+        resume: args.resume,
+        progress: !args.quiet,
+        stop,
+        max_steps: args.max_steps,
+    };
+    eprintln!(
+        "distill: {} -> {} on {} ({} backend), output in {}",
+        recipe.teacher.local_dir.display(),
+        recipe.student.local_dir.display(),
+        recipe.dataset.shards.display(),
+        args.backend,
+        recipe.training.output_dir.display()
+    );
+    let summary = with_backend(args.backend, Train { recipe, options })??;
+    print_summary(&summary);
+    Ok(())
+}
+
+struct Train {
+    recipe: Recipe,
+    options: TrainOptions,
+}
+
+impl BackendTask for Train {
+    type Output = Result<TrainSummary>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<TrainSummary> {
+        Ok(distill::train::<Autodiff<B>>(
+            &self.recipe,
+            &self.options,
+            &device,
+        )?)
+    }
+}
+
+fn print_summary(summary: &TrainSummary) {
+    let status = if summary.stopped_early {
+        "stopped (Ctrl-C); continue with --resume"
+    } else {
+        "done"
+    };
+    println!("training {status}");
+    println!(
+        "  steps {} | epochs completed {} | tokens {} | {:.0} tokens/s | peak RSS {}",
+        summary.steps,
+        summary.epochs_completed,
+        summary.train_tokens,
+        summary.tokens_per_second,
+        summary.peak_rss_bytes.map_or("unknown".into(), gib)
+    );
+    if let Some(loss) = summary.last_train_loss {
+        println!("  last train loss {loss:.4}");
+    }
+    if let Some(eval) = &summary.initial_eval {
+        let kl = eval
+            .kl_to_teacher
+            .map_or("n/a (no teacher)".into(), |kl| format!("{kl:.4}"));
+        println!(
+            "  before training: eval loss {:.4} | perplexity {:.2} | KL to teacher {kl}",
+            eval.loss, eval.perplexity
+        );
+    }
+    if let Some(eval) = &summary.last_eval {
+        let kl = eval
+            .kl_to_teacher
+            .map_or("n/a (no teacher)".into(), |kl| format!("{kl:.4}"));
+        println!(
+            "  eval loss {:.4} | perplexity {:.2} | KL to teacher {kl}",
+            eval.loss, eval.perplexity
+        );
+    }
+    for (what, path) in [
+        ("final student", &summary.final_model),
+        ("best checkpoint", &summary.best_checkpoint),
+        ("last checkpoint", &summary.last_checkpoint),
+    ] {
+        if let Some(path) = path {
+            println!("  {what}: {}", path.display());
+        }
+    }
+    println!(
+        "  metrics: {} (TensorBoard: tensorboard --logdir {})",
+        summary.output_dir.join("metrics.jsonl").display(),
+        summary.output_dir.join("runs").display()
+    );
+}
