@@ -7,7 +7,8 @@
 //!   exactly as the live teacher's lm_head produces them.
 //! - `rest_lse`: `log sum_{v not in top k} exp(logit_v / T)`, the log-sum-exp of the other
 //!   tokens **at the objective's temperature T** (computed in f64 from the f32 logits). This is
-//!   what [`TeacherSignal::TopK`] and [`top_k_kl_per_position`](crate::losses::top_k_kl_per_position)
+//!   what [`TeacherSignal::TopK`] and
+//!   [`top_k_kl_per_position`](crate::losses::top_k_kl_per_position)
 //!   expect. T is baked in: the manifest records it, and opening the cache for another
 //!   temperature is an error naming `distillation.temperature`. When `k` = V there is nothing
 //!   left and `rest_lse` holds [`EMPTY_REST_LSE`], a finite stand-in for log 0 that keeps the
@@ -131,6 +132,17 @@ pub enum CacheError {
          the teacher weights are broken (check its safetensors)"
     )]
     NonFiniteLogit { block: usize, position: usize },
+    #[error(
+        "token shards {dir}: block {block} holds token id {id}, but the teacher has only {vocab} \
+         embedding rows: the shards were made with another tokenizer; preprocess them with the \
+         teacher's tokenizer"
+    )]
+    TokenOutOfVocabulary {
+        dir: PathBuf,
+        block: usize,
+        id: u32,
+        vocab: usize,
+    },
     #[error("teacher cache {path}: block {index} is out of range (the cache has {len} blocks)")]
     BlockOutOfRange {
         path: PathBuf,
@@ -879,6 +891,18 @@ impl<B: Backend> PartWriter<'_, B> {
                 .iter()
                 .map(|&i| shards.block(i))
                 .collect::<Result<Vec<Block>, _>>()?;
+            // An id beyond the embeddings would panic inside the backend's gather.
+            let vocab = self.contents.vocab_size;
+            for (&index, block) in indices.iter().zip(&batch_blocks) {
+                if let Some(&id) = block.ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(CacheError::TokenOutOfVocabulary {
+                        dir: shards.dir().to_path_buf(),
+                        block: index,
+                        id,
+                        vocab,
+                    });
+                }
+            }
             let rows = self.run_teacher(&batch_blocks, start)?;
             let batch = self.record_batch(&indices, rows);
             writer.write(&batch).map_err(parquet_error)?;

@@ -528,6 +528,29 @@ fn opening_for_another_run_names_the_field_and_the_fix() {
     .unwrap_err();
     println!("{error}");
     assert!(error.to_string().contains("teacher_cache.top_k"));
+
+    // Token shards of another tokenizer (an id beyond the teacher's embeddings).
+    let mut foreign = blocks.clone();
+    foreign[1].ids[3] = VOCAB as u32 + 88;
+    let mut foreign = token_shards(&temp.path().join("foreign-shards"), &foreign);
+    let error = build_cache(
+        &teacher,
+        &mut foreign,
+        &built,
+        &temp.path().join("foreign"),
+        &BuildOptions::default(),
+    )
+    .unwrap_err();
+    println!("{error}");
+    assert!(matches!(
+        error,
+        CacheError::TokenOutOfVocabulary {
+            block: 1,
+            id: 600,
+            vocab: VOCAB,
+            ..
+        }
+    ));
 }
 
 fn every_block(cache: &TeacherCache) -> Vec<distill::teacher_cache::CachedBlock> {
