@@ -20,12 +20,15 @@ pub enum Bench {
     Infer(InferArgs),
     /// Text MB/s and peak RSS of preprocessing (VmHWM).
     Preprocess(crate::bench_preprocess::Args),
+    /// Seconds per distillation update at published shapes with random weights.
+    DistillStep(crate::bench_distill::Args),
 }
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Infer(args) => infer(args),
         Bench::Preprocess(args) => crate::bench_preprocess::run(args),
+        Bench::DistillStep(args) => crate::bench_distill::run(args),
     }
 }
 

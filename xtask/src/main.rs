@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_distill;
 mod bench_preprocess;
 mod distill;
 mod download;
