@@ -89,75 +89,112 @@ pub fn run(args: Args) -> Result<()> {
     };
     options.validate()?;
 
-    let mut report = Report::new(
-        &command_line(),
-        &args.backend.to_string(),
-        &args.data,
-        &options,
-    );
-    report.teacher = args.teacher.as_ref().map(|t| t.display().to_string());
-    report.models = with_backend(
+    let models = args
+        .models
+        .iter()
+        .enumerate()
+        .map(|(index, dir)| {
+            let label = args.labels.get(index).cloned().unwrap_or_else(|| {
+                dir.file_name()
+                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
+            });
+            (label, dir.clone())
+        })
+        .collect();
+    let plan = Plan {
+        teacher: args.teacher.clone(),
+        models,
+        data: args.data.clone(),
+        options,
+        metrics,
+        out: args.out.clone(),
+    };
+    let report = with_backend(
         args.backend,
         Evaluate {
-            args: &args,
-            options: &options,
+            plan: &plan,
+            backend: args.backend,
         },
     )??;
-
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    if !metrics.is_empty() {
-        let png = args.out.join("curves.png");
-        plot_training_curves(&metrics, &png)?;
-        report.curves_png = Some("curves.png".into());
-        eprintln!("wrote {}", png.display());
-    }
     let (json, markdown) = report.write(&args.out)?;
     print!("{}", report.render_table());
     eprintln!("wrote {} and {}", json.display(), markdown.display());
     Ok(())
 }
 
+/// What to evaluate: the rows of the report (the teacher first, when given) and the training
+/// runs whose curves to plot.
+pub struct Plan {
+    pub teacher: Option<PathBuf>,
+    /// (row label, model directory)
+    pub models: Vec<(String, PathBuf)>,
+    pub data: PathBuf,
+    pub options: EvalOptions,
+    /// (run label, metrics.jsonl or a distill output dir)
+    pub metrics: Vec<(String, PathBuf)>,
+    /// Where curves.png goes (the caller writes the report there).
+    pub out: PathBuf,
+}
+
 struct Evaluate<'a> {
-    args: &'a Args,
-    options: &'a EvalOptions,
+    plan: &'a Plan,
+    backend: BackendKind,
 }
 
 impl BackendTask for Evaluate<'_> {
-    type Output = Result<Vec<eval::ModelReport>>;
+    type Output = Result<Report>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let Evaluate { args, options } = self;
-        let mut rows = Vec::new();
-        let teacher = match &args.teacher {
-            Some(dir) => {
-                eprintln!("loading the teacher {}", dir.display());
-                let (teacher, _) = load_model::<B>(dir, &device)?;
-                eprintln!("evaluating teacher");
-                rows.push(evaluate_loaded(
-                    &teacher, dir, "teacher", None, &args.data, options,
-                )?);
-                Some(teacher)
-            }
-            None => None,
-        };
-        for (index, dir) in args.models.iter().enumerate() {
-            let label = args.labels.get(index).cloned().unwrap_or_else(|| {
-                dir.file_name()
-                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
-            });
-            eprintln!("evaluating {label} ({})", dir.display());
-            rows.push(evaluate_model::<B>(
-                dir,
-                &label,
-                teacher.as_ref(),
-                &args.data,
-                options,
-                &device,
-            )?);
-        }
-        Ok(rows)
+        evaluate_to_report::<B>(self.plan, &self.backend.to_string(), &device)
     }
+}
+
+/// Measures every model of `plan` on backend `B` and plots the curves; the report is not yet
+/// written, so a caller can add notes first.
+pub fn evaluate_to_report<B: Backend>(
+    plan: &Plan,
+    backend: &str,
+    device: &B::Device,
+) -> Result<Report> {
+    let mut report = Report::new(&command_line(), backend, &plan.data, &plan.options);
+    report.teacher = plan.teacher.as_ref().map(|t| t.display().to_string());
+    let teacher = match &plan.teacher {
+        Some(dir) => {
+            eprintln!("loading the teacher {}", dir.display());
+            let (teacher, _) = load_model::<B>(dir, device)?;
+            eprintln!("evaluating teacher");
+            report.models.push(evaluate_loaded(
+                &teacher,
+                dir,
+                "teacher",
+                None,
+                &plan.data,
+                &plan.options,
+            )?);
+            Some(teacher)
+        }
+        None => None,
+    };
+    for (label, dir) in &plan.models {
+        eprintln!("evaluating {label} ({})", dir.display());
+        report.models.push(evaluate_model::<B>(
+            dir,
+            label,
+            teacher.as_ref(),
+            &plan.data,
+            &plan.options,
+            device,
+        )?);
+    }
+    if !plan.metrics.is_empty() {
+        std::fs::create_dir_all(&plan.out)
+            .with_context(|| format!("cannot create {}", plan.out.display()))?;
+        let png = plan.out.join("curves.png");
+        plot_training_curves(&plan.metrics, &png)?;
+        report.curves_png = Some("curves.png".into());
+        eprintln!("wrote {}", png.display());
+    }
+    Ok(report)
 }
 
 /// The command as typed, for the report (arguments with spaces or quotes are quoted).

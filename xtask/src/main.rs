@@ -15,6 +15,7 @@ mod eval;
 mod generate;
 mod init_model;
 mod preprocess;
+mod quickstart;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,8 @@ enum Command {
     Eval(eval::Args),
     /// Write a randomly initialised Qwen2 checkpoint (Hugging Face layout).
     InitModel(init_model::Args),
+    /// The whole pipeline offline on bundled data: preprocess, distill vs hard labels, evaluate, report.
+    Quickstart(quickstart::Args),
 }
 
 fn main() {
@@ -55,6 +58,7 @@ fn main() {
         Command::Distill(args) => distill::run(args),
         Command::Eval(args) => eval::run(args),
         Command::InitModel(args) => init_model::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
