@@ -319,11 +319,7 @@ fn chunk_terms<B: Backend>(
         ChunkTeacher::Logits(teacher_logits) => {
             let (student_logits, teacher_logits) = match &objective.vocab_rows {
                 Some(rows) => {
-                    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                    let rows = Tensor::<B, 1, Int>::from_data(
-                        TensorData::new(rows.clone(), [rows.len()]),
-                        &device,
-                    );
+                    let rows = row_indices::<B>(rows, &device);
                     (
                         student_logits.select(1, rows.clone()),
                         teacher_logits.select(1, rows),
@@ -343,7 +339,32 @@ fn chunk_terms<B: Backend>(
             ids,
             logits,
             rest_lse,
-        } => top_k_kl_per_position(student_logits, logits, ids, rest_lse, t),
+        } => {
+            // As the live path: the student's softmax and its remaining mass over the compared
+            // rows only. The cache's ids are vocabulary ids; renumber them to positions among
+            // those rows (the cache keeps only compared rows, so every id has one).
+            let (student_logits, ids) = match &objective.vocab_rows {
+                Some(rows) => {
+                    let vocab = student_logits.dims()[1];
+                    let mut position_of = vec![0i64; vocab];
+                    for (position, &row) in rows.iter().enumerate() {
+                        position_of[row as usize] = position as i64;
+                    }
+                    let position_of = Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(position_of, [vocab]),
+                        &device,
+                    );
+                    let [n, k] = ids.dims();
+                    let ids = position_of.select(0, ids.reshape([n * k])).reshape([n, k]);
+                    (
+                        student_logits.select(1, row_indices::<B>(rows, &device)),
+                        ids,
+                    )
+                }
+                None => (student_logits, ids),
+            };
+            top_k_kl_per_position(student_logits, logits, ids, rest_lse, t)
+        }
     };
     let scale = if objective.kd_loss.scaled_by_temperature_squared() {
         t * t
@@ -352,6 +373,13 @@ fn chunk_terms<B: Backend>(
     };
     let soft = (divergence * vector::<B>(&weights.soft[range], &device)).sum() * scale;
     (hard, soft)
+}
+
+/// `rows` as an index tensor for `select`.
+fn row_indices<B: Backend>(rows: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let len = rows.len();
+    Tensor::from_data(TensorData::new(rows, [len]), device)
 }
 
 /// The weighted intermediate-layer loss of match `index`.

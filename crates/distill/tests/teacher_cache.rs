@@ -413,6 +413,64 @@ fn top_k_soft_loss_approaches_the_full_loss_as_k_grows() {
     );
 }
 
+/// With `vocab_rows` (vocabularies of different sizes, ids whose meaning differs) the live
+/// loss compares only those rows; the cached loss must too. At k = the number of compared rows
+/// the two give the same loss and gradient.
+#[test]
+fn with_vocab_rows_the_cached_loss_at_full_k_equals_the_live_loss() {
+    let temp = tempfile::tempdir().unwrap();
+    let blocks = blocks();
+    let mut shards = token_shards(&temp.path().join("shards"), &blocks);
+    let teacher_dir = sharpened_teacher(&temp.path().join("teacher"), 3.0);
+    let teacher = Arc::new(load(&teacher_dir));
+    let student = Student {
+        model: load(&fixture_student_dir()),
+        projections: Vec::new(),
+    };
+    let trained = Student::<Train> {
+        model: load_model::<Train>(&fixture_student_dir(), &Default::default())
+            .unwrap()
+            .0,
+        projections: Vec::new(),
+    };
+    // What the tokenizer check gives when the shared vocabulary is the first 480 rows and a
+    // few ids mean different things to the two tokenizers.
+    let masked: Vec<u32> = (100..110).chain([7]).collect();
+    let rows: Vec<u32> = (0..480).filter(|id| !masked.contains(id)).collect();
+    let temperature = 2.0;
+    let mut objective = objective(temperature, &[]);
+    objective.vocab_rows = Some(rows.clone());
+    objective.masked_token_ids = masked;
+    let all: Vec<usize> = (0..BLOCKS).collect();
+    let batch = batch_of(&blocks, &all);
+    let live = TeacherOutputs::from_model(&teacher, &batch, &objective);
+    let full = loss_only(&student, &live, &batch, &objective).soft;
+
+    let spec = CacheSpec {
+        vocab_rows: Some(rows.clone()),
+        ..spec(&teacher_dir, rows.len(), temperature, &[])
+    };
+    let dir = temp.path().join("cache");
+    build_cache(&teacher, &mut shards, &spec, &dir, &small_parts()).unwrap();
+    let cache = TeacherCache::open(&dir, &spec).unwrap();
+    let outputs = cache.outputs::<Cpu>(&all, &Default::default()).unwrap();
+    let cached = loss_only(&student, &outputs, &batch, &objective).soft;
+    let gradient_error = relative_l2(
+        &embedding_gradient(&trained, &outputs, &batch, &objective),
+        &embedding_gradient(&trained, &live, &batch, &objective),
+    );
+    println!(
+        "{} compared rows, k = all of them: live soft loss {full:.7}, cached {cached:.7}; \
+         embedding gradient relative L2 {gradient_error:.3e}",
+        rows.len()
+    );
+    assert!(
+        (cached - full).abs() <= 1e-5 * full.abs(),
+        "cached {cached} vs live {full}"
+    );
+    assert!(gradient_error <= 1e-4, "gradient {gradient_error}");
+}
+
 fn mismatch_field(result: Result<TeacherCache, CacheError>) -> (String, String) {
     match result {
         Err(error @ CacheError::Mismatch { .. }) => {
