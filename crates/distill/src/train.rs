@@ -14,6 +14,11 @@
 //! Resume: every checkpoint holds the float32 student, the projections, the optimizer moments
 //! and the data position, so `resume` continues with the very losses the uninterrupted run
 //! would have had (tested to 1e-6 in tests/train.rs).
+//!
+//! The teacher runs live on every batch, or, with `TrainOptions::cache_teacher`, once before
+//! training into an offline cache that training reads instead ([`cached_teacher`]).
+
+pub mod cached_teacher;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,10 +41,12 @@ use crate::objective::{
 use crate::optimizer::GroupedAdamW;
 use crate::recipe::{EvalStrategy, Recipe, RecipeError, SaveStrategy};
 use crate::schedule::LearningRate;
+use crate::teacher_cache::CacheError;
 use crate::trainer_checkpoint::{
     new_projections, read_projections, read_resume_state, write_checkpoint, write_json_atomically,
     CheckpointParts, LogWindow, ResumeState, StepRecord,
 };
+pub use cached_teacher::{CachedTeacher, TeacherCacheSummary};
 
 /// How to run (as opposed to what to train, which the recipe says).
 #[derive(Debug, Clone, Default)]
@@ -53,6 +60,9 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Overrides the recipe's `max_steps`.
     pub max_steps: Option<usize>,
+    /// Train from the offline teacher cache (`--cache-teacher`): build it first if it is
+    /// missing or stale (the only time the teacher is loaded), then never run the teacher.
+    pub cache_teacher: bool,
 }
 
 /// What a run did.
@@ -66,7 +76,9 @@ pub struct TrainSummary {
     /// Real tokens per second of training (forward, backward, update; not evaluation or
     /// saving) in this process.
     pub tokens_per_second: f64,
-    /// Peak resident memory of the process (VmHWM), when the OS reports it.
+    /// Peak resident memory of the process (VmHWM), when the OS reports it. When this run
+    /// built a teacher cache, the peak of training alone (measured from after the teacher was
+    /// dropped); the build's is in `teacher_cache`.
     pub peak_rss_bytes: Option<u64>,
     /// Mean loss of the last update.
     pub last_train_loss: Option<f64>,
@@ -82,6 +94,9 @@ pub struct TrainSummary {
     pub final_model: Option<PathBuf>,
     /// The run ended because `TrainOptions::stop` was set.
     pub stopped_early: bool,
+    /// What `cache_teacher` built or reused. With a cache, `kl_to_teacher` of the evaluations
+    /// is the top-k approximation (logged as `kl_to_teacher_topk`).
+    pub teacher_cache: Option<TeacherCacheSummary>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +109,8 @@ pub enum TrainError {
     Data(#[from] preprocess::PreprocessError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -118,8 +135,9 @@ pub enum TeacherSource<B: Backend> {
     Absent,
     /// A frozen teacher model run on every batch, on the inference backend.
     Live(Arc<Model<B>>),
-    // The offline teacher cache (`--cache-teacher`) adds a variant here that answers
-    // `outputs` from the cached top-k logits of `split` and `blocks`.
+    /// The offline teacher cache (`--cache-teacher`): the cached top-k logits (and hidden
+    /// states) of `split` and `blocks`.
+    Cached(CachedTeacher<B>),
 }
 
 impl<B: Backend> TeacherSource<B> {
@@ -136,11 +154,20 @@ impl<B: Backend> TeacherSource<B> {
         blocks: &[usize],
         objective: &Objective,
     ) -> Result<Option<TeacherOutputs<B>>, TrainError> {
-        let _ = (split, blocks);
         Ok(match self {
             TeacherSource::Absent => None,
             TeacherSource::Live(model) => Some(TeacherOutputs::from_model(model, batch, objective)),
+            TeacherSource::Cached(cache) => Some(cache.outputs(batch, split, blocks, objective)?),
         })
+    }
+
+    /// The metric name of evaluation's KL to the teacher: from a cache it is the top-k
+    /// approximation (a lower bound of the full KL), named apart so curves never mix the two.
+    pub fn kl_metric_name(&self) -> &'static str {
+        match self {
+            TeacherSource::Cached(_) => "kl_to_teacher_topk",
+            _ => "kl_to_teacher",
+        }
     }
 }
 
@@ -157,19 +184,8 @@ pub fn objective_for(
     teacher_vocab: Option<usize>,
     student_vocab: usize,
 ) -> Result<Objective, TrainError> {
-    let d = &recipe.distillation;
-    let mut objective = Objective {
-        temperature: d.temperature,
-        hard_label_weight: d.hard_label_weight,
-        kd_loss: recipe.kd_loss(),
-        jsd_beta: d.jsd_beta,
-        intermediate_matches: d.intermediate_matches.clone(),
-        chunk_positions: d.chunk_positions,
-        vocab_rows: None,
-        masked_token_ids: Vec::new(),
-    };
     let Some(teacher_vocab) = teacher_vocab else {
-        return Ok(objective);
+        return Ok(objective_with_verdict(recipe, Vec::new(), None));
     };
     let report = preprocess::check_distillation_tokenizers(
         &recipe.teacher.local_dir,
@@ -183,15 +199,32 @@ pub fn objective_for(
         .shared_vocab_rows()
         .min(teacher_vocab)
         .min(student_vocab);
-    if !masked.is_empty() || teacher_vocab != student_vocab {
-        objective.vocab_rows = Some(
-            (0..shared as u32)
-                .filter(|id| masked.binary_search(id).is_err())
-                .collect(),
-        );
+    let vocab_rows = (!masked.is_empty() || teacher_vocab != student_vocab).then(|| {
+        (0..shared as u32)
+            .filter(|id| masked.binary_search(id).is_err())
+            .collect()
+    });
+    Ok(objective_with_verdict(recipe, masked, vocab_rows))
+}
+
+/// The objective of `recipe` with a tokenizer check's verdict already made (masked input ids,
+/// compared vocabulary rows).
+pub fn objective_with_verdict(
+    recipe: &Recipe,
+    masked_token_ids: Vec<u32>,
+    vocab_rows: Option<Vec<u32>>,
+) -> Objective {
+    let d = &recipe.distillation;
+    Objective {
+        temperature: d.temperature,
+        hard_label_weight: d.hard_label_weight,
+        kd_loss: recipe.kd_loss(),
+        jsd_beta: d.jsd_beta,
+        intermediate_matches: d.intermediate_matches.clone(),
+        chunk_positions: d.chunk_positions,
+        vocab_rows,
+        masked_token_ids,
     }
-    objective.masked_token_ids = masked;
-    Ok(objective)
 }
 
 /// Runs (or resumes) the training `recipe` describes.
@@ -263,22 +296,30 @@ pub fn train<B: AutodiffBackend>(
             student_config.vocab_size
         )));
     }
-    let teacher = if needs_teacher(recipe) {
+    let mut cache_summary = None;
+    let (teacher, objective, teacher_width) = if !needs_teacher(recipe) {
+        let objective = objective_for(recipe, None, student_config.vocab_size)?;
+        (TeacherSource::Absent, objective, student_config.hidden_size)
+    } else if options.cache_teacher {
+        let prepared = cached_teacher::prepare::<B::InnerBackend>(
+            recipe,
+            &student_config,
+            options.progress,
+            device,
+        )?;
+        cache_summary = Some(prepared.summary);
+        (prepared.source, prepared.objective, prepared.teacher_width)
+    } else {
         let (model, config) = load_model::<B::InnerBackend>(&recipe.teacher.local_dir, device)?;
         recipe.check_layers(
             Path::new("recipe"),
             config.num_hidden_layers,
             student_config.num_hidden_layers,
         )?;
-        TeacherSource::Live(Arc::new(model))
-    } else {
-        TeacherSource::Absent
+        let objective = objective_for(recipe, Some(model.vocab_size()), student_config.vocab_size)?;
+        let width = model.hidden_size();
+        (TeacherSource::Live(Arc::new(model)), objective, width)
     };
-    let (teacher_vocab, teacher_width) = match &teacher {
-        TeacherSource::Live(model) => (Some(model.vocab_size()), model.hidden_size()),
-        TeacherSource::Absent => (None, student_config.hidden_size),
-    };
-    let objective = objective_for(recipe, teacher_vocab, student_config.vocab_size)?;
 
     let weights_dir = resume_from.as_deref().unwrap_or(student_dir);
     let (model, _) = load_model::<B>(weights_dir, device)?;
@@ -372,6 +413,7 @@ pub fn train<B: AutodiffBackend>(
         last_checkpoint: resume_from.clone(),
         final_model: None,
         stopped_early: false,
+        teacher_cache: cache_summary,
     };
     let mut saved_at = resume_from.as_ref().map(|_| state.trainer.global_step);
     let mut evaluated_at = None;
@@ -381,7 +423,7 @@ pub fn train<B: AutodiffBackend>(
     let mut order = epoch_order(train_data.blocks(), t.seed, state.trainer.epoch);
     if let (None, Some(data)) = (&resume_from, eval_data.as_mut()) {
         let result = run_eval(&student, &teacher, data, &objective, t.max_eval_batches)?;
-        log_eval(&mut metrics, 0, 0.0, &result)?;
+        log_eval(&mut metrics, 0, 0.0, &result, &teacher)?;
         summary.initial_eval = Some(result);
     }
 
@@ -480,7 +522,7 @@ pub fn train<B: AutodiffBackend>(
                 .as_mut()
                 .expect("opened when eval_strategy is not no");
             let result = run_eval(&student, &teacher, data, &objective, t.max_eval_batches)?;
-            log_eval(&mut metrics, step, epoch_position, &result)?;
+            log_eval(&mut metrics, step, epoch_position, &result, &teacher)?;
             improved = state
                 .trainer
                 .best_metric
@@ -540,7 +582,7 @@ pub fn train<B: AutodiffBackend>(
             let result = run_eval(&student, &teacher, data, &objective, t.max_eval_batches)?;
             let epoch = state.trainer.epoch as f64
                 + state.trainer.batches_in_epoch as f64 / batches_per_epoch as f64;
-            log_eval(&mut metrics, step, epoch, &result)?;
+            log_eval(&mut metrics, step, epoch, &result, &teacher)?;
             summary.last_eval = Some(result);
         }
         if saved_at != Some(step) && step > 0 {
@@ -603,15 +645,16 @@ fn run_eval<B: AutodiffBackend>(
     )
 }
 
-fn log_eval(
+fn log_eval<B: Backend>(
     metrics: &mut MetricsLog,
     step: usize,
     epoch: f64,
     result: &EvalMetrics,
+    teacher: &TeacherSource<B>,
 ) -> Result<(), TrainError> {
     let mut values = vec![("loss", result.loss), ("perplexity", result.perplexity)];
     if let Some(kl) = result.kl_to_teacher {
-        values.push(("kl_to_teacher", kl));
+        values.push((teacher.kl_metric_name(), kl));
     }
     metrics.log(step as u64, epoch, Split::Eval, &values)?;
     Ok(())

@@ -13,9 +13,10 @@ use distill::evaluate::evaluate;
 use distill::objective::Student;
 use distill::recipe::Recipe;
 use distill::toy::{toy_config, write_random_model, write_small_setup, SmallSetup};
+use distill::train::cached_teacher::{self, TEACHER_RECORD_FILE};
 use distill::train::{objective_for, train, TeacherSource, TrainError, TrainOptions};
 use qwen2::backend::Cpu;
-use qwen2::load_model;
+use qwen2::{load_model, Qwen2Config};
 
 type Train = Autodiff<Cpu>;
 
@@ -53,6 +54,14 @@ fn options(resume: bool, stop: bool) -> TrainOptions {
         progress: false,
         stop: Arc::new(AtomicBool::new(stop)),
         max_steps: None,
+        cache_teacher: false,
+    }
+}
+
+fn cached(options: TrainOptions) -> TrainOptions {
+    TrainOptions {
+        cache_teacher: true,
+        ..options
     }
 }
 
@@ -204,6 +213,132 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
     assert_eq!(resumed.steps, 6);
     assert_same_losses(&straight_losses, &logged_losses(&crashed_dir));
     // The final students are the same.
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert_eq!(weights(&straight_dir), weights(&crashed_dir));
+}
+
+/// The eval lines of `output/metrics.jsonl`.
+fn eval_lines(output: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["split"] == "eval")
+        .collect()
+}
+
+/// `--cache-teacher`: the caches are built beside the shards, then training runs with the
+/// teacher's directory gone (so it cannot have been loaded), and the top-k KL to the teacher
+/// falls; it is logged apart from the full KL, and it is a lower bound of it.
+#[test]
+fn training_from_the_teacher_cache_never_loads_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 6 << 10);
+    let output = dir.path().join("run");
+    let recipe = recipe(
+        &setup,
+        &output,
+        &[
+            "training.num_train_epochs=3",
+            "distillation.hard_label_weight=0.0",
+            "training.learning_rate=1e-2",
+            "teacher_cache.top_k=16",
+        ],
+    );
+    let device = Default::default();
+
+    // Not every loss has a cached form.
+    let mut reverse = recipe.clone();
+    reverse.distillation.kd_loss_type = "reverse_kl".into();
+    let refused = train::<Train>(&reverse, &cached(options(false, false)), &device).unwrap_err();
+    assert!(refused.to_string().contains("kd_loss_type"), "{refused}");
+
+    // Build: the training split at the recipe's temperature with the matched hidden state, the
+    // validation split at temperature 1 for evaluation's KL.
+    let student_config = Qwen2Config::from_file(&setup.student).unwrap();
+    let prepared =
+        cached_teacher::prepare::<Cpu>(&recipe, &student_config, false, &device).unwrap();
+    let train_cache = setup.shards.join("teacher-cache/train");
+    let eval_cache = setup.shards.join("teacher-cache/validation");
+    assert_eq!(prepared.summary.dirs, vec![train_cache.clone(), eval_cache]);
+    assert!(prepared.summary.blocks_computed > 0);
+    assert!(prepared.summary.bytes > 0);
+    assert!(train_cache.join(TEACHER_RECORD_FILE).is_file());
+
+    // The full KL (live teacher, T = 1) of the student as initialised.
+    let (teacher, _) = load_model::<Cpu>(&setup.teacher, &device).unwrap();
+    let (student, config) = load_model::<Cpu>(&setup.student, &device).unwrap();
+    let objective = objective_for(&recipe, Some(teacher.vocab_size()), config.vocab_size).unwrap();
+    let student = Student {
+        model: student,
+        projections: Vec::new(),
+    };
+    let mut eval_data = BatchSource::open(&setup.shards, "validation", 8).unwrap();
+    let live = TeacherSource::Live(Arc::new(teacher));
+    let full_kl = evaluate(&student, &live, &mut eval_data, &objective, 0)
+        .unwrap()
+        .kl_to_teacher
+        .unwrap();
+    let cached_kl = evaluate(&student, &prepared.source, &mut eval_data, &objective, 0)
+        .unwrap()
+        .kl_to_teacher
+        .unwrap();
+    println!("KL to the teacher before training: full {full_kl}, top-16 {cached_kl}");
+    assert!(cached_kl <= full_kl * (1.0 + 1e-6) && cached_kl > 0.5 * full_kl);
+    drop(prepared);
+
+    let gone = dir.path().join("teacher-moved-away");
+    std::fs::rename(&setup.teacher, &gone).unwrap();
+    let summary = train::<Train>(&recipe, &cached(options(false, false)), &device).unwrap();
+    let cache = summary
+        .teacher_cache
+        .clone()
+        .expect("trained from the cache");
+    assert_eq!(cache.blocks_computed, 0, "reused");
+    assert!(cache.teacher_dir_missing);
+    let (before, after) = (
+        summary.initial_eval.unwrap().kl_to_teacher.unwrap(),
+        summary.last_eval.unwrap().kl_to_teacher.unwrap(),
+    );
+    println!(
+        "top-16 KL to the teacher: {before} before, {after} after {} steps",
+        summary.steps
+    );
+    assert!(
+        (before - cached_kl).abs() <= 1e-9 * cached_kl,
+        "same measure"
+    );
+    assert!(after < 0.9 * before, "KL {before} -> {after}");
+    let evals = eval_lines(&output);
+    assert_eq!(evals.len(), 4, "step 0 and each epoch");
+    assert!(evals
+        .iter()
+        .all(|v| v["kl_to_teacher_topk"].is_f64() && v["kl_to_teacher"].is_null()));
+}
+
+/// A run that trains from a cache resumes with the losses of an uninterrupted one.
+#[test]
+fn resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let straight_dir = dir.path().join("straight");
+    let straight = recipe(&setup, &straight_dir, &RESUME_SETTINGS);
+    let summary = train::<Train>(&straight, &cached(options(false, false)), &device).unwrap();
+    assert!(summary.teacher_cache.unwrap().blocks_computed > 0);
+    assert_eq!((summary.steps, summary.epochs_completed), (6, 2));
+    let straight_losses = logged_losses(&straight_dir);
+
+    // Stopped after the checkpoint at step 3 of 6: resume from it, reading the same cache.
+    let crashed_dir = dir.path().join("crashed");
+    copy_dir(&straight_dir, &crashed_dir);
+    std::fs::remove_dir_all(crashed_dir.join("checkpoint-6")).unwrap();
+    std::fs::remove_dir_all(crashed_dir.join("final")).unwrap();
+    let crashed = recipe(&setup, &crashed_dir, &RESUME_SETTINGS);
+    let resumed = train::<Train>(&crashed, &cached(options(true, false)), &device).unwrap();
+    assert_eq!(resumed.teacher_cache.unwrap().blocks_computed, 0);
+    assert_eq!(resumed.steps, 6);
+    assert_same_losses(&straight_losses, &logged_losses(&crashed_dir));
     let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
     assert_eq!(weights(&straight_dir), weights(&crashed_dir));
 }

@@ -1,0 +1,457 @@
+//! `--cache-teacher` (`TrainOptions::cache_teacher`): the teacher runs once over the token
+//! shards, its top-k logits (and the hidden states the intermediate matches need) are stored
+//! beside them (crate::teacher_cache), and training reads them instead of running the teacher.
+//!
+//! - Where: `teacher_cache.dir` if the recipe sets it, else `<dataset.shards>/teacher-cache`;
+//!   the training split's cache in `<that>/<train_split>`, the evaluation split's in
+//!   `<that>/<eval_split>`.
+//! - Two caches, because evaluation measures the KL at temperature 1 (a property of the two
+//!   models, see crate::evaluate) while training uses the recipe's temperature, and a cache bakes
+//!   its temperature into the rest-of-vocabulary log-sum-exp. The evaluation cache stores no
+//!   hidden states. When the two splits are the same split and the temperature is 1 the
+//!   training cache serves both; with another temperature the evaluation one is
+//!   `<that>/<split>-temperature-1`.
+//! - A complete cache that matches the run is opened without loading the teacher; otherwise the
+//!   teacher is loaded, the missing caches are built (or completed), and the teacher is dropped
+//!   before training starts, so the training phase never holds it. The peak RSS reported for
+//!   training is then measured from that point (the build's peak is reported on its own).
+//! - `teacher.json` in the training cache records what the run knew of the teacher (its
+//!   fingerprint, sizes and the tokenizer check's verdict), so training from a complete cache
+//!   works even without the teacher's directory (e.g. a cache built on a bigger machine).
+//! - Evaluation's KL to the teacher from a cache is the top-k approximation (the teacher's
+//!   kept tokens plus one bucket of the rest, a lower bound of the full KL): it is logged as
+//!   `kl_to_teacher_topk`, never as `kl_to_teacher`. Eval loss and perplexity are exact.
+//! - The cached soft loss is the forward KL only, so the recipe's `kd_loss_type` must be `kl`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use preprocess::ShardReader;
+use qwen2::{load_model, Qwen2Config};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::losses::KdLoss;
+use crate::objective::{Batch, Objective, TeacherOutputs};
+use crate::recipe::{EvalStrategy, Recipe};
+use crate::teacher_cache::{
+    build_cache, BuildOptions, CacheSpec, TeacherCache, TeacherFingerprint,
+};
+use crate::train::{objective_for, objective_with_verdict, TeacherSource, TrainError};
+use crate::trainer_checkpoint::write_json_atomically;
+
+/// File of the training cache that records the teacher (see the module docs).
+pub const TEACHER_RECORD_FILE: &str = "teacher.json";
+const RECORD_FORMAT: &str = "distill-teacher-record/1";
+
+/// The cache root of `recipe`: `teacher_cache.dir`, else `<dataset.shards>/teacher-cache`.
+pub fn cache_root(recipe: &Recipe) -> PathBuf {
+    recipe
+        .teacher_cache
+        .dir
+        .clone()
+        .unwrap_or_else(|| recipe.dataset.shards.join("teacher-cache"))
+}
+
+/// The training split's cache directory.
+pub fn train_cache_dir(recipe: &Recipe) -> PathBuf {
+    cache_root(recipe).join(&recipe.dataset.train_split)
+}
+
+/// The evaluation split's cache directory (temperature 1, no hidden states).
+pub fn eval_cache_dir(recipe: &Recipe) -> PathBuf {
+    let split = &recipe.dataset.eval_split;
+    if *split == recipe.dataset.train_split && recipe.distillation.temperature != 1.0 {
+        cache_root(recipe).join(format!("{split}-temperature-1"))
+    } else {
+        cache_root(recipe).join(split)
+    }
+}
+
+/// The objective evaluation measures the KL with (as crate::evaluate builds it): temperature 1,
+/// forward KL, no intermediate matches.
+fn eval_objective(objective: &Objective) -> Objective {
+    Objective {
+        temperature: 1.0,
+        kd_loss: KdLoss::Kl,
+        intermediate_matches: Vec::new(),
+        ..objective.clone()
+    }
+}
+
+/// What a run knew of the teacher when it built the cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeacherRecord {
+    pub format: String,
+    pub teacher: TeacherFingerprint,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    /// The tokenizer check's verdict: input ids left out of the soft loss.
+    pub masked_token_ids: Vec<u32>,
+    /// The tokenizer check's verdict: vocabulary rows compared, as half-open `[start, end)`
+    /// ranges; `None` = all rows.
+    pub vocab_rows: Option<Vec<[u32; 2]>>,
+    /// sha256 of the student's tokenizer.json the verdict was made with.
+    pub student_tokenizer_sha256: String,
+}
+
+impl TeacherRecord {
+    fn vocab_rows(&self) -> Option<Vec<u32>> {
+        self.vocab_rows
+            .as_ref()
+            .map(|ranges| ranges.iter().flat_map(|&[a, b]| a..b).collect())
+    }
+
+    fn load(path: &Path) -> Result<Self, TrainError> {
+        let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let record: Self = serde_json::from_slice(&bytes).map_err(|err| {
+            TrainError::Invalid(format!(
+                "{}: unreadable teacher record ({err}); run once with the teacher present \
+                 (teacher.local_dir) to rewrite it",
+                path.display()
+            ))
+        })?;
+        if record.format != RECORD_FORMAT {
+            return Err(TrainError::Invalid(format!(
+                "{}: format `{}`, this build reads `{RECORD_FORMAT}`; run once with the teacher \
+                 present (teacher.local_dir) to rewrite it",
+                path.display(),
+                record.format
+            )));
+        }
+        Ok(record)
+    }
+}
+
+/// `rows` as half-open ranges of consecutive ids.
+fn ranges(rows: &[u32]) -> Vec<[u32; 2]> {
+    let mut out: Vec<[u32; 2]> = Vec::new();
+    for &row in rows {
+        match out.last_mut() {
+            Some(last) if last[1] == row => last[1] = row + 1,
+            _ => out.push([row, row + 1]),
+        }
+    }
+    out
+}
+
+fn sha256_of(path: &Path) -> Result<String, TrainError> {
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+/// What `--cache-teacher` did, for the run's summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherCacheSummary {
+    /// The caches read (training split first).
+    pub dirs: Vec<PathBuf>,
+    pub top_k: usize,
+    /// Bytes of the caches' part files.
+    pub bytes: u64,
+    /// Blocks the teacher ran over in this run (0 when complete caches were reused).
+    pub blocks_computed: usize,
+    /// Seconds spent loading the teacher and building (0 when reused).
+    pub build_seconds: f64,
+    /// Peak RSS while the teacher was loaded and the caches built (None when reused).
+    pub build_peak_rss_bytes: Option<u64>,
+    /// The teacher's directory was not there: its fingerprint and tokenizer verdict came from
+    /// the cache's teacher.json.
+    pub teacher_dir_missing: bool,
+}
+
+/// The teacher outputs of a run that trains from caches.
+pub struct CachedTeacher<B: Backend> {
+    caches: Vec<TeacherCache>,
+    device: B::Device,
+}
+
+impl<B: Backend> CachedTeacher<B> {
+    /// The cached outputs of `blocks` of `split` for `objective` (whose temperature picks the
+    /// cache: training's or evaluation's).
+    pub fn outputs(
+        &self,
+        batch: &Batch,
+        split: &str,
+        blocks: &[usize],
+        objective: &Objective,
+    ) -> Result<TeacherOutputs<B>, TrainError> {
+        let cache = self
+            .caches
+            .iter()
+            .find(|c| {
+                let contents = &c.manifest().contents;
+                contents.split == split && contents.temperature == objective.temperature
+            })
+            .ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "no teacher cache for split `{split}` at temperature {} (caches: {})",
+                    objective.temperature,
+                    self.caches
+                        .iter()
+                        .map(|c| c.dir().display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        // TeacherCache::outputs returns every position of full-length blocks in the order
+        // given; data.rs makes batches exactly so (rows of seq_len tokens, mask = real_len).
+        if batch.batch_size() != blocks.len() || batch.seq_len() != cache.seq_len() {
+            return Err(TrainError::Invalid(format!(
+                "teacher cache {}: a batch of {} rows of {} tokens for {} blocks of {}",
+                cache.dir().display(),
+                batch.batch_size(),
+                batch.seq_len(),
+                blocks.len(),
+                cache.seq_len()
+            )));
+        }
+        let mut outputs = cache.outputs::<B>(blocks, &self.device)?;
+        if objective.intermediate_matches.is_empty() {
+            outputs.states.clear();
+        } else if outputs.states.len() != objective.intermediate_matches.len() {
+            return Err(TrainError::Invalid(format!(
+                "teacher cache {}: opened for {} hidden states, the objective matches {}",
+                cache.dir().display(),
+                outputs.states.len(),
+                objective.intermediate_matches.len()
+            )));
+        }
+        Ok(outputs)
+    }
+}
+
+/// Everything training needs from the teacher when it trains from caches.
+pub struct PreparedTeacher<B: Backend> {
+    pub source: TeacherSource<B>,
+    pub objective: Objective,
+    /// The teacher's hidden width (for the projections of intermediate matches).
+    pub teacher_width: usize,
+    pub summary: TeacherCacheSummary,
+}
+
+struct Job {
+    split: String,
+    dir: PathBuf,
+    spec: CacheSpec,
+}
+
+/// Builds (or reuses) the caches `recipe` needs and opens them; the teacher is loaded only
+/// when a cache has to be built, and dropped before this returns.
+pub fn prepare<B: Backend>(
+    recipe: &Recipe,
+    student_config: &Qwen2Config,
+    progress: bool,
+    device: &B::Device,
+) -> Result<PreparedTeacher<B>, TrainError> {
+    if recipe.kd_loss() != KdLoss::Kl {
+        return Err(TrainError::Invalid(format!(
+            "--cache-teacher: distillation.kd_loss_type is `{}`, but the cached soft loss is the \
+             top-k forward KL; set distillation.kd_loss_type = \"kl\" or train without \
+             --cache-teacher",
+            recipe.distillation.kd_loss_type
+        )));
+    }
+    let teacher_dir = &recipe.teacher.local_dir;
+    let train_dir = train_cache_dir(recipe);
+    let record_path = train_dir.join(TEACHER_RECORD_FILE);
+    let student_tokenizer = recipe.student.local_dir.join("tokenizer.json");
+    let teacher_present = teacher_dir.join("config.json").is_file();
+    let (record, objective) = if teacher_present {
+        let config = Qwen2Config::from_file(teacher_dir)?;
+        recipe.check_layers(
+            Path::new("recipe"),
+            config.num_hidden_layers,
+            student_config.num_hidden_layers,
+        )?;
+        let objective = objective_for(recipe, Some(config.vocab_size), student_config.vocab_size)?;
+        let record = TeacherRecord {
+            format: RECORD_FORMAT.to_string(),
+            teacher: TeacherFingerprint::of_dir(teacher_dir)?,
+            vocab_size: config.vocab_size,
+            hidden_size: config.hidden_size,
+            num_hidden_layers: config.num_hidden_layers,
+            masked_token_ids: objective.masked_token_ids.clone(),
+            vocab_rows: objective.vocab_rows.as_deref().map(ranges),
+            student_tokenizer_sha256: sha256_of(&student_tokenizer)?,
+        };
+        (record, objective)
+    } else {
+        if !record_path.is_file() {
+            return Err(TrainError::Invalid(format!(
+                "--cache-teacher: the teacher ({}, teacher.local_dir) is not there and no cache \
+                 was built for this recipe ({} is missing): build the cache once with the teacher \
+                 present",
+                teacher_dir.display(),
+                record_path.display()
+            )));
+        }
+        let record = TeacherRecord::load(&record_path)?;
+        if record.student_tokenizer_sha256 != sha256_of(&student_tokenizer)? {
+            return Err(TrainError::Invalid(format!(
+                "--cache-teacher: {} was made with another student tokenizer than {}, and the \
+                 teacher ({}) is not there to check the tokenizers again: restore \
+                 teacher.local_dir",
+                record_path.display(),
+                student_tokenizer.display(),
+                teacher_dir.display()
+            )));
+        }
+        recipe.check_layers(
+            Path::new("recipe"),
+            record.num_hidden_layers,
+            student_config.num_hidden_layers,
+        )?;
+        let objective =
+            objective_with_verdict(recipe, record.masked_token_ids.clone(), record.vocab_rows());
+        (record, objective)
+    };
+
+    let top_k = recipe.teacher_cache.top_k;
+    let batch_size = recipe.training.per_device_eval_batch_size;
+    let mut jobs = vec![Job {
+        split: recipe.dataset.train_split.clone(),
+        dir: train_dir.clone(),
+        spec: CacheSpec::for_objective(record.teacher.clone(), &objective, top_k, batch_size),
+    }];
+    if recipe.training.eval_strategy != EvalStrategy::No {
+        jobs.push(Job {
+            split: recipe.dataset.eval_split.clone(),
+            dir: eval_cache_dir(recipe),
+            spec: CacheSpec::for_objective(
+                record.teacher.clone(),
+                &eval_objective(&objective),
+                top_k,
+                batch_size,
+            ),
+        });
+    }
+
+    // Which caches are missing or stale (they are built into directories of their own; an
+    // evaluation cache that is the training cache is never built on its own).
+    let mut to_build = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        if index > 0 && job.dir == jobs[0].dir {
+            continue;
+        }
+        if let Err(error) = open_checked(recipe, job) {
+            if !teacher_present {
+                return Err(TrainError::Invalid(format!(
+                    "--cache-teacher: {error}; the teacher ({}, teacher.local_dir) is not there \
+                     to build it",
+                    teacher_dir.display()
+                )));
+            }
+            to_build.push(index);
+        }
+    }
+    let mut summary = TeacherCacheSummary {
+        dirs: Vec::new(),
+        top_k,
+        bytes: 0,
+        blocks_computed: 0,
+        build_seconds: 0.0,
+        build_peak_rss_bytes: None,
+        teacher_dir_missing: !teacher_present,
+    };
+    if !to_build.is_empty() {
+        let started = Instant::now();
+        let (teacher, _) = load_model::<B>(teacher_dir, device)?;
+        for &index in &to_build {
+            let job = &jobs[index];
+            let mut shards = ShardReader::open(&recipe.dataset.shards, &job.split)?;
+            if progress {
+                eprintln!(
+                    "caching the teacher's top-{top_k} logits of split `{}` in {}",
+                    job.split,
+                    job.dir.display()
+                );
+            }
+            let built = build_cache(
+                &teacher,
+                &mut shards,
+                &job.spec,
+                &job.dir,
+                &BuildOptions {
+                    progress,
+                    chunk_positions: recipe.distillation.chunk_positions,
+                    blocks_per_file: None,
+                },
+            )?;
+            summary.blocks_computed += built.blocks_computed;
+        }
+        summary.build_peak_rss_bytes = qwen2::memory::peak_rss_bytes();
+        drop(teacher);
+        summary.build_seconds = started.elapsed().as_secs_f64();
+        // From here on the peak is training's own.
+        qwen2::memory::reset_peak_rss();
+    }
+    if teacher_present {
+        let current = TeacherRecord::load(&record_path).ok();
+        if current.as_ref() != Some(&record) {
+            write_json_atomically(&record_path, &record)?;
+        }
+    }
+
+    let mut caches = Vec::with_capacity(jobs.len());
+    summary.dirs.clear();
+    for job in &jobs {
+        let cache = open_checked(recipe, job)?;
+        if !summary.dirs.contains(&job.dir) {
+            summary.bytes += cache.manifest().bytes;
+            summary.dirs.push(job.dir.clone());
+        }
+        caches.push(cache);
+    }
+    Ok(PreparedTeacher {
+        source: TeacherSource::Cached(CachedTeacher {
+            caches,
+            device: device.clone(),
+        }),
+        objective,
+        teacher_width: record.hidden_size,
+        summary,
+    })
+}
+
+/// Opens the cache of `job` and checks it against its split's token shards.
+fn open_checked(recipe: &Recipe, job: &Job) -> Result<TeacherCache, TrainError> {
+    let shards = ShardReader::open(&recipe.dataset.shards, &job.split)?;
+    let cache = TeacherCache::open(&job.dir, &job.spec)?;
+    cache.verify_tokens(&shards)?;
+    Ok(cache)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocab_rows_round_trip_through_ranges() {
+        let rows: Vec<u32> = (0..10).chain(12..13).chain(20..25).collect();
+        let encoded = ranges(&rows);
+        assert_eq!(encoded, vec![[0, 10], [12, 13], [20, 25]]);
+        let record = TeacherRecord {
+            format: RECORD_FORMAT.into(),
+            teacher: TeacherFingerprint {
+                dir: "t".into(),
+                config_sha256: "0".repeat(64),
+                weight_files: Vec::new(),
+            },
+            vocab_size: 30,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            masked_token_ids: vec![10, 11],
+            vocab_rows: Some(encoded),
+            student_tokenizer_sha256: String::new(),
+        };
+        assert_eq!(record.vocab_rows(), Some(rows));
+    }
+}
