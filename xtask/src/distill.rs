@@ -1,13 +1,15 @@
 //! `cargo xtask distill --config configs/X.toml [--set key=value ...] [--resume]
 //! [--cache-teacher] [--backend ndarray|cuda] [--max-steps N]`: runs the training loop of
 //! crates/distill and prints what it did. Ctrl-C stops at the next update with a checkpoint;
-//! `--resume` continues from it.
+//! `--resume` continues from it. `--cache-teacher` runs the teacher once over the train and
+//! eval shards into a cache beside them (`teacher_cache.dir`, default
+//! `<shards>/teacher-cache`; reused when complete), drops it, and trains from the cache.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
@@ -27,7 +29,8 @@ pub struct Args {
     /// Continue from the newest checkpoint in the recipe's output_dir.
     #[arg(long)]
     resume: bool,
-    /// Run the teacher once over the shards and train from its cached top-k logits.
+    /// Run the teacher once over the shards (or reuse that cache), then train from its cached
+    /// top-k logits (`teacher_cache.top_k`, default 64) without the teacher in memory.
     #[arg(long)]
     cache_teacher: bool,
     #[arg(long, default_value = "ndarray")]
@@ -42,12 +45,6 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let recipe = Recipe::load(&args.config, &args.overrides)?;
-    if args.cache_teacher {
-        bail!(
-            "--cache-teacher: the offline teacher cache is not wired into `cargo xtask distill` \
-             yet; run without it (the teacher then runs live on every batch)"
-        );
-    }
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -65,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         progress: !args.quiet,
         stop,
         max_steps: args.max_steps,
+        cache_teacher: args.cache_teacher,
     };
     eprintln!(
         "distill: {} -> {} on {} ({} backend), output in {}",
@@ -111,26 +109,51 @@ fn print_summary(summary: &TrainSummary) {
         summary.tokens_per_second,
         summary.peak_rss_bytes.map_or("unknown".into(), gib)
     );
+    if let Some(cache) = &summary.teacher_cache {
+        let built = if cache.blocks_computed == 0 {
+            "reused".to_string()
+        } else {
+            format!(
+                "built {} blocks in {:.1} s, peak RSS while building {}",
+                cache.blocks_computed,
+                cache.build_seconds,
+                cache.build_peak_rss_bytes.map_or("unknown".into(), gib)
+            )
+        };
+        let dirs: Vec<String> = cache.dirs.iter().map(|d| d.display().to_string()).collect();
+        println!(
+            "  teacher cache (top-{}): {} | {:.1} MiB | {built}{}",
+            cache.top_k,
+            dirs.join(", "),
+            cache.bytes as f64 / (1u64 << 20) as f64,
+            if cache.teacher_dir_missing {
+                " | teacher dir absent: trained from the cache's teacher.json"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(loss) = summary.last_train_loss {
         println!("  last train loss {loss:.4}");
     }
-    if let Some(eval) = &summary.initial_eval {
-        let kl = eval
-            .kl_to_teacher
-            .map_or("n/a (no teacher)".into(), |kl| format!("{kl:.4}"));
-        println!(
-            "  before training: eval loss {:.4} | perplexity {:.2} | KL to teacher {kl}",
-            eval.loss, eval.perplexity
-        );
-    }
-    if let Some(eval) = &summary.last_eval {
-        let kl = eval
-            .kl_to_teacher
-            .map_or("n/a (no teacher)".into(), |kl| format!("{kl:.4}"));
-        println!(
-            "  eval loss {:.4} | perplexity {:.2} | KL to teacher {kl}",
-            eval.loss, eval.perplexity
-        );
+    // From a cache the KL is the top-k approximation (a lower bound of the full KL).
+    let kl_label = match &summary.teacher_cache {
+        Some(cache) => format!("KL to teacher (top-{} approx.)", cache.top_k),
+        None => "KL to teacher".to_string(),
+    };
+    for (when, eval) in [
+        ("  before training: ", &summary.initial_eval),
+        ("  ", &summary.last_eval),
+    ] {
+        if let Some(eval) = eval {
+            let kl = eval
+                .kl_to_teacher
+                .map_or("n/a (no teacher)".into(), |kl| format!("{kl:.4}"));
+            println!(
+                "{when}eval loss {:.4} | perplexity {:.2} | {kl_label} {kl}",
+                eval.loss, eval.perplexity
+            );
+        }
     }
     for (what, path) in [
         ("final student", &summary.final_model),
