@@ -13,8 +13,6 @@
 //!    `reports/quickstart/{report.json,report.md,curves.png}` and print the table and verdict.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -233,10 +231,8 @@ fn train_run<B: Backend>(
 
 fn progress_options() -> TrainOptions {
     TrainOptions {
-        resume: false,
         progress: true,
-        stop: Arc::new(AtomicBool::new(false)),
-        max_steps: None,
+        ..TrainOptions::default()
     }
 }
 
