@@ -389,6 +389,7 @@ pub fn prepare<B: Backend>(
         }
         summary.build_peak_rss_bytes = qwen2::memory::peak_rss_bytes();
         drop(teacher);
+        release_freed_memory();
         summary.build_seconds = started.elapsed().as_secs_f64();
         // From here on the peak is training's own.
         qwen2::memory::reset_peak_rss();
@@ -419,6 +420,17 @@ pub fn prepare<B: Backend>(
         teacher_width: record.hidden_size,
         summary,
     })
+}
+
+/// Hands the dropped teacher's memory back to the OS. glibc keeps freed blocks in its arenas
+/// (one per thread that allocated, and rayon's threads ran the teacher), so without this the
+/// training phase would still hold the teacher's pages in its RSS.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it touches no live memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Opens the cache of `job` and checks it against its split's token shards.
