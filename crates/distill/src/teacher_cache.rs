@@ -32,6 +32,12 @@
 //! spread over the other tokens. The other losses (hard CE, intermediate states) are exact.
 //! `tests/teacher_cache.rs` measures the error against the full loss as k grows.
 //!
+//! # Who builds and reads it
+//! `cargo xtask distill --cache-teacher` (`TrainOptions::cache_teacher`, see
+//! [`crate::train::cached_teacher`]): the training split's cache at the recipe's temperature
+//! with the matched hidden states, and the evaluation split's at temperature 1 (evaluation's
+//! KL, logged as `kl_to_teacher_topk`) without them. Only the forward KL has a cached form.
+//!
 //! # Layout
 //! `<dir>/manifest.json` ([`CacheManifest`]) and `<dir>/part-NNNNN.parquet`, one row per block
 //! and one row group per row (so reading one block of a shuffled batch decodes only that

@@ -343,6 +343,41 @@ fn resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run() {
     assert_eq!(weights(&straight_dir), weights(&crashed_dir));
 }
 
+/// Evaluating on the training split: at temperature 1 the training cache serves evaluation
+/// too; at another temperature evaluation gets a temperature-1 cache of its own. The caches go
+/// where `teacher_cache.dir` says.
+#[test]
+fn evaluating_on_the_training_split_reads_a_temperature_1_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    for (temperature, caches) in [
+        ("1.0", vec!["train"]),
+        ("2.0", vec!["train", "train-temperature-1"]),
+    ] {
+        let root = dir.path().join(format!("caches-{temperature}"));
+        let output = dir.path().join(format!("run-{temperature}"));
+        let recipe = recipe(
+            &setup,
+            &output,
+            &[
+                &format!("distillation.temperature={temperature}"),
+                "dataset.eval_split=\"train\"",
+                &format!("teacher_cache.dir=\"{}\"", root.display()),
+            ],
+        );
+        let options = TrainOptions {
+            max_steps: Some(2),
+            ..cached(options(false, false))
+        };
+        let summary = train::<Train>(&recipe, &options, &Default::default()).unwrap();
+        let expected: Vec<PathBuf> = caches.iter().map(|c| root.join(c)).collect();
+        assert_eq!(summary.teacher_cache.unwrap().dirs, expected);
+        let kl = summary.last_eval.unwrap().kl_to_teacher.unwrap();
+        assert!(kl.is_finite() && kl > 0.0);
+        assert!(!setup.shards.join("teacher-cache").exists());
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
