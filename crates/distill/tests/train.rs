@@ -253,6 +253,17 @@ fn training_from_the_teacher_cache_never_loads_the_teacher() {
     let refused = train::<Train>(&reverse, &cached(options(false, false)), &device).unwrap_err();
     assert!(refused.to_string().contains("kd_loss_type"), "{refused}");
 
+    // Without the teacher and without a cache there is nothing to train from.
+    let mut nowhere = recipe.clone();
+    nowhere.teacher.local_dir = dir.path().join("no-such-teacher");
+    let refused = train::<Train>(&nowhere, &cached(options(false, false)), &device).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("build the cache once with the teacher"),
+        "{refused}"
+    );
+
     // Build: the training split at the recipe's temperature with the matched hidden state, the
     // validation split at temperature 1 for evaluation's KL.
     let student_config = Qwen2Config::from_file(&setup.student).unwrap();
