@@ -53,7 +53,9 @@ pub fn run(args: Args) -> Result<()> {
             std::process::exit(130);
         }
         eprintln!(
-            "\nCtrl-C: finishing this update, then writing a checkpoint (Ctrl-C again to quit now)"
+            "\nCtrl-C: finishing this update, then writing a checkpoint (while the teacher is \
+             being cached: finishing this batch, keeping the finished part files); Ctrl-C again \
+             to quit now"
         );
     })
     .context("cannot install the Ctrl-C handler")?;

@@ -55,6 +55,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -154,6 +155,16 @@ pub enum CacheError {
         path: PathBuf,
         index: usize,
         len: usize,
+    },
+    #[error(
+        "stopped while caching the teacher into {}: {done} of {parts} part files are complete \
+         and kept; run the same command again to continue from them",
+        dir.display()
+    )]
+    Stopped {
+        dir: PathBuf,
+        done: usize,
+        parts: usize,
     },
     #[error(transparent)]
     Tokens(#[from] preprocess::PreprocessError),
@@ -621,6 +632,9 @@ pub struct BuildOptions {
     pub chunk_positions: usize,
     /// Blocks per part file (the unit of resumption); `None` = about 256 MiB per file.
     pub blocks_per_file: Option<usize>,
+    /// When set (e.g. by a Ctrl-C handler), the build stops before its next batch of blocks
+    /// with [`CacheError::Stopped`]; finished part files are kept for the next build.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for BuildOptions {
@@ -629,6 +643,7 @@ impl Default for BuildOptions {
             progress: false,
             chunk_positions: 256,
             blocks_per_file: None,
+            stop: None,
         }
     }
 }
@@ -715,9 +730,20 @@ pub fn build_cache<B: Backend>(
         }),
         chunk_positions: options.chunk_positions.max(1),
         bar: &bar,
+        stop: options.stop.as_deref(),
     };
     for (index, &(first_block, blocks)) in plan.iter().enumerate().skip(files.len()) {
-        files.push(writer.write_part(shards, out_dir, index, first_block, blocks)?);
+        match writer.write_part(shards, out_dir, index, first_block, blocks)? {
+            Some(file) => files.push(file),
+            None => {
+                bar.abandon();
+                return Err(CacheError::Stopped {
+                    dir: out_dir.to_path_buf(),
+                    done: files.len(),
+                    parts: plan.len(),
+                });
+            }
+        }
     }
     bar.finish_and_clear();
 
@@ -852,9 +878,12 @@ struct PartWriter<'a, B: Backend> {
     rows: Option<Tensor<B, 1, Int>>,
     chunk_positions: usize,
     bar: &'a ProgressBar,
+    stop: Option<&'a AtomicBool>,
 }
 
 impl<B: Backend> PartWriter<'_, B> {
+    /// Writes part `index`; `None` when `stop` was set before it was complete (its temporary
+    /// file is removed).
     fn write_part(
         &mut self,
         shards: &mut ShardReader,
@@ -862,7 +891,7 @@ impl<B: Backend> PartWriter<'_, B> {
         index: usize,
         first_block: usize,
         blocks: usize,
-    ) -> Result<CacheFileInfo, CacheError> {
+    ) -> Result<Option<CacheFileInfo>, CacheError> {
         let name = part_file_name(index);
         let path = dir.join(&name);
         let temporary = dir.join(format!("{name}.tmp"));
@@ -892,6 +921,11 @@ impl<B: Backend> PartWriter<'_, B> {
                 .map_err(parquet_error)?;
         let end = first_block + blocks;
         for start in (first_block..end).step_by(self.spec.batch_size) {
+            if self.stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
+                drop(writer);
+                remove_if_present(&temporary)?;
+                return Ok(None);
+            }
             let indices: Vec<usize> = (start..end.min(start + self.spec.batch_size)).collect();
             let batch_blocks = indices
                 .iter()
@@ -928,12 +962,12 @@ impl<B: Backend> PartWriter<'_, B> {
         drop(file);
         std::fs::rename(&temporary, &path).map_err(|err| CacheError::io(&path, err))?;
         sync_dir(&path);
-        Ok(CacheFileInfo {
+        Ok(Some(CacheFileInfo {
             file: name,
             first_block,
             blocks,
             bytes,
-        })
+        }))
     }
 
     /// The teacher over one batch of blocks: top k, rest and states of every position.

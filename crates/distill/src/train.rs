@@ -301,12 +301,8 @@ pub fn train<B: AutodiffBackend>(
         let objective = objective_for(recipe, None, student_config.vocab_size)?;
         (TeacherSource::Absent, objective, student_config.hidden_size)
     } else if options.cache_teacher {
-        let prepared = cached_teacher::prepare::<B::InnerBackend>(
-            recipe,
-            &student_config,
-            options.progress,
-            device,
-        )?;
+        let prepared =
+            cached_teacher::prepare::<B::InnerBackend>(recipe, &student_config, options, device)?;
         cache_summary = Some(prepared.summary);
         (prepared.source, prepared.objective, prepared.teacher_width)
     } else {

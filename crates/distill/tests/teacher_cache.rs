@@ -208,6 +208,7 @@ fn small_parts() -> BuildOptions {
         progress: false,
         chunk_positions: 20,
         blocks_per_file: Some(2),
+        stop: None,
     }
 }
 
@@ -623,6 +624,41 @@ fn part_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A stop request (Ctrl-C) ends a build before its next batch with an error that says what is
+/// kept; the next build completes the cache.
+#[test]
+fn a_stopped_build_says_so_and_the_next_one_completes_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let blocks = blocks();
+    let mut shards = token_shards(&temp.path().join("shards"), &blocks);
+    let teacher = load(&fixture_teacher_dir());
+    let spec = spec(&fixture_teacher_dir(), 4, 2.0, &[]);
+    let dir = temp.path().join("cache");
+    let stopping = BuildOptions {
+        stop: Some(Arc::new(std::sync::atomic::AtomicBool::new(true))),
+        ..small_parts()
+    };
+    let error = build_cache(&teacher, &mut shards, &spec, &dir, &stopping).unwrap_err();
+    println!("{error}");
+    assert!(
+        matches!(
+            error,
+            CacheError::Stopped {
+                done: 0,
+                parts: 3,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("run the same command again"));
+    assert!(part_names(&dir).is_empty(), "no half-written part is left");
+    assert!(!dir.join("manifest.json").exists());
+    let built = build_cache(&teacher, &mut shards, &spec, &dir, &small_parts()).unwrap();
+    assert_eq!(built.blocks_computed, BLOCKS);
+    TeacherCache::open(&dir, &spec).unwrap();
 }
 
 #[test]

@@ -38,7 +38,9 @@ use crate::recipe::{EvalStrategy, Recipe};
 use crate::teacher_cache::{
     build_cache, BuildOptions, CacheSpec, TeacherCache, TeacherFingerprint,
 };
-use crate::train::{objective_for, objective_with_verdict, TeacherSource, TrainError};
+use crate::train::{
+    objective_for, objective_with_verdict, TeacherSource, TrainError, TrainOptions,
+};
 use crate::trainer_checkpoint::write_json_atomically;
 
 /// File of the training cache that records the teacher (see the module docs).
@@ -244,13 +246,16 @@ struct Job {
 }
 
 /// Builds (or reuses) the caches `recipe` needs and opens them; the teacher is loaded only
-/// when a cache has to be built, and dropped before this returns.
+/// when a cache has to be built, and dropped before this returns. `options.stop` (Ctrl-C)
+/// interrupts a build with [`CacheError::Stopped`](crate::teacher_cache::CacheError::Stopped),
+/// keeping its finished part files; `options.progress` draws the build's progress bar.
 pub fn prepare<B: Backend>(
     recipe: &Recipe,
     student_config: &Qwen2Config,
-    progress: bool,
+    options: &TrainOptions,
     device: &B::Device,
 ) -> Result<PreparedTeacher<B>, TrainError> {
+    let progress = options.progress;
     if recipe.kd_loss() != KdLoss::Kl {
         return Err(TrainError::Invalid(format!(
             "--cache-teacher: distillation.kd_loss_type is `{}`, but the cached soft loss is the \
@@ -383,6 +388,7 @@ pub fn prepare<B: Backend>(
                     progress,
                     chunk_positions: recipe.distillation.chunk_positions,
                     blocks_per_file: None,
+                    stop: Some(options.stop.clone()),
                 },
             )?;
             summary.blocks_computed += built.blocks_computed;
