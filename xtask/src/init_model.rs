@@ -40,7 +40,13 @@ pub fn run(args: Args) -> Result<()> {
         (None, None) => bail!("give --shape NAME or --config FILE"),
     };
     let dtype = parse_dtype(&args.dtype)?;
-    write_random_model(&config, &args.out, dtype, args.tokenizer.as_deref(), args.seed)?;
+    write_random_model(
+        &config,
+        &args.out,
+        dtype,
+        args.tokenizer.as_deref(),
+        args.seed,
+    )?;
     eprintln!(
         "wrote {} ({} parameters, {})",
         args.out.display(),
