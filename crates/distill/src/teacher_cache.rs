@@ -72,7 +72,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use preprocess::{Block, ShardReader};
+use preprocess::{open_parquet_with_schema, Block, ShardReader};
 use qwen2::{AttentionMask, Model};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -1239,15 +1239,7 @@ impl TeacherCache {
                 path: path.clone(),
                 message,
             };
-            let file =
-                File::open(&path).map_err(|err| corrupt(format!("cannot open it: {err}")))?;
-            let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-                .map_err(|err| corrupt(format!("unreadable parquet footer: {err}")))?;
-            if metadata.schema().fields() != schema.fields() {
-                return Err(corrupt(
-                    "its columns are not the ones the manifest describes".into(),
-                ));
-            }
+            let (file, metadata) = open_parquet_with_schema(&path, &schema).map_err(corrupt)?;
             let groups = metadata.metadata().row_groups();
             if info.first_block != next_block
                 || groups.len() != info.blocks

@@ -40,5 +40,5 @@ pub use errors::{PreprocessError, Result};
 pub use manifest::Manifest;
 pub use pack::Block;
 pub use pipeline::{preprocess, PreprocessOptions, PreprocessOutcome};
-pub use shards::{shuffled_order, ShardReader};
+pub use shards::{open_parquet_with_schema, shuffled_order, ShardReader};
 pub use tokenize::ModelTokenizer;

@@ -295,17 +295,8 @@ impl ShardReader {
                 path: path.clone(),
                 message,
             };
-            let file =
-                File::open(&path).map_err(|err| corrupt(format!("cannot open it: {err}")))?;
-            let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-                .map_err(|err| corrupt(format!("unreadable parquet footer: {err}")))?;
-            if metadata.schema().fields() != expected_schema.fields() {
-                return Err(corrupt(format!(
-                    "schema {:?}, expected {:?}",
-                    metadata.schema().fields(),
-                    expected_schema.fields()
-                )));
-            }
+            let (file, metadata) =
+                open_parquet_with_schema(&path, &expected_schema).map_err(corrupt)?;
             let mut group_starts = vec![0];
             for group in metadata.metadata().row_groups() {
                 group_starts.push(group_starts.last().unwrap() + group.num_rows() as usize);
@@ -535,6 +526,25 @@ pub fn shuffled_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
         order.swap(i, j);
     }
     order
+}
+
+/// Opens a Parquet file and reads its footer, checking that its columns are `expected`.
+/// The error is a sentence about the file, for the caller's "corrupt file" error.
+pub fn open_parquet_with_schema(
+    path: &Path,
+    expected: &Schema,
+) -> std::result::Result<(File, ArrowReaderMetadata), String> {
+    let file = File::open(path).map_err(|err| format!("cannot open it: {err}"))?;
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|err| format!("unreadable parquet footer: {err}"))?;
+    if metadata.schema().fields() != expected.fields() {
+        return Err(format!(
+            "its columns {:?} are not the expected {:?}",
+            metadata.schema().fields(),
+            expected.fields()
+        ));
+    }
+    Ok((file, metadata))
 }
 
 #[cfg(test)]
