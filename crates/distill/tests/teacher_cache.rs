@@ -339,16 +339,22 @@ fn relative_l2(actual: &[f32], expected: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
-/// The soft loss through the trainer's objective code with the cached top-k signal, against the
-/// same code with the live teacher's full logits; and the training gradient at k = V.
-#[test]
-fn top_k_soft_loss_approaches_the_full_loss_as_k_grows() {
-    let temp = tempfile::tempdir().unwrap();
+/// What the two KL-vs-cache tests share: token shards, a sharpened teacher (at x3 the top-k
+/// error falls step by step over k = 1..256; at x30 the teacher is so peaked that k = 16 is
+/// already at rounding level), and the fixture student for inference and for training.
+struct KlSetup {
+    blocks: Vec<Block>,
+    shards: ShardReader,
+    teacher_dir: PathBuf,
+    teacher: Arc<Model<Cpu>>,
+    student: Student<Cpu>,
+    trained: Student<Train>,
+}
+
+fn kl_setup(dir: &Path) -> KlSetup {
     let blocks = blocks();
-    let mut shards = token_shards(&temp.path().join("shards"), &blocks);
-    // At x3 the error falls step by step over k = 1..256; at x30 the teacher is so peaked that
-    // k = 16 is already at rounding level.
-    let teacher_dir = sharpened_teacher(&temp.path().join("teacher"), 3.0);
+    let shards = token_shards(&dir.join("shards"), &blocks);
+    let teacher_dir = sharpened_teacher(&dir.join("teacher"), 3.0);
     let teacher = Arc::new(load(&teacher_dir));
     let student = Student {
         model: load(&fixture_student_dir()),
@@ -360,6 +366,29 @@ fn top_k_soft_loss_approaches_the_full_loss_as_k_grows() {
             .0,
         projections: Vec::new(),
     };
+    KlSetup {
+        blocks,
+        shards,
+        teacher_dir,
+        teacher,
+        student,
+        trained,
+    }
+}
+
+/// The soft loss through the trainer's objective code with the cached top-k signal, against the
+/// same code with the live teacher's full logits; and the training gradient at k = V.
+#[test]
+fn top_k_soft_loss_approaches_the_full_loss_as_k_grows() {
+    let temp = tempfile::tempdir().unwrap();
+    let KlSetup {
+        blocks,
+        mut shards,
+        teacher_dir,
+        teacher,
+        student,
+        trained,
+    } = kl_setup(temp.path());
     let temperature = 2.0;
     let objective = objective(temperature, &[]);
     let all: Vec<usize> = (0..BLOCKS).collect();
@@ -420,20 +449,14 @@ fn top_k_soft_loss_approaches_the_full_loss_as_k_grows() {
 #[test]
 fn with_vocab_rows_the_cached_loss_at_full_k_equals_the_live_loss() {
     let temp = tempfile::tempdir().unwrap();
-    let blocks = blocks();
-    let mut shards = token_shards(&temp.path().join("shards"), &blocks);
-    let teacher_dir = sharpened_teacher(&temp.path().join("teacher"), 3.0);
-    let teacher = Arc::new(load(&teacher_dir));
-    let student = Student {
-        model: load(&fixture_student_dir()),
-        projections: Vec::new(),
-    };
-    let trained = Student::<Train> {
-        model: load_model::<Train>(&fixture_student_dir(), &Default::default())
-            .unwrap()
-            .0,
-        projections: Vec::new(),
-    };
+    let KlSetup {
+        blocks,
+        mut shards,
+        teacher_dir,
+        teacher,
+        student,
+        trained,
+    } = kl_setup(temp.path());
     // What the tokenizer check gives when the shared vocabulary is the first 480 rows and a
     // few ids mean different things to the two tokenizers.
     let masked: Vec<u32> = (100..110).chain([7]).collect();
