@@ -37,7 +37,7 @@ pub struct InferArgs {
     /// A checkpoint directory (its load time and loading memory are measured too).
     #[arg(long, conflicts_with = "shape")]
     model: Option<PathBuf>,
-    /// Random weights of a published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b.
+    /// Random weights of a published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
     #[arg(long)]
     shape: Option<String>,
     #[arg(long, default_value_t = 1)]
@@ -50,7 +50,8 @@ pub struct InferArgs {
     /// Tokens generated to measure decoding speed.
     #[arg(long, default_value_t = 16)]
     new_tokens: usize,
-    #[arg(long, default_value = "ndarray")]
+    /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
+    #[arg(long, default_value = "flex")]
     backend: BackendKind,
     /// Also write the JSON report to this file.
     #[arg(long)]
@@ -59,11 +60,11 @@ pub struct InferArgs {
 
 fn infer(args: InferArgs) -> Result<()> {
     if args.model.is_none() && args.shape.is_none() {
-        bail!("give --model DIR or --shape tiny|qwen2.5-0.5b|qwen2.5-1.5b");
+        bail!("give --model DIR or --shape ({})", Qwen2Config::PRESETS);
     }
     if let Some(shape) = &args.shape {
         if Qwen2Config::preset(shape).is_none() {
-            bail!("unknown --shape `{shape}`: use tiny, qwen2.5-0.5b or qwen2.5-1.5b");
+            bail!("unknown --shape `{shape}`: use {}", Qwen2Config::PRESETS);
         }
     }
     if args.batch == 0 || args.seq_len == 0 {
@@ -100,7 +101,7 @@ impl BackendTask for Infer {
 
         let (batch, seq) = (args.batch, args.seq_len);
         let ids: Vec<i64> = (0..batch * seq)
-            .map(|i| ((i * 7919) % 1000 + 10) as i64)
+            .map(|i| ((i * 7919) % 1000.min(config.vocab_size - 10) + 10) as i64)
             .collect();
         let input =
             || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), &device);
@@ -128,11 +129,19 @@ impl BackendTask for Infer {
         let generation = generate(&model, &prompt, &options, |_| {});
         let peak_rss = peak_rss_bytes().unwrap_or(0);
 
+        let decoded = generation.tokens.len().saturating_sub(1);
+        let gflops = |flops: f64, seconds: f64| flops / seconds.max(1e-12) / 1e9;
+        let forward_flops = config.forward_flops_per_token(seq) * (batch * seq) as f64;
+        let prefill_flops = config.forward_flops_per_token(seq) * seq as f64;
+        // Decoding step i attends to seq + i keys; the mean context stands for all steps.
+        let decode_flops = config.forward_flops_per_token(seq + decoded / 2) * decoded as f64;
+        let decode_seconds = generation.decode_time.as_secs_f64();
         let report = json!({
             "bench": "infer",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "model": source,
             "backend": args.backend.to_string(),
+            "threads": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "parameters": config.num_parameters(),
             "batch": batch,
             "seq_len": seq,
@@ -142,25 +151,57 @@ impl BackendTask for Infer {
             "load_peak_rss_over_model": (load_peak_rss.saturating_sub(rss_before_load)) as f64 / model_bytes as f64,
             "forward_latency_ms_median": forward.as_secs_f64() * 1e3,
             "forward_tokens_per_second": forward_tokens_per_second,
+            "forward_gflops": gflops(forward_flops, forward.as_secs_f64()),
+            "prefill_tokens": seq,
+            "prefill_seconds": generation.prefill_time.as_secs_f64(),
             "prefill_tokens_per_second": generation.prompt_tokens_per_second(),
+            "prefill_gflops": gflops(prefill_flops, generation.prefill_time.as_secs_f64()),
+            "decode_tokens": decoded,
+            "decode_ms_per_token": decode_seconds * 1e3 / decoded.max(1) as f64,
             "generation_tokens_per_second": generation.generated_tokens_per_second(),
+            "decode_gflops": gflops(decode_flops, decode_seconds),
+            // New tokens over prefill + decoding: what PyTorch's `generate` timing measures.
+            "generate_tokens_per_second_with_prefill": generation.tokens.len() as f64
+                / (generation.prefill_time + generation.decode_time).as_secs_f64().max(1e-9),
             "generated_tokens": generation.tokens.len(),
             "peak_rss_bytes": peak_rss,
         });
         println!(
-            "bench infer [{}] {} params, {} backend, batch {batch} x {seq}: forward {:.1} ms ({:.1} tokens/s), \
-             generation {:.2} tokens/s, load {:.2} s (peak RSS while loading {:.2}x the f32 model), peak RSS {}",
-            source,
+            "bench infer [{source}] {} params, {} backend, batch {batch} x {seq}",
             config.num_parameters(),
             args.backend,
+        );
+        println!(
+            "  forward     {:>9.1} ms  {:>8.2} tokens/s  {:>7.1} GFLOP/s  (median of {})",
             forward.as_secs_f64() * 1e3,
             forward_tokens_per_second,
+            report["forward_gflops"].as_f64().unwrap_or(0.0),
+            args.repeats.max(1)
+        );
+        println!(
+            "  prefill     {:>9.1} ms  {:>8.2} tokens/s  {:>7.1} GFLOP/s  ({seq} prompt tokens, batch 1)",
+            generation.prefill_time.as_secs_f64() * 1e3,
+            generation.prompt_tokens_per_second(),
+            report["prefill_gflops"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "  decode      {:>9.1} ms/token {:>5.2} tokens/s  {:>7.1} GFLOP/s  ({decoded} greedy steps with the KV cache)",
+            decode_seconds * 1e3 / decoded.max(1) as f64,
             generation.generated_tokens_per_second(),
+            report["decode_gflops"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "  generate    {:>9.2} tokens/s with the prefill ({} new tokens after {seq}), as transformers' generate is timed",
+            report["generate_tokens_per_second_with_prefill"].as_f64().unwrap_or(0.0),
+            generation.tokens.len(),
+        );
+        println!(
+            "  load {:.2} s (peak RSS while loading {:.2}x the f32 model), peak RSS {}",
             load_time.as_secs_f64(),
             report["load_peak_rss_over_model"].as_f64().unwrap_or(0.0),
             gib(peak_rss),
         );
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{report}");
         if let Some(path) = args.json {
             std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
         }

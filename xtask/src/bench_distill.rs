@@ -1,7 +1,8 @@
 //! `cargo xtask bench distill-step --shape qwen2.5-0.5b [--teacher-shape S] [--batch B]
-//! [--seq-len T] [--steps N]`: seconds per distillation update (teacher forward, student
-//! forward and backward with the chunked objective, global-norm clipping, AdamW) at published
-//! shapes with random weights, tokens/s and peak RSS.
+//! [--seq-len T] [--steps N] [--backend flex|ndarray|cuda]`: one distillation update at published
+//! shapes with random weights, phase by phase (teacher forward, student forward + loss and
+//! backward with the chunked objective, global-norm clipping + AdamW), with tokens/s, achieved
+//! GFLOP/s and peak RSS; a text table and one JSON line.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
-use distill::objective::{loss_and_gradients, Batch, Student, TeacherOutputs};
+use distill::objective::{loss_and_gradients, Batch, Projection, Student, TeacherOutputs};
 use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
 use distill::train::objective_for;
@@ -23,7 +24,7 @@ use serde_json::json;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Student shape: tiny, qwen2.5-0.5b, qwen2.5-1.5b.
+    /// Student shape: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
     #[arg(long, default_value = "qwen2.5-0.5b")]
     shape: String,
     /// Teacher shape (default: the student's).
@@ -33,10 +34,12 @@ pub struct Args {
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
-    /// Updates timed (the first also creates the optimizer state).
+    /// Updates timed after one warm-up update (which also creates the optimizer state); the
+    /// median update is reported.
     #[arg(long, default_value_t = 2)]
     steps: usize,
-    #[arg(long, default_value = "ndarray")]
+    /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
+    #[arg(long, default_value = "flex")]
     backend: BackendKind,
 }
 
@@ -48,7 +51,24 @@ struct Step(Args);
 
 fn preset(name: &str) -> Result<Qwen2Config> {
     Qwen2Config::preset(name)
-        .ok_or_else(|| anyhow!("unknown shape `{name}`: use tiny, qwen2.5-0.5b or qwen2.5-1.5b"))
+        .ok_or_else(|| anyhow!("unknown shape `{name}`: use {}", Qwen2Config::PRESETS))
+}
+
+/// Seconds of one update, by phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    teacher_forward: f64,
+    /// Student forward, the losses and the whole backward pass (the chunked objective
+    /// interleaves them chunk by chunk).
+    student_forward_loss_backward: f64,
+    /// Global-norm clipping and the AdamW step.
+    optimizer: f64,
+}
+
+impl Phases {
+    fn total(&self) -> f64 {
+        self.teacher_forward + self.student_forward_loss_backward + self.optimizer
+    }
 }
 
 impl BackendTask for Step {
@@ -57,7 +77,8 @@ impl BackendTask for Step {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let student_config = preset(&args.shape)?;
-        let teacher_config = preset(args.teacher_shape.as_deref().unwrap_or(&args.shape))?;
+        let teacher_shape = args.teacher_shape.clone().unwrap_or(args.shape.clone());
+        let teacher_config = preset(&teacher_shape)?;
         let teacher = Arc::new(build_model::<B>(
             &teacher_config,
             &mut RandomWeights::new(1),
@@ -65,18 +86,36 @@ impl BackendTask for Step {
         )?);
         let model =
             build_model::<Autodiff<B>>(&student_config, &mut RandomWeights::new(2), &device)?;
-        let mut student = Student {
-            model,
-            projections: Vec::new(),
+        // The seed recipe's training and distillation settings (no tokenizer check: random ids),
+        // plus one middle-layer hidden-state MSE where the widths match, as PyTorch's reference
+        // update has (tests/python/bench_torch.py), so the two do the same work.
+        let hidden_mse = student_config.hidden_size == teacher_config.hidden_size;
+        let matches = if hidden_mse {
+            format!(
+                "intermediate_matches = [{{ layer_T = {}, layer_S = {}, feature = \"hidden\", \
+                 loss = \"mse\", weight = 1.0 }}]\n",
+                teacher_config.num_hidden_layers / 2,
+                student_config.num_hidden_layers / 2
+            )
+        } else {
+            String::new()
         };
-        // The seed recipe's training and distillation settings (no tokenizer check: random ids).
         let recipe = Recipe::parse(
-            "[teacher]\nlocal_dir = \"-\"\n[student]\nlocal_dir = \"-\"\n[dataset]\nshards = \"-\"\n\
-             [training]\noutput_dir = \"-\"\n",
+            &format!(
+                "[teacher]\nlocal_dir = \"-\"\n[student]\nlocal_dir = \"-\"\n[dataset]\nshards = \"-\"\n\
+                 [training]\noutput_dir = \"-\"\n[distillation]\n{matches}"
+            ),
             Path::new("bench"),
             &[],
         )?;
         let objective = objective_for(&recipe, None, student_config.vocab_size)?;
+        // Equal widths: the hidden-state match needs no learned projection.
+        let projections = objective
+            .intermediate_matches
+            .iter()
+            .map(|_| Projection { linear: None })
+            .collect();
+        let mut student = Student { model, projections };
         let mut optimizer = GroupedAdamW::<Autodiff<B>>::new(&recipe.training);
         let vocab = student_config.vocab_size.min(teacher_config.vocab_size) as u64;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -92,45 +131,106 @@ impl BackendTask for Step {
             .collect();
         let batch = Batch::new(ids, AttentionMask::full(args.batch, args.seq_len));
         let tokens = args.batch * args.seq_len;
-        let mut seconds = Vec::new();
-        for _ in 0..args.steps.max(1) {
+
+        let mut updates: Vec<Phases> = Vec::new();
+        for update in 0..=args.steps.max(1) {
+            let mut phases = Phases::default();
             let started = Instant::now();
             let outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
+            B::sync(&device)?;
+            phases.teacher_forward = started.elapsed().as_secs_f64();
+
+            let started = Instant::now();
             let (mut grads, losses) = loss_and_gradients(&student, &outputs, &batch, &objective);
+            B::sync(&device)?;
+            phases.student_forward_loss_backward = started.elapsed().as_secs_f64();
+
+            let started = Instant::now();
             let norm = global_norm(&student, &grads);
             if norm > 1.0 {
                 scale(&student, &mut grads, 1.0 / (norm + 1e-6));
             }
             student = optimizer.step(5e-5, student, grads);
-            seconds.push(started.elapsed().as_secs_f64());
+            B::sync(&device)?;
+            phases.optimizer = started.elapsed().as_secs_f64();
             eprintln!(
-                "update {}: {:.2} s (loss {:.4})",
-                seconds.len(),
-                seconds.last().unwrap(),
+                "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss + backward {:.2}, \
+                 clip + AdamW {:.2}; loss {:.4})",
+                if update == 0 { " (warm-up)" } else { "" },
+                phases.total(),
+                phases.teacher_forward,
+                phases.student_forward_loss_backward,
+                phases.optimizer,
                 losses.total
             );
+            if update > 0 {
+                updates.push(phases);
+            }
         }
-        let last = *seconds.last().unwrap();
+        updates.sort_by(|a, b| a.total().total_cmp(&b.total()));
+        let median = updates[updates.len() / 2];
+
+        let context = args.seq_len;
+        let teacher_flops = teacher_config.forward_flops_per_token(context) * tokens as f64;
+        // Forward once, backward twice the forward (input and weight gradients).
+        let student_flops = 3.0 * student_config.forward_flops_per_token(context) * tokens as f64;
+        let gflops = |flops: f64, seconds: f64| flops / seconds / 1e9;
+        let peak_rss = peak_rss_bytes();
         let report = json!({
+            "bench": "distill-step",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
             "student_shape": args.shape,
-            "teacher_shape": args.teacher_shape.unwrap_or(args.shape.clone()),
+            "teacher_shape": teacher_shape,
             "backend": args.backend.to_string(),
+            "threads": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "batch": args.batch,
             "seq_len": args.seq_len,
-            "seconds_per_update": seconds,
-            "tokens_per_second": tokens as f64 / last,
-            "peak_rss_bytes": peak_rss_bytes(),
+            "hidden_mse": hidden_mse,
+            "updates_timed": updates.len(),
+            "seconds_per_update": median.total(),
+            "seconds_teacher_forward": median.teacher_forward,
+            "seconds_student_forward_loss_backward": median.student_forward_loss_backward,
+            "seconds_clip_and_optimizer": median.optimizer,
+            "tokens_per_second": tokens as f64 / median.total(),
+            "gflop_per_update": (teacher_flops + student_flops) / 1e9,
+            "gflops_achieved": gflops(teacher_flops + student_flops, median.total()),
+            "gflops_teacher_forward": gflops(teacher_flops, median.teacher_forward),
+            "gflops_student": gflops(student_flops, median.student_forward_loss_backward),
+            "peak_rss_bytes": peak_rss,
         });
         println!(
-            "distill step ({} -> {}, batch {} x {} tokens, {}): {:.2} s/update, {:.1} tokens/s, peak RSS {}",
-            report["teacher_shape"].as_str().unwrap_or(""),
-            report["student_shape"].as_str().unwrap_or(""),
+            "distill step: {teacher_shape} -> {}, batch {} x {} tokens, {} backend (median of {} updates)",
+            args.shape,
             args.batch,
             args.seq_len,
             args.backend,
-            last,
-            tokens as f64 / last,
-            peak_rss_bytes().map_or("unknown".into(), gib)
+            updates.len()
+        );
+        let row = |name: &str, seconds: f64, flops: Option<f64>| {
+            let rate = flops.map_or(String::new(), |f| format!("{:>8.1}", gflops(f, seconds)));
+            println!("  {name:<38} {seconds:>8.2} s {rate}");
+        };
+        println!("  {:<38} {:>10} {:>8}", "phase", "time", "GFLOP/s");
+        row(
+            "teacher forward",
+            median.teacher_forward,
+            Some(teacher_flops),
+        );
+        row(
+            "student forward + loss + backward",
+            median.student_forward_loss_backward,
+            Some(student_flops),
+        );
+        row("global-norm clip + AdamW", median.optimizer, None);
+        row(
+            "update",
+            median.total(),
+            Some(teacher_flops + student_flops),
+        );
+        println!(
+            "  {:.2} tokens/s, peak RSS {}",
+            tokens as f64 / median.total(),
+            peak_rss.map_or("unknown".into(), gib)
         );
         println!("{report}");
         Ok(())

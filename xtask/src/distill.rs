@@ -33,7 +33,8 @@ pub struct Args {
     /// top-k logits (`teacher_cache.top_k`, default 64) without the teacher in memory.
     #[arg(long)]
     cache_teacher: bool,
-    #[arg(long, default_value = "ndarray")]
+    /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
+    #[arg(long, default_value = "flex")]
     backend: BackendKind,
     /// Stop after this many optimizer updates (overrides training.max_steps).
     #[arg(long)]

@@ -50,7 +50,8 @@ pub struct Args {
     /// Training metrics to plot: LABEL=PATH, PATH a metrics.jsonl or a distill output dir.
     #[arg(long = "metrics", value_name = "LABEL=PATH")]
     metrics: Vec<String>,
-    #[arg(long, default_value = "ndarray")]
+    /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
+    #[arg(long, default_value = "flex")]
     backend: BackendKind,
 }
 

@@ -40,7 +40,8 @@ pub struct Args {
     /// Wrap the prompt in the model's chat template (tokenizer_config.json).
     #[arg(long)]
     chat: bool,
-    #[arg(long, default_value = "ndarray")]
+    /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
+    #[arg(long, default_value = "flex")]
     backend: BackendKind,
 }
 

@@ -12,7 +12,7 @@ use qwen2::{build_model, save_model, Qwen2Config, RandomWeights, SaveOptions};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// A published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b.
+    /// A published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
     #[arg(long, conflicts_with = "config", required_unless_present = "config")]
     shape: Option<String>,
     /// A config.json to take the architecture from.
@@ -33,9 +33,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let config = match (&args.shape, &args.config) {
-        (Some(shape), _) => Qwen2Config::preset(shape).with_context(|| {
-            format!("unknown --shape `{shape}`: use tiny, qwen2.5-0.5b or qwen2.5-1.5b")
-        })?,
+        (Some(shape), _) => Qwen2Config::preset(shape)
+            .with_context(|| format!("unknown --shape `{shape}`: use {}", Qwen2Config::PRESETS))?,
         (None, Some(path)) => Qwen2Config::from_file(path)?,
         (None, None) => bail!("give --shape NAME or --config FILE"),
     };

@@ -49,6 +49,7 @@ enum Command {
 }
 
 fn main() {
+    qwen2::memory::reuse_freed_memory();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),

@@ -53,7 +53,8 @@ pub struct Args {
     /// Train the bundled teacher again (configs/quickstart-teacher.toml) and replace data/tiny-teacher.
     #[arg(long)]
     rebuild_teacher: bool,
-    #[arg(long, default_value = "ndarray")]
+    /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
+    #[arg(long, default_value = "flex")]
     backend: BackendKind,
 }
 

@@ -7,40 +7,41 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
-struct SquaredNorm<'a> {
+/// Collects each gradient's sum of squares as a one-element tensor, so the whole norm costs
+/// one read from the device instead of one per parameter (a sync each on a GPU).
+struct SquaredNorms<'a, B: AutodiffBackend> {
     gradients: &'a GradientsParams,
-    sum: f64,
+    sums: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorms<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(gradient) = self.gradients.get::<B::InnerBackend, D>(param.id) {
-            self.sum += gradient.square().sum().into_scalar().elem_f64();
+            self.sums.push(gradient.square().sum());
         }
     }
 }
 
-trait ElemF64 {
-    fn elem_f64(self) -> f64;
-}
-
-impl<E: burn::tensor::ElementConversion> ElemF64 for E {
-    fn elem_f64(self) -> f64 {
-        self.elem::<f64>()
-    }
-}
-
-/// sqrt(sum of squares of every gradient of `module`).
+/// The L2 norm of all gradients together. Each tensor's sum of squares is taken on the device
+/// in f32; the sums are added in f64, in parameter order.
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     gradients: &GradientsParams,
 ) -> f64 {
-    let mut visitor = SquaredNorm {
+    let mut visitor = SquaredNorms::<B> {
         gradients,
-        sum: 0.0,
+        sums: Vec::new(),
     };
     module.visit(&mut visitor);
-    visitor.sum.sqrt()
+    if visitor.sums.is_empty() {
+        return 0.0;
+    }
+    let sums = Tensor::cat(visitor.sums, 0)
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("float gradient sums");
+    sums.iter().sum::<f64>().sqrt()
 }
 
 struct Scale<'a> {

@@ -230,6 +230,23 @@ impl Qwen2Config {
         self.num_hidden_layers * layer + embeddings + h
     }
 
+    /// Floating-point operations of one forward pass, per token, counting a multiply-add as two:
+    /// every linear layer and the lm_head (2 x their weights; the embedding lookup is free) and
+    /// attention's two matmuls against `context` keys. The model computes the full score square
+    /// (masked, not skipped), so no causal halving. A backward pass costs twice this.
+    pub fn forward_flops_per_token(&self, context: usize) -> f64 {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let linear = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size;
+        let attention = 2 * context * q;
+        (2 * (self.num_hidden_layers * (linear + attention) + self.vocab_size * h)) as f64
+    }
+
+    /// The names [`Qwen2Config::preset`] knows, for help and error texts.
+    pub const PRESETS: &'static str =
+        "tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b";
+
     /// Architecture shapes of published checkpoints, for benchmarks with random weights.
     pub fn preset(name: &str) -> Option<Self> {
         let shape = |vocab, hidden, inter, layers, heads, kv, tie, theta| Self {
@@ -252,6 +269,10 @@ impl Qwen2Config {
             "tiny" => Some(shape(512, 64, 160, 4, 4, 2, true, 1e6)),
             "qwen2.5-0.5b" => Some(shape(151936, 896, 4864, 24, 14, 2, true, 1e6)),
             "qwen2.5-1.5b" => Some(shape(151936, 1536, 8960, 28, 12, 2, true, 1e6)),
+            // The seed's teacher: Qwen2.5-Math-1.5B's body, untied lm_head, rope_theta 10000.
+            "deepseek-r1-distill-qwen-1.5b" => {
+                Some(shape(151936, 1536, 8960, 28, 12, 2, false, 1e4))
+            }
             _ => None,
         }
     }

@@ -27,3 +27,22 @@ fn status_field(field: &str) -> Option<u64> {
 pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
+
+/// Lets freed memory be reused without the kernel zeroing it again. glibc serves allocations
+/// above its mmap threshold (at most 32 MiB) with fresh mappings and unmaps them on free, so
+/// every large temporary — a chunk of vocabulary-sized logits, an embedding-sized gradient or
+/// optimizer term — costs page faults and a kernel memset of the whole block: measured here,
+/// 28% of a Qwen2.5-0.5B distillation update (33.9 s -> 23.8 s with this call). Keeping large
+/// blocks in the heap, and not trimming it, leaves peak RSS unchanged (10.45 vs 10.48 GiB).
+/// A no-op on other allocators and platforms.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation policy; it is called before the
+    // process allocates anything large, and either value is valid at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        // -1: never trim (mallopt(3)); a bounded threshold still hands the heap's top back
+        // after a large free, and the next step faults it in again.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+    }
+}

@@ -90,11 +90,67 @@ impl<B: Backend> Rope<B> {
     }
 }
 
-/// Keys and values of the tokens seen so far, per layer: `[B, kv_heads, S, head_dim]`.
+/// Keys and values of the tokens seen so far, for one layer. The buffers are allocated with
+/// room to spare (doubling when full), and each step writes its new positions in place, so a
+/// decoding step copies only its own keys and values, not the whole cache.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
-    pub keys: Tensor<B, 4>,
-    pub values: Tensor<B, 4>,
+    /// `[B, kv_heads, capacity, head_dim]`; positions `len..` are unused.
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    len: usize,
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// Room for this many positions at first: a typical prompt plus a short generation.
+    const INITIAL_CAPACITY: usize = 256;
+
+    /// Appends `keys`/`values` `[B, kv_heads, T, head_dim]` and returns views of every cached
+    /// position, `[B, kv_heads, len, head_dim]`.
+    fn append(
+        cache: &mut Option<Self>,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, kv_heads, new, head_dim] = keys.dims();
+        let device = keys.device();
+        let (len, capacity) = cache.as_ref().map_or((0, 0), |c| (c.len, c.keys.dims()[2]));
+        let end = len + new;
+        if end > capacity {
+            let capacity = end.max(2 * capacity).max(Self::INITIAL_CAPACITY);
+            let grow = |old: Option<Tensor<B, 4>>| {
+                let buffer = Tensor::zeros([batch, kv_heads, capacity, head_dim], &device);
+                match old {
+                    Some(old) if len > 0 => buffer.slice_assign(
+                        [0..batch, 0..kv_heads, 0..len, 0..head_dim],
+                        old.narrow(2, 0, len),
+                    ),
+                    _ => buffer,
+                }
+            };
+            let old = cache.take();
+            let (old_keys, old_values) =
+                old.map_or((None, None), |c| (Some(c.keys), Some(c.values)));
+            *cache = Some(Self {
+                keys: grow(old_keys),
+                values: grow(old_values),
+                len,
+            });
+        }
+        let layer = cache.as_mut().expect("allocated above");
+        let range = [0..batch, 0..kv_heads, len..end, 0..head_dim];
+        // Taking the buffers out leaves them uniquely owned, so the backends write in place.
+        let placeholder = || Tensor::empty([0, 0, 0, 0], &device);
+        let buffer = std::mem::replace(&mut layer.keys, placeholder());
+        layer.keys = buffer.slice_assign(range.clone(), keys);
+        let buffer = std::mem::replace(&mut layer.values, placeholder());
+        layer.values = buffer.slice_assign(range, values);
+        layer.len = end;
+        (
+            layer.keys.clone().narrow(2, 0, end),
+            layer.values.clone().narrow(2, 0, end),
+        )
+    }
 }
 
 #[derive(Module, Debug)]
@@ -123,16 +179,8 @@ impl<B: Backend> Attention<B> {
         let queries = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
         let mut keys = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
         let mut values = heads(self.v_proj.forward(x), self.num_kv_heads);
-
         if let Some(cache) = cache {
-            if let Some(past) = cache.take() {
-                keys = Tensor::cat(vec![past.keys, keys], 2);
-                values = Tensor::cat(vec![past.values, values], 2);
-            }
-            *cache = Some(LayerCache {
-                keys: keys.clone(),
-                values: values.clone(),
-            });
+            (keys, values) = LayerCache::append(cache, keys, values);
         }
         let keys_len = keys.dims()[2];
 
@@ -342,7 +390,9 @@ impl<B: Backend> Model<B> {
 
     /// One step of incremental decoding: `input_ids: [B, T_new]` continue the sequences held
     /// in `cache`; `new_mask` says which of the new tokens are real (all of them when decoding;
-    /// a left-padded prompt has pads). Returns the logits of the new positions.
+    /// a left-padded prompt has pads). Returns the logits of the last new position only,
+    /// `[B, 1, vocab]`: generation reads no other, and the lm_head over a whole prompt would
+    /// cost a quarter of a small model's prefill.
     pub fn forward_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -385,7 +435,7 @@ impl<B: Backend> Model<B> {
             Some(&mut cache.layers),
             false,
         );
-        self.lm_head(hidden)
+        self.lm_head(hidden.narrow(1, seq - 1, 1))
     }
 
     fn run_layers(

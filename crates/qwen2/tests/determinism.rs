@@ -1,9 +1,10 @@
 //! The same input through the same model twice gives the same numbers.
+#[macro_use]
 mod common;
+use burn::tensor::backend::Backend;
 use common::*;
 
-#[test]
-fn forward_is_deterministic_state_by_state() {
+fn forward_is_deterministic_state_by_state<B: Backend>() {
     let (model, _) = qwen2::load_model::<B>(&model_dir("teacher"), &Default::default()).unwrap();
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
     let rows = reference.rows("input_ids");
@@ -28,3 +29,5 @@ fn forward_is_deterministic_state_by_state() {
         }
     }
 }
+
+on_every_cpu_backend!(forward_is_deterministic_state_by_state);

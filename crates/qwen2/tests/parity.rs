@@ -3,8 +3,10 @@
 //! Tolerances are the fixture README's: logits and hidden states 1e-4 absolute, losses 1e-5
 //! relative, greedy tokens exact.
 
+#[macro_use]
 mod common;
 
+use burn::tensor::backend::Backend;
 use common::*;
 use qwen2::generate::{generate, GenerateOptions, Sampling};
 use qwen2::loss::next_token_cross_entropy;
@@ -13,16 +15,15 @@ use qwen2::{load_model, Model};
 const MODELS: [&str; 3] = ["teacher", "student", "student_h32"];
 const LOGIT_TOLERANCE: f32 = 1e-4;
 
-fn load(name: &str) -> Model<B> {
+fn load<B: Backend>(name: &str) -> Model<B> {
     load_model::<B>(&model_dir(name), &Default::default())
         .unwrap()
         .0
 }
 
-#[test]
-fn logits_and_hidden_states_equal_transformers() {
+fn logits_and_hidden_states_equal_transformers<B: Backend>() {
     for name in MODELS {
-        let model = load(name);
+        let model = load::<B>(name);
         let reference = Reference::open(model_dir(name).join("reference.safetensors"));
         let rows = reference.rows("input_ids");
         let mask = reference.mask();
@@ -53,9 +54,8 @@ fn logits_and_hidden_states_equal_transformers() {
     }
 }
 
-#[test]
-fn right_padded_row_equals_its_unpadded_run() {
-    let model = load("teacher");
+fn right_padded_row_equals_its_unpadded_run<B: Backend>() {
+    let model = load::<B>("teacher");
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
     let rows = reference.rows("input_ids");
     let mask = reference.mask();
@@ -78,10 +78,9 @@ fn right_padded_row_equals_its_unpadded_run() {
     assert!(error < 1e-5, "padding changed real logits by {error}");
 }
 
-#[test]
-fn cross_entropy_equals_transformers_loss() {
+fn cross_entropy_equals_transformers_loss<B: Backend>() {
     for name in MODELS {
-        let model = load(name);
+        let model = load::<B>(name);
         let reference = Reference::open(model_dir(name).join("reference.safetensors"));
         let rows = reference.rows("input_ids");
         let mask = reference.mask();
@@ -116,10 +115,9 @@ fn cross_entropy_equals_transformers_loss() {
     }
 }
 
-#[test]
-fn greedy_generation_with_cache_equals_transformers() {
+fn greedy_generation_with_cache_equals_transformers<B: Backend>() {
     for name in MODELS {
-        let model = load(name);
+        let model = load::<B>(name);
         let reference = Reference::open(model_dir(name).join("reference.safetensors"));
         let prompt = &reference.rows("gen_prompt")[0];
         let expected_tokens: Vec<u32> = reference
@@ -146,9 +144,8 @@ fn greedy_generation_with_cache_equals_transformers() {
     }
 }
 
-#[test]
-fn generation_stops_at_eos() {
-    let model = load("teacher");
+fn generation_stops_at_eos<B: Backend>() {
+    let model = load::<B>("teacher");
     let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
     let prompt = &reference.rows("gen_prompt")[0];
     let tokens: Vec<u32> = reference
@@ -168,3 +165,11 @@ fn generation_stops_at_eos() {
     assert_eq!(generation.tokens, tokens[..=first_eos].to_vec());
     assert!(generation.stopped_at_eos);
 }
+
+on_every_cpu_backend!(
+    logits_and_hidden_states_equal_transformers,
+    right_padded_row_equals_its_unpadded_run,
+    cross_entropy_equals_transformers_loss,
+    greedy_generation_with_cache_equals_transformers,
+    generation_stops_at_eos,
+);

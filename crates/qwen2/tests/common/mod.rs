@@ -3,11 +3,27 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use qwen2::backend::Cpu;
 use qwen2::AttentionMask;
 
+/// The backend of tests that run on the default CPU backend only.
 pub type B = Cpu;
+
+/// Runs each generic test `fn name<B: Backend>()` on every CPU backend, as `flex::name` and
+/// `ndarray::name`: parity and determinism must hold on each backend the toolkit ships.
+#[allow(unused_macros)]
+macro_rules! on_every_cpu_backend {
+    ($($test:ident),* $(,)?) => {
+        mod flex {
+            $( #[test] fn $test() { super::$test::<qwen2::backend::FlexCpu>() } )*
+        }
+        mod ndarray {
+            $( #[test] fn $test() { super::$test::<qwen2::backend::NdArrayCpu>() } )*
+        }
+    };
+}
 
 /// `tests/fixtures/qwen2-parity` at the workspace root (a copy of shared/fixtures).
 pub fn fixtures() -> PathBuf {
@@ -80,7 +96,7 @@ impl Reference {
     }
 }
 
-pub fn ids_tensor(rows: &[Vec<u32>]) -> Tensor<B, 2, Int> {
+pub fn ids_tensor<Bk: Backend>(rows: &[Vec<u32>]) -> Tensor<Bk, 2, Int> {
     let values: Vec<i64> = rows.iter().flatten().map(|&v| v as i64).collect();
     Tensor::from_data(
         TensorData::new(values, [rows.len(), rows[0].len()]),
@@ -88,7 +104,7 @@ pub fn ids_tensor(rows: &[Vec<u32>]) -> Tensor<B, 2, Int> {
     )
 }
 
-pub fn to_vec<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+pub fn to_vec<Bk: Backend, const D: usize>(tensor: Tensor<Bk, D>) -> Vec<f32> {
     tensor.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Runs this project's benchmarks and PyTorch's (bench_torch.py, the same work written as a
+PyTorch + transformers user would) one after the other on the same cores, in one sitting, and
+prints one table. Needs a Python with torch and transformers (`pip install torch transformers`);
+the toolkit itself never needs Python.
+
+  python3 tests/python/compare_with_torch.py --python /path/to/venv/bin/python [--backends flex,ndarray]
+      [--shape qwen2.5-0.5b] [--seq-len 256] [--skip-train] [--json out.json]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+TORCH_SHAPES = {
+    "qwen2.5-0.5b": "--hidden 896 --layers 24 --heads 14 --kv-heads 2 --intermediate 4864 --vocab 151936 --teacher-tie",
+    "qwen2.5-1.5b": "--hidden 1536 --layers 28 --heads 12 --kv-heads 2 --intermediate 8960 --vocab 151936 --teacher-tie",
+    "tiny": "--hidden 64 --layers 4 --heads 4 --kv-heads 2 --intermediate 160 --vocab 512 --teacher-tie",
+}
+
+
+def last_json(text, prefix=""):
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if prefix and line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+        if not prefix and line.startswith("{") and line.endswith("}"):
+            return json.loads(line)
+    raise SystemExit("no JSON result in:\n" + text[-3000:])
+
+
+def run(command):
+    print("$ " + " ".join(command), file=sys.stderr, flush=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-2000:])
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-3000:]}")
+    return done.stdout
+
+
+def ours(*args):
+    return last_json(run(["cargo", "xtask", "bench", *args]))
+
+
+def torch(python, shape, *args):
+    return last_json(run([python, os.path.join(HERE, "bench_torch.py"), *TORCH_SHAPES[shape].split(), *args]), "RESULT ")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--python", required=True, help="a Python with torch and transformers")
+    ap.add_argument("--backends", default="flex,ndarray")
+    ap.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(TORCH_SHAPES))
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    backends = [b for b in a.backends.split(",") if b]
+    rows = []  # (measure, system, value, unit, peak GiB)
+    results = {"ours": {}, "torch": {}}
+
+    if not a.skip_train:
+        t = torch(a.python, a.shape, "--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", "1")
+        results["torch"]["train"] = t
+        rows.append(("distill update 1x%d" % a.seq_len, "pytorch", t.get("tokens_per_s_median", t.get("tokens_per_s")), "tokens/s", t.get("peak_rss_gib")))
+        for backend in backends:
+            r = ours("distill-step", "--shape", a.shape, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--backend", backend)
+            results["ours"]["train-" + backend] = r
+            rows.append(("distill update 1x%d" % a.seq_len, backend, r["tokens_per_second"], "tokens/s", (r["peak_rss_bytes"] or 0) / 2**30))
+
+    t = torch(a.python, a.shape, "--infer", "--batch", "1", "--seq-len", str(a.seq_len), "--prompt-len", str(a.prompt_len), "--gen-tokens", str(a.new_tokens), "--steps", "3")
+    results["torch"]["infer"] = t
+    rows.append(("forward 1x%d" % a.seq_len, "pytorch", t["forward_tokens_per_s"], "tokens/s", t.get("peak_rss_gib")))
+    rows.append(("greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), "pytorch", t["gen_tokens_per_s"], "tokens/s", t.get("peak_rss_gib")))
+    for backend in backends:
+        r = ours("infer", "--shape", a.shape, "--seq-len", str(a.seq_len), "--new-tokens", "1", "--backend", backend)
+        results["ours"]["forward-" + backend] = r
+        rows.append(("forward 1x%d" % a.seq_len, backend, r["forward_tokens_per_second"], "tokens/s", r["peak_rss_bytes"] / 2**30))
+        g = ours("infer", "--shape", a.shape, "--seq-len", str(a.prompt_len), "--new-tokens", str(a.new_tokens), "--repeats", "1", "--backend", backend)
+        results["ours"]["generate-" + backend] = g
+        rows.append(("greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), backend, g["generate_tokens_per_second_with_prefill"], "tokens/s", g["peak_rss_bytes"] / 2**30))
+
+    print(f"\n{'measure':<30} {'system':<8} {'value':>9} {'unit':<9} {'vs pytorch':>10} {'peak RSS':>9}")
+    baseline = {}
+    for measure, system, value, unit, peak in rows:
+        if system == "pytorch":
+            baseline[measure] = value
+        ratio = value / baseline[measure] if measure in baseline and baseline[measure] else float("nan")
+        peak_text = f"{peak:.2f} GiB" if peak is not None else "-"
+        print(f"{measure:<30} {system:<8} {value:>9.2f} {unit:<9} {ratio:>9.2f}x {peak_text:>9}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rows": rows, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
