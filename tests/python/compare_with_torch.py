@@ -5,7 +5,7 @@ prints one table. Needs a Python with torch and transformers (`pip install torch
 the toolkit itself never needs Python.
 
   python3 tests/python/compare_with_torch.py --python /path/to/venv/bin/python [--backends flex,ndarray]
-      [--shape qwen2.5-0.5b] [--seq-len 256] [--skip-train] [--json out.json]
+      [--shape qwen2.5-0.5b] [--seq-len 256] [--skip-train] [--json out.json] [--xtask BINARY]
 """
 import argparse
 import json
@@ -42,12 +42,42 @@ def run(command):
     return done.stdout
 
 
+XTASK = ["cargo", "xtask"]
+
+
 def ours(*args):
-    return last_json(run(["cargo", "xtask", "bench", *args]))
+    return last_json(run([*XTASK, "bench", *args]))
 
 
 def torch(python, shape, *args):
     return last_json(run([python, os.path.join(HERE, "bench_torch.py"), *TORCH_SHAPES[shape].split(), *args]), "RESULT ")
+
+
+NUMPY_MATMUL = r"""
+import json, statistics, sys, time
+import numpy as np
+shapes = json.loads(sys.argv[1])
+out = []
+for m, k, n in shapes:
+    a = np.random.rand(m, k).astype(np.float32)
+    b = np.random.rand(k, n).astype(np.float32)
+    times = []
+    for i in range(6):
+        t = time.perf_counter(); c = a @ b; e = time.perf_counter() - t
+        if i: times.append(e)
+    med = statistics.median(times)
+    out.append({"m": m, "k": k, "n": n, "seconds": med, "gflops": 2 * m * k * n / med / 1e9})
+print(json.dumps({"numpy": np.__version__, "shapes": out}))
+"""
+
+
+def numpy_matmul(python, shapes, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    print(f"$ {python} -c <numpy matmul>", file=sys.stderr, flush=True)
+    done = subprocess.run([python, "-c", NUMPY_MATMUL, json.dumps(shapes)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -58,20 +88,27 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3, help="timed updates, both sides (the median is compared)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed updates first, both sides")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--xtask", help="a built xtask binary to run instead of `cargo xtask`")
     a = ap.parse_args()
+    if a.xtask:
+        XTASK[:] = [a.xtask]
     backends = [b for b in a.backends.split(",") if b]
+    matmul = {b: ours("matmul", "--backend", b) for b in backends}
+    shapes = [[r["m"], r["k"], r["n"]] for r in matmul[backends[0]]["shapes"]]
+    numpy = numpy_matmul(a.python, shapes, 2)
     rows = []  # (measure, system, value, unit, peak GiB)
     results = {"ours": {}, "torch": {}}
 
     if not a.skip_train:
-        t = torch(a.python, a.shape, "--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", "1")
+        t = torch(a.python, a.shape, "--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup))
         results["torch"]["train"] = t
         rows.append(("distill update 1x%d" % a.seq_len, "pytorch", t.get("tokens_per_s_median", t.get("tokens_per_s")), "tokens/s", t.get("peak_rss_gib")))
         for backend in backends:
-            r = ours("distill-step", "--shape", a.shape, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--backend", backend)
+            r = ours("distill-step", "--shape", a.shape, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", backend)
             results["ours"]["train-" + backend] = r
             rows.append(("distill update 1x%d" % a.seq_len, backend, r["tokens_per_second"], "tokens/s", (r["peak_rss_bytes"] or 0) / 2**30))
 
@@ -87,6 +124,13 @@ def main():
         results["ours"]["generate-" + backend] = g
         rows.append(("greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), backend, g["generate_tokens_per_second_with_prefill"], "tokens/s", g["peak_rss_bytes"] / 2**30))
 
+    results["ours"]["matmul"] = matmul
+    results["numpy"] = numpy
+    print(f"\n{'f32 matmul m x k x n':<22} {'numpy':>8} " + " ".join(f"{b:>8}" for b in backends) + "  (GFLOP/s; ratio to numpy)")
+    for i, (m, k, n) in enumerate(shapes):
+        base = numpy["shapes"][i]["gflops"]
+        cells = " ".join(f"{matmul[b]['shapes'][i]['gflops']:>5.1f}/{matmul[b]['shapes'][i]['gflops'] / base:.2f}" for b in backends)
+        print(f"{m:>4} x {k:>5} x {n:>6}   {base:>8.1f} {cells}")
     print(f"\n{'measure':<30} {'system':<8} {'value':>9} {'unit':<9} {'vs pytorch':>10} {'peak RSS':>9}")
     baseline = {}
     for measure, system, value, unit, peak in rows:

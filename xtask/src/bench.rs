@@ -22,6 +22,8 @@ pub enum Bench {
     Preprocess(crate::bench_preprocess::Args),
     /// Seconds per distillation update at published shapes with random weights.
     DistillStep(crate::bench_distill::Args),
+    /// f32 matmul GFLOP/s at the shapes of a Qwen2.5-0.5B update and of decoding.
+    Matmul(crate::bench_matmul::Args),
 }
 
 pub fn run(bench: Bench) -> Result<()> {
@@ -29,6 +31,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Infer(args) => infer(args),
         Bench::Preprocess(args) => crate::bench_preprocess::run(args),
         Bench::DistillStep(args) => crate::bench_distill::run(args),
+        Bench::Matmul(args) => crate::bench_matmul::run(args),
     }
 }
 

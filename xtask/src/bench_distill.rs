@@ -13,12 +13,13 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
+use distill::memory_plan::{MemoryPlan, RunShape};
 use distill::objective::{loss_and_gradients, Batch, Projection, Student, TeacherOutputs};
 use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
 use distill::train::objective_for;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
-use qwen2::memory::{gib, peak_rss_bytes};
+use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
 use qwen2::{build_model, AttentionMask, Qwen2Config, RandomWeights};
 use serde_json::json;
 
@@ -34,10 +35,13 @@ pub struct Args {
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
-    /// Updates timed after one warm-up update (which also creates the optimizer state); the
-    /// median update is reported.
+    /// Updates timed after the warm-up; the median update is reported.
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// Untimed updates first: the first creates AdamW's moments and the second is the first to
+    /// update them, so both still grow the heap; from the third on an update reuses its memory.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
     /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
     #[arg(long, default_value = "flex")]
     backend: BackendKind,
@@ -76,6 +80,7 @@ impl BackendTask for Step {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
+        let baseline_bytes = current_rss_bytes().unwrap_or(0);
         let student_config = preset(&args.shape)?;
         let teacher_shape = args.teacher_shape.clone().unwrap_or(args.shape.clone());
         let teacher_config = preset(&teacher_shape)?;
@@ -109,6 +114,16 @@ impl BackendTask for Step {
             &[],
         )?;
         let objective = objective_for(&recipe, None, student_config.vocab_size)?;
+        let plan = MemoryPlan::estimate(&RunShape {
+            student: &student_config,
+            teacher: Some(&teacher_config),
+            cache_top_k: 0,
+            batch: args.batch,
+            seq_len: args.seq_len,
+            chunk_positions: objective.chunk_positions,
+            baseline_bytes,
+        });
+        eprintln!("memory plan:\n{}", plan.table());
         // Equal widths: the hidden-state match needs no learned projection.
         let projections = objective
             .intermediate_matches
@@ -133,7 +148,7 @@ impl BackendTask for Step {
         let tokens = args.batch * args.seq_len;
 
         let mut updates: Vec<Phases> = Vec::new();
-        for update in 0..=args.steps.max(1) {
+        for update in 0..args.warmup + args.steps.max(1) {
             let mut phases = Phases::default();
             let started = Instant::now();
             let outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
@@ -156,14 +171,14 @@ impl BackendTask for Step {
             eprintln!(
                 "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss + backward {:.2}, \
                  clip + AdamW {:.2}; loss {:.4})",
-                if update == 0 { " (warm-up)" } else { "" },
+                if update < args.warmup { " (warm-up)" } else { "" },
                 phases.total(),
                 phases.teacher_forward,
                 phases.student_forward_loss_backward,
                 phases.optimizer,
                 losses.total
             );
-            if update > 0 {
+            if update >= args.warmup {
                 updates.push(phases);
             }
         }
@@ -197,6 +212,8 @@ impl BackendTask for Step {
             "gflops_teacher_forward": gflops(teacher_flops, median.teacher_forward),
             "gflops_student": gflops(student_flops, median.student_forward_loss_backward),
             "peak_rss_bytes": peak_rss,
+            "memory_plan_bytes": plan.total(),
+            "memory_plan": plan.parts,
         });
         println!(
             "distill step: {teacher_shape} -> {}, batch {} x {} tokens, {} backend (median of {} updates)",
@@ -228,9 +245,12 @@ impl BackendTask for Step {
             Some(teacher_flops + student_flops),
         );
         println!(
-            "  {:.2} tokens/s, peak RSS {}",
+            "  {:.2} tokens/s, peak RSS {} (memory plan {}, {:+.1}%)",
             tokens as f64 / median.total(),
-            peak_rss.map_or("unknown".into(), gib)
+            peak_rss.map_or("unknown".into(), gib),
+            gib(plan.total()),
+            peak_rss.map_or(0.0, |peak| (plan.total() as f64 / peak as f64 - 1.0)
+                * 100.0),
         );
         println!("{report}");
         Ok(())

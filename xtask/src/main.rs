@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_distill;
+mod bench_matmul;
 mod bench_preprocess;
 mod distill;
 mod download;

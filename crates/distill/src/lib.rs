@@ -8,6 +8,7 @@ pub mod data;
 pub mod evaluate;
 pub mod gradients;
 pub mod losses;
+pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
 pub mod optimizer;

@@ -17,10 +17,7 @@ use distill::objective::{
     loss_and_gradients, loss_only, Batch, IntermediateMatch, Objective, Projection, Student,
     TeacherOutputs,
 };
-use qwen2::backend::Cpu;
 use qwen2::{load_model, AttentionMask};
-
-type Train = Autodiff<Cpu>;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2-parity")
@@ -115,12 +112,12 @@ fn objective(chunk_positions: usize) -> Objective {
 }
 
 /// The student of a fixture pair, with the fixture's projection when widths differ.
-fn student(name: &str, reference: &Reference) -> Student<Train> {
+fn student<Cpu: Backend>(name: &str, reference: &Reference) -> Student<Autodiff<Cpu>> {
     let device = Default::default();
-    let (model, _) = load_model::<Train>(&fixtures().join(name), &device).unwrap();
+    let (model, _) = load_model::<Autodiff<Cpu>>(&fixtures().join(name), &device).unwrap();
     let linear = (name == "student_h32").then(|| {
         // PyTorch [H_t, H_s] -> Burn's [H_s, H_t].
-        let weight = Tensor::<Train, 2>::from_data(
+        let weight = Tensor::<Autodiff<Cpu>, 2>::from_data(
             TensorData::new(reference.f32("proj.weight"), [64, 32]),
             &device,
         );
@@ -135,7 +132,7 @@ fn student(name: &str, reference: &Reference) -> Student<Train> {
     }
 }
 
-fn teacher() -> Arc<qwen2::Model<Cpu>> {
+fn teacher<Cpu: Backend>() -> Arc<qwen2::Model<Cpu>> {
     Arc::new(
         load_model::<Cpu>(&fixtures().join("teacher"), &Default::default())
             .unwrap()
@@ -143,7 +140,10 @@ fn teacher() -> Arc<qwen2::Model<Cpu>> {
     )
 }
 
-fn gradient<const D: usize>(grads: &GradientsParams, param: &Param<Tensor<Train, D>>) -> Vec<f32> {
+fn gradient<Cpu: Backend, const D: usize>(
+    grads: &GradientsParams,
+    param: &Param<Tensor<Autodiff<Cpu>, D>>,
+) -> Vec<f32> {
     values(
         grads
             .get::<Cpu, D>(param.id)
@@ -151,16 +151,15 @@ fn gradient<const D: usize>(grads: &GradientsParams, param: &Param<Tensor<Train,
     )
 }
 
-#[test]
-fn losses_and_gradients_equal_the_reference_for_every_chunking() {
-    let teacher = teacher();
+fn losses_and_gradients_equal_the_reference_for_every_chunking<Cpu: Backend>() {
+    let teacher = teacher::<Cpu>();
     for pair in ["student", "student_h32"] {
         let reference = Reference::open(&format!("distill_teacher__{pair}.safetensors"));
         let batch = reference.batch();
         // 34 positions: one chunk, uneven chunks, one position per chunk.
         for chunk_positions in [64, 5, 1] {
             let objective = objective(chunk_positions);
-            let student = student(pair, &reference);
+            let student = student::<Cpu>(pair, &reference);
             let teacher_outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
             let (grads, losses) =
                 loss_and_gradients(&student, &teacher_outputs, &batch, &objective);
@@ -240,9 +239,8 @@ fn transpose(values: Vec<f32>, rows: usize) -> Vec<f32> {
     out
 }
 
-#[test]
-fn every_divergence_matches_its_formula_per_token() {
-    let teacher = teacher();
+fn every_divergence_matches_its_formula_per_token<Cpu: Backend>() {
+    let teacher = teacher::<Cpu>();
     let reference = Reference::open("distill_teacher__student.safetensors");
     let batch = reference.batch();
     let (student, _) = load_model::<Cpu>(&fixtures().join("student"), &Default::default()).unwrap();
@@ -301,21 +299,20 @@ fn every_divergence_matches_its_formula_per_token() {
     );
 }
 
-#[test]
-fn three_adamw_steps_follow_the_reference_trajectory() {
-    let teacher = teacher();
+fn three_adamw_steps_follow_the_reference_trajectory<Cpu: Backend>() {
+    let teacher = teacher::<Cpu>();
     for pair in ["student", "student_h32"] {
         let reference = Reference::open(&format!("distill_teacher__{pair}.safetensors"));
         let batch = reference.batch();
         let objective = objective(7);
         let teacher_outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
-        let mut student = student(pair, &reference);
+        let mut student = student::<Cpu>(pair, &reference);
         let mut optimizer = AdamWConfig::new()
             .with_beta_1(0.9)
             .with_beta_2(0.999)
             .with_epsilon(1e-8)
             .with_weight_decay(0.01)
-            .init::<Train, Student<Train>>();
+            .init::<Autodiff<Cpu>, Student<Autodiff<Cpu>>>();
         let expected = reference.f32("adamw_losses");
         for (step, expected_loss) in expected.iter().enumerate() {
             let (grads, losses) =
@@ -356,3 +353,9 @@ fn three_adamw_steps_follow_the_reference_trajectory() {
         assert!(error < 1e-4, "{pair} final q_proj bias: {error}");
     }
 }
+
+qwen2::on_every_cpu_backend!(
+    losses_and_gradients_equal_the_reference_for_every_chunking,
+    every_divergence_matches_its_formula_per_token,
+    three_adamw_steps_follow_the_reference_trajectory,
+);

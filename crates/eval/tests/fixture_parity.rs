@@ -3,12 +3,13 @@
 
 mod common;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{fixtures, Reference, B};
+use common::{fixtures, Reference};
 use eval::quality::score_batch;
 use qwen2::{load_model, AttentionMask, Model};
 
-fn load(name: &str) -> Model<B> {
+fn load<B: Backend>(name: &str) -> Model<B> {
     load_model::<B>(&fixtures().join(name), &Default::default())
         .unwrap()
         .0
@@ -24,13 +25,12 @@ fn batch() -> (Vec<Vec<u32>>, AttentionMask) {
     (reference.input_ids(), reference.mask())
 }
 
-#[test]
-fn loss_and_perplexity_equal_transformers_for_every_fixture_model_and_chunking() {
+fn loss_and_perplexity_equal_transformers_for_every_fixture_model_and_chunking<B: Backend>() {
     let (ids, mask) = batch();
     for name in ["teacher", "student", "student_h32"] {
         let reference = Reference::open(fixtures().join(name).join("reference.safetensors"));
         let expected = reference.scalar("loss");
-        let model = load(name);
+        let model = load::<B>(name);
         // 3: many windows; 16: a window ends on the last label (T - 1); 64: one window.
         for chunk in [3, 16, 64] {
             let sums = score_batch(&model, None, &ids, &mask, chunk, 1.0);
@@ -47,15 +47,14 @@ fn loss_and_perplexity_equal_transformers_for_every_fixture_model_and_chunking()
     }
 }
 
-#[test]
-fn kl_at_the_distillation_temperature_equals_the_fixture_soft_loss() {
+fn kl_at_the_distillation_temperature_equals_the_fixture_soft_loss<B: Backend>() {
     let (ids, mask) = batch();
-    let teacher = load("teacher");
+    let teacher = load::<B>("teacher");
     for student_name in ["student", "student_h32"] {
         let reference = Reference::open(
             fixtures().join(format!("distill_teacher__{student_name}.safetensors")),
         );
-        let student = load(student_name);
+        let student = load::<B>(student_name);
         // The fixture's soft loss is T^2 x the token-mean KL at T = 2 over all real positions.
         let sums = score_batch(&student, Some(&teacher), &ids, &mask, 5, 2.0);
         assert_eq!(sums.compared_positions, 17 + 12);
@@ -68,7 +67,11 @@ fn kl_at_the_distillation_temperature_equals_the_fixture_soft_loss() {
 }
 
 /// Full logits on the host, `[B][T][V]`.
-fn host_logits(model: &Model<B>, ids: &[Vec<u32>], mask: &AttentionMask) -> Vec<Vec<Vec<f64>>> {
+fn host_logits<B: Backend>(
+    model: &Model<B>,
+    ids: &[Vec<u32>],
+    mask: &AttentionMask,
+) -> Vec<Vec<Vec<f64>>> {
     let values: Vec<i64> = ids.iter().flatten().map(|&v| v as i64).collect();
     let input = Tensor::<B, 2, Int>::from_data(
         TensorData::new(values, [ids.len(), ids[0].len()]),
@@ -102,11 +105,10 @@ fn argmax(values: &[f64]) -> usize {
     (0..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best })
 }
 
-#[test]
-fn kl_and_top1_agreement_at_temperature_one_equal_a_direct_computation() {
+fn kl_and_top1_agreement_at_temperature_one_equal_a_direct_computation<B: Backend>() {
     let (ids, mask) = batch();
-    let teacher = load("teacher");
-    let student = load("student");
+    let teacher = load::<B>("teacher");
+    let student = load::<B>("student");
     let sums = score_batch(&student, Some(&teacher), &ids, &mask, 4, 1.0);
 
     let student_logits = host_logits(&student, &ids, &mask);
@@ -147,3 +149,9 @@ fn kl_and_top1_agreement_at_temperature_one_equal_a_direct_computation() {
     assert!(itself.mean_kl().unwrap().abs() < 1e-6);
     assert_eq!(itself.top1_agreement(), Some(1.0));
 }
+
+qwen2::on_every_cpu_backend!(
+    loss_and_perplexity_equal_transformers_for_every_fixture_model_and_chunking,
+    kl_at_the_distillation_temperature_equals_the_fixture_soft_loss,
+    kl_and_top1_agreement_at_temperature_one_equal_a_direct_computation,
+);

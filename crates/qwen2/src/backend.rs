@@ -59,6 +59,20 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// Runs each generic test `fn name<B: Backend>()` on every CPU backend, as `flex::name` and
+/// `ndarray::name`: parity, fixture and determinism tests must hold on each backend shipped.
+#[macro_export]
+macro_rules! on_every_cpu_backend {
+    ($($test:ident),* $(,)?) => {
+        mod flex {
+            $( #[test] fn $test() { super::$test::<$crate::backend::FlexCpu>() } )*
+        }
+        mod ndarray {
+            $( #[test] fn $test() { super::$test::<$crate::backend::NdArrayCpu>() } )*
+        }
+    };
+}
+
 /// Work that runs on whichever backend is chosen.
 pub trait BackendTask {
     type Output;

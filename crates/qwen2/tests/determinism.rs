@@ -1,5 +1,4 @@
 //! The same input through the same model twice gives the same numbers.
-#[macro_use]
 mod common;
 use burn::tensor::backend::Backend;
 use common::*;
@@ -30,4 +29,4 @@ fn forward_is_deterministic_state_by_state<B: Backend>() {
     }
 }
 
-on_every_cpu_backend!(forward_is_deterministic_state_by_state);
+qwen2::on_every_cpu_backend!(forward_is_deterministic_state_by_state);

@@ -3,7 +3,6 @@
 //! Tolerances are the fixture README's: logits and hidden states 1e-4 absolute, losses 1e-5
 //! relative, greedy tokens exact.
 
-#[macro_use]
 mod common;
 
 use burn::tensor::backend::Backend;
@@ -166,7 +165,7 @@ fn generation_stops_at_eos<B: Backend>() {
     assert!(generation.stopped_at_eos);
 }
 
-on_every_cpu_backend!(
+qwen2::on_every_cpu_backend!(
     logits_and_hidden_states_equal_transformers,
     right_padded_row_equals_its_unpadded_run,
     cross_entropy_equals_transformers_loss,

@@ -11,20 +11,6 @@ use qwen2::AttentionMask;
 /// The backend of tests that run on the default CPU backend only.
 pub type B = Cpu;
 
-/// Runs each generic test `fn name<B: Backend>()` on every CPU backend, as `flex::name` and
-/// `ndarray::name`: parity and determinism must hold on each backend the toolkit ships.
-#[allow(unused_macros)]
-macro_rules! on_every_cpu_backend {
-    ($($test:ident),* $(,)?) => {
-        mod flex {
-            $( #[test] fn $test() { super::$test::<qwen2::backend::FlexCpu>() } )*
-        }
-        mod ndarray {
-            $( #[test] fn $test() { super::$test::<qwen2::backend::NdArrayCpu>() } )*
-        }
-    };
-}
-
 /// `tests/fixtures/qwen2-parity` at the workspace root (a copy of shared/fixtures).
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2-parity")

@@ -1,0 +1,187 @@
+//! The memory a distillation run needs, estimated from its shapes before anything is loaded,
+//! part by part, and compared with the memory the machine has, so a run that cannot fit stops
+//! at once instead of meeting the OOM killer hours later.
+//!
+//! Model weights, gradients and AdamW's moments are exact (4 bytes per f32 element). The
+//! activations autodiff keeps for the backward pass and the vocabulary-sized transients are
+//! per-token coefficients, counted from what the model's forward pass saves (see
+//! `ACTIVATION_FLOATS_PER_TOKEN_LAYER`) and checked against measured peaks (README, "what to
+//! expect"; `cargo xtask bench distill-step` prints the plan beside the measured peak).
+
+use qwen2::Qwen2Config;
+use serde::Serialize;
+
+const F32: u64 = 4;
+
+/// One line of the plan.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MemoryPart {
+    pub name: &'static str,
+    pub bytes: u64,
+}
+
+/// What a run will hold at its peak (the end of the backward pass, with the optimizer's state
+/// and every gradient alive), part by part.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MemoryPlan {
+    pub parts: Vec<MemoryPart>,
+}
+
+/// The shapes a plan is made from.
+#[derive(Debug, Clone)]
+pub struct RunShape<'a> {
+    pub student: &'a Qwen2Config,
+    /// `None` when the teacher's outputs come from the offline cache.
+    pub teacher: Option<&'a Qwen2Config>,
+    /// Cached top-k logits per position when training from the cache.
+    pub cache_top_k: usize,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Positions per chunk of the vocabulary-sized loss computation.
+    pub chunk_positions: usize,
+    /// What the process holds before any model is loaded (its current RSS).
+    pub baseline_bytes: u64,
+}
+
+/// Floats autodiff keeps per token per decoder layer: the MLP's gate, SiLU, up and product
+/// (about 5 x intermediate), the attention probabilities (heads x keys) and a few hidden-width
+/// tensors (norm inputs, q/k/v/o, the residual stream; about 4 x hidden). Calibrated on
+/// Qwen2.5-0.5B shapes at 128, 256 and 512 tokens (README, "what to expect").
+fn activation_floats_per_token_layer(config: &Qwen2Config, keys: usize) -> u64 {
+    let h = config.hidden_size as u64;
+    let i = config.intermediate_size as u64;
+    let heads = config.num_attention_heads as u64;
+    4 * h + 5 * i + heads * keys as u64
+}
+
+/// Vocabulary-sized tensors alive at once per position of a loss chunk (the student's logits
+/// and their gradient; the rest are freed as the chunk's loss is formed).
+const VOCAB_TRANSIENTS: u64 = 2;
+
+/// Embedding-sized tensors alive at once at the end of the backward pass, beside the
+/// gradients: the embedding lookup's and the lm_head's contributions to the tied matrix's
+/// gradient before they are summed.
+const EMBEDDING_TRANSIENTS: u64 = 2;
+
+impl MemoryPlan {
+    pub fn estimate(shape: &RunShape) -> Self {
+        let student = shape.student;
+        let student_params = student.num_parameters() as u64;
+        let tokens = (shape.batch * shape.seq_len) as u64;
+        let vocab = student.vocab_size as u64;
+        let mut parts = vec![
+            MemoryPart {
+                name: "student weights (f32)",
+                bytes: student_params * F32,
+            },
+            MemoryPart {
+                name: "student gradients (f32)",
+                bytes: student_params * F32,
+            },
+            MemoryPart {
+                name: "AdamW moments (2 x f32)",
+                bytes: 2 * student_params * F32,
+            },
+        ];
+        match shape.teacher {
+            Some(teacher) => {
+                parts.push(MemoryPart {
+                    name: "teacher weights (f32)",
+                    bytes: teacher.num_parameters() as u64 * F32,
+                });
+                parts.push(MemoryPart {
+                    name: "teacher logits of a micro-batch",
+                    bytes: tokens * teacher.vocab_size as u64 * F32,
+                });
+            }
+            None => parts.push(MemoryPart {
+                name: "cached teacher rows of a micro-batch",
+                bytes: tokens * (shape.cache_top_k as u64 * 2 + 1) * F32,
+            }),
+        }
+        parts.push(MemoryPart {
+            name: "student activations kept for backward",
+            bytes: tokens
+                * student.num_hidden_layers as u64
+                * activation_floats_per_token_layer(student, shape.seq_len)
+                * F32,
+        });
+        let chunk = shape.chunk_positions.min(shape.seq_len).max(1) as u64 * shape.batch as u64;
+        parts.push(MemoryPart {
+            name: "loss chunk (vocabulary-sized transients)",
+            bytes: chunk.min(tokens) * vocab * VOCAB_TRANSIENTS * F32,
+        });
+        parts.push(MemoryPart {
+            name: "embedding-sized gradient transients",
+            bytes: EMBEDDING_TRANSIENTS * vocab * student.hidden_size as u64 * F32,
+        });
+        parts.push(MemoryPart {
+            name: "this process before loading",
+            bytes: shape.baseline_bytes,
+        });
+        Self { parts }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.parts.iter().map(|part| part.bytes).sum()
+    }
+
+    /// The plan as an aligned table, largest parts first, with the total.
+    pub fn table(&self) -> String {
+        let mut parts = self.parts.clone();
+        parts.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        let mut text = String::new();
+        for part in &parts {
+            text.push_str(&format!("  {:<42} {:>10}\n", part.name, gib(part.bytes)));
+        }
+        text.push_str(&format!("  {:<42} {:>10}\n", "total", gib(self.total())));
+        text
+    }
+}
+
+/// The machine's memory from /proc/meminfo: (total, available now), in bytes.
+pub fn machine_memory() -> Option<(u64, u64)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|line| line.starts_with(name))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_sixteen_bytes_per_student_parameter_and_the_cache_drops_the_teacher() {
+        let student = Qwen2Config::preset("qwen2.5-0.5b").unwrap();
+        let live = MemoryPlan::estimate(&RunShape {
+            student: &student,
+            teacher: Some(&student),
+            cache_top_k: 64,
+            batch: 1,
+            seq_len: 256,
+            chunk_positions: 256,
+            baseline_bytes: 0,
+        });
+        let states: u64 = live.parts[..3].iter().map(|p| p.bytes).sum();
+        assert_eq!(states, 16 * student.num_parameters() as u64);
+        let cached = MemoryPlan::estimate(&RunShape {
+            student: &student,
+            teacher: None,
+            cache_top_k: 64,
+            batch: 1,
+            seq_len: 256,
+            chunk_positions: 256,
+            baseline_bytes: 0,
+        });
+        assert!(live.total() - cached.total() >= 4 * student.num_parameters() as u64);
+        assert!(live.table().contains("total"));
+    }
+}
