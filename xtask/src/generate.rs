@@ -15,8 +15,9 @@ use qwen2::{load_model, GenerationConfig};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model directory in the Hugging Face layout (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
+    /// Model directory in the Hugging Face layout (config.json, model.safetensors, tokenizer.json),
+    /// or a repo id in the Hugging Face cache (ORG/NAME[@REVISION]).
+    #[arg(long, value_parser = hub::resolve_model_dir)]
     model: PathBuf,
     /// The prompt.
     #[arg(long)]

@@ -58,6 +58,15 @@ pub struct DownloadRequest {
     pub include: Vec<String>,
 }
 
+impl DownloadRequest {
+    /// Whether the request means the Hugging Face cache rather than a folder: its `local_dir`
+    /// is the repo id itself (what `cargo xtask download` without `--local-dir` sends, and a
+    /// recipe's `local_dir = "Qwen/Qwen2.5-1.5B"`) and no such folder exists.
+    pub fn names_the_cache(&self) -> bool {
+        self.local_dir == std::path::Path::new(&self.repo.repo) && !self.local_dir.is_dir()
+    }
+}
+
 /// What a download did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadReport {
