@@ -243,14 +243,17 @@ fn download_without_local_dir_fills_the_cache_as_huggingface_hub_does() {
     let hub = TestHub::start();
     serve(&hub);
     let dir = tempfile::tempdir().unwrap();
-    let cache = HfCache::new(dir.path());
+    // HUB_TEST_KEEP_CACHE=DIR keeps the cache for tests/python/hf_cache_layout.py to check.
+    let kept = std::env::var_os("HUB_TEST_KEEP_CACHE").map(PathBuf::from);
+    let dir_path = kept.as_deref().unwrap_or(dir.path());
+    let cache = HfCache::new(dir_path);
     let downloader = Downloader::new(options(&hub)).unwrap();
 
     let report = downloader
         .download_to_cache(&cache, &main_ref(), &[])
         .unwrap();
 
-    let repo_dir = dir.path().join("models--Qwen--Qwen2.5-0.5B-Instruct");
+    let repo_dir = dir_path.join("models--Qwen--Qwen2.5-0.5B-Instruct");
     let snapshot = repo_dir.join("snapshots").join(MAIN);
     assert_eq!(report.location, snapshot);
     assert_eq!(report.commit.as_deref(), Some(MAIN));
