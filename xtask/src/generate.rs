@@ -38,7 +38,7 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Wrap the prompt in the model's chat template (tokenizer_config.json).
+    /// Wrap the prompt in the model's chat template (chat_template.jinja, else tokenizer_config.json).
     #[arg(long)]
     chat: bool,
     #[arg(long, default_value = "ndarray")]

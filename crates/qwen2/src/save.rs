@@ -12,9 +12,12 @@ use crate::model::Model;
 use crate::safetensors::{write_safetensors, Dtype, TensorToWrite};
 
 /// The files besides the weights that make a directory loadable by tokenizers and transformers.
-pub const TOKENIZER_FILES: [&str; 6] = [
+/// `chat_template.jinja` is where transformers 5 keeps the chat template; a source that has
+/// one has no `chat_template` in tokenizer_config.json, so the student must keep the file.
+pub const TOKENIZER_FILES: [&str; 7] = [
     "tokenizer.json",
     "tokenizer_config.json",
+    crate::tokenizer::CHAT_TEMPLATE_FILE,
     "special_tokens_map.json",
     "vocab.json",
     "merges.txt",
