@@ -17,7 +17,7 @@ use crate::manifest::{
 };
 use crate::pack::{BlockPacker, PackStats};
 use crate::shards::{ShardLayout, ShardWriter};
-use crate::tokenize::{sha256_file, ModelTokenizer};
+use crate::tokenize::ModelTokenizer;
 use crate::wikitext::{
     discover_sources, ArticleSplitter, DocumentPiece, LineReader, SourceFile,
     DEFAULT_MAX_PIECE_BYTES,
@@ -122,7 +122,7 @@ pub fn preprocess(options: &PreprocessOptions) -> Result<PreprocessOutcome> {
             split: source.split.clone(),
             format: source.format,
             bytes,
-            sha256: sha256_file(&source.path)?,
+            sha256: fsio::sha256_file(&source.path)?,
         });
     }
     let fingerprint = BuildFingerprint {
@@ -368,8 +368,7 @@ impl StagingDir {
     /// Writes the manifest (last, so its presence means "complete") and swaps the directory in.
     fn commit(mut self, manifest: &Manifest) -> Result<()> {
         let manifest_path = Manifest::path_in(&self.path);
-        write_synced(&manifest_path, manifest.to_json().as_bytes())?;
-        sync_dir(&self.path);
+        fsio::write_atomic(&manifest_path, manifest.to_json().as_bytes())?;
         let out = &self.out_dir;
         // rename() cannot replace a non-empty directory: move the old one aside first. Between
         // the two renames the output is absent, never half-written.
@@ -380,13 +379,10 @@ impl StagingDir {
         ));
         let had_old = out.exists();
         if had_old {
-            std::fs::rename(out, &old).map_err(|err| PreprocessError::io(out, err))?;
+            fsio::commit(out, &old)?;
         }
-        std::fs::rename(&self.path, out).map_err(|err| PreprocessError::io(out, err))?;
+        fsio::commit(&self.path, out)?;
         self.committed = true;
-        if let Some(parent) = out.parent() {
-            sync_dir(parent);
-        }
         if had_old {
             std::fs::remove_dir_all(&old).map_err(|err| PreprocessError::io(&old, err))?;
         }
@@ -400,21 +396,5 @@ impl Drop for StagingDir {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.path);
         }
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).map_err(|err| PreprocessError::io(path, err))?;
-    file.write_all(bytes)
-        .map_err(|err| PreprocessError::io(path, err))?;
-    file.sync_all()
-        .map_err(|err| PreprocessError::io(path, err))
-}
-
-/// Best effort: makes renames inside `dir` durable (not supported on every platform).
-fn sync_dir(dir: &Path) {
-    if let Ok(handle) = std::fs::File::open(dir) {
-        let _ = handle.sync_all();
     }
 }

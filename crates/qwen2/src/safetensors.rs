@@ -308,7 +308,7 @@ pub struct TensorToWrite<'a> {
     pub values: Box<dyn FnOnce() -> Vec<f32> + 'a>,
 }
 
-/// Writes a safetensors file at `path` (through a temporary file renamed at the end), storing
+/// Writes a safetensors file at `path` (whole or not at all, durably, through `fsio`), storing
 /// every tensor as `dtype`. Tensors are written in name order, as the Python library does.
 pub fn write_safetensors(
     path: &Path,
@@ -316,10 +316,6 @@ pub fn write_safetensors(
     dtype: Dtype,
 ) -> Result<()> {
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    let io_error = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
@@ -341,41 +337,37 @@ pub fn write_safetensors(
         header_bytes.push(b' ');
     }
 
-    let temporary = path.with_extension("safetensors.tmp");
-    let file = File::create(&temporary).map_err(io_error)?;
-    let mut writer = BufWriter::with_capacity(8 << 20, file);
-    writer
-        .write_all(&(header_bytes.len() as u64).to_le_bytes())
-        .and_then(|_| writer.write_all(&header_bytes))
-        .map_err(io_error)?;
-    for tensor in tensors {
-        let expected = tensor.shape.iter().product::<usize>();
-        let values = (tensor.values)();
-        assert_eq!(
-            values.len(),
-            expected,
-            "tensor {} has the wrong number of values",
-            tensor.name
-        );
-        let mut buffer = Vec::with_capacity(values.len().min(1 << 20) * dtype.size());
-        for chunk in values.chunks(1 << 20) {
-            buffer.clear();
-            match dtype {
-                Dtype::F32 => chunk
-                    .iter()
-                    .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes())),
-                Dtype::BF16 => chunk.iter().for_each(|v| {
-                    buffer.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
-                }),
-                Dtype::F16 => chunk
-                    .iter()
-                    .for_each(|v| buffer.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+    fsio::write_atomic_with(path, |file| {
+        let mut writer = BufWriter::with_capacity(8 << 20, file);
+        writer.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
+        writer.write_all(&header_bytes)?;
+        for tensor in tensors {
+            let expected = tensor.shape.iter().product::<usize>();
+            let values = (tensor.values)();
+            assert_eq!(
+                values.len(),
+                expected,
+                "tensor {} has the wrong number of values",
+                tensor.name
+            );
+            let mut buffer = Vec::with_capacity(values.len().min(1 << 20) * dtype.size());
+            for chunk in values.chunks(1 << 20) {
+                buffer.clear();
+                match dtype {
+                    Dtype::F32 => chunk
+                        .iter()
+                        .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes())),
+                    Dtype::BF16 => chunk.iter().for_each(|v| {
+                        buffer.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                    }),
+                    Dtype::F16 => chunk.iter().for_each(|v| {
+                        buffer.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())
+                    }),
+                }
+                writer.write_all(&buffer)?;
             }
-            writer.write_all(&buffer).map_err(io_error)?;
         }
-    }
-    let file = writer.into_inner().map_err(|e| io_error(e.into_error()))?;
-    file.sync_all().map_err(io_error)?;
-    std::fs::rename(&temporary, path).map_err(io_error)?;
+        writer.flush()
+    })?;
     Ok(())
 }
