@@ -15,7 +15,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::thread;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::{ByteProgress, Output};
 
 use crate::client::{HubClient, RequestError};
 use crate::destination::Destination;
@@ -250,36 +250,25 @@ impl FileFetcher<'_> {
         Ok(hasher.finish())
     }
 
-    fn progress_bar(&self, path: &str, size: Option<u64>, position: u64) -> ProgressBar {
-        if !self.show_progress {
-            return ProgressBar::hidden();
-        }
-        let bar = match size {
-            Some(size) => ProgressBar::new(size),
-            None => ProgressBar::no_length(),
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
+    /// A bar per file on a terminal; lines with bytes, rate and ETA in a log.
+    fn progress_bar(&self, path: &str, size: Option<u64>, position: u64) -> ByteProgress {
+        let output = Output::stderr(
+            self.show_progress,
+            "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
         );
-        bar.set_message(path.to_string());
-        bar.set_position(position);
-        bar
+        ByteProgress::new(output, path, size, position)
     }
 }
 
 /// Finishes (or abandons, keeping its position) a bar and moves below it, so whatever is
 /// printed next starts on a fresh line instead of after the bar.
-fn leave_bar(progress: &ProgressBar, finished: bool) {
+fn leave_bar(progress: &ByteProgress, finished: bool) {
     if finished {
         progress.finish();
     } else {
         progress.abandon();
     }
-    if !progress.is_hidden() {
+    if progress.is_bar() {
         eprintln!();
     }
 }

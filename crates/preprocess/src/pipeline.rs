@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::{ByteProgress, Output};
 
 use crate::errors::{PreprocessError, Result};
 use crate::manifest::{
@@ -168,7 +168,7 @@ pub fn preprocess(options: &PreprocessOptions) -> Result<PreprocessOutcome> {
         let mut writer = ShardWriter::new(staging.path(), split, layout);
         let mut packer = BlockPacker::new(layout.seq_len, tokenizer.eos_id, tokenizer.pad_id);
         for source in split_sources {
-            bar.set_message(source.path.display().to_string());
+            bar.set_message(&source.path.display().to_string());
             tokenize_source(
                 source,
                 &tokenizer,
@@ -244,7 +244,7 @@ fn tokenize_source(
     options: &PreprocessOptions,
     packer: &mut BlockPacker,
     writer: &mut ShardWriter,
-    bar: &ProgressBar,
+    bar: &ByteProgress,
     bytes_before: u64,
 ) -> Result<()> {
     let lines = LineReader::open(source)?;
@@ -278,15 +278,14 @@ fn tokenize_source(
     }
 }
 
-fn progress_bar(show: bool, total_bytes: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total_bytes);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}")
-            .expect("valid template"),
+/// A bar on a terminal; lines with bytes, rate and ETA when stderr is a log.
+fn progress_bar(show: bool, total_bytes: u64) -> ByteProgress {
+    let output = Output::stderr(
+        show,
+        "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} \
+         {binary_bytes_per_sec} {msg}",
     );
+    let bar = ByteProgress::new(output, "tokenizing", Some(total_bytes), 0);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
