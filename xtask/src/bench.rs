@@ -38,7 +38,7 @@ pub fn run(bench: Bench) -> Result<()> {
 #[derive(ClapArgs, Debug)]
 pub struct InferArgs {
     /// A checkpoint directory (its load time and loading memory are measured too).
-    #[arg(long, conflicts_with = "shape")]
+    #[arg(long, conflicts_with = "shape", value_parser = hub::resolve_model_dir)]
     model: Option<PathBuf>,
     /// Random weights of a published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
     #[arg(long)]

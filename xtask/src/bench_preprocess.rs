@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(
         long,
         value_name = "MODEL_DIR",
-        default_value = "data/hub-files/deepseek-r1-distill-qwen-1.5b"
+        default_value = "data/hub-files/deepseek-r1-distill-qwen-1.5b",
+        value_parser = hub::resolve_model_dir
     )]
     tokenizer: PathBuf,
 

@@ -45,7 +45,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let recipe = Recipe::load(&args.config, &args.overrides)?;
+    let mut recipe = Recipe::load(&args.config, &args.overrides)?;
+    // A local_dir that is not a folder but a repo id cached by Python tools or `cargo xtask
+    // download` (e.g. "Qwen/Qwen2.5-1.5B") is that snapshot. Anything else stays as written:
+    // a teacher folder may be absent on purpose when the teacher cache covers it.
+    for model in [&mut recipe.teacher, &mut recipe.student] {
+        let written = model.local_dir.to_string_lossy().into_owned();
+        if let Ok(snapshot) = hub::resolve_model_dir_at(&written, model.revision.as_deref()) {
+            model.local_dir = snapshot;
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = stop.clone();
     ctrlc::set_handler(move || {

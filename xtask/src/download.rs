@@ -1,11 +1,14 @@
 //! `cargo xtask download`: fetch a model or dataset repo (or everything a recipe names) from a
-//! Hugging Face hub mirror. The work is in the `hub` crate; this only reads flags.
+//! Hugging Face hub mirror, into `--local-dir` or, without it, into the Hugging Face cache as
+//! `huggingface-cli download` does. The work is in the `hub` crate; this only reads flags.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use hub::{DownloadRequest, Downloader, FileAction, HubOptions, RepoRef, RepoType};
+use hub::{
+    DownloadRequest, Downloader, FileAction, HfCache, HfEnvironment, HubOptions, RepoRef, RepoType,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,9 +16,15 @@ pub struct Args {
     #[arg(long, required_unless_present = "recipe", conflicts_with = "recipe")]
     repo: Option<String>,
 
-    /// Folder to download into; files keep their paths inside the repo.
-    #[arg(long, required_unless_present = "recipe", conflicts_with = "recipe")]
+    /// Folder to download into; files keep their paths inside the repo. Without it the files go
+    /// to the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub), where `--model ORG/NAME` and Python tools find them.
+    #[arg(long, conflicts_with = "recipe")]
     local_dir: Option<PathBuf>,
+
+    /// The Hugging Face cache folder to use instead of the environment's.
+    #[arg(long, value_name = "DIR", conflicts_with = "local_dir")]
+    cache_dir: Option<PathBuf>,
 
     /// Branch, tag or commit.
     #[arg(long, default_value = "main", conflicts_with = "recipe")]
@@ -32,12 +41,15 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
 
-    /// Access token for gated or private repos; HF_TOKEN is used when this is not given.
+    /// Access token for gated or private repos; HF_TOKEN, else the `huggingface-cli login`
+    /// token file (HF_HOME/token), is used when this is not given.
     #[arg(long)]
     token: Option<String>,
 
     /// Download the teacher, student and dataset a distillation recipe names
     /// (its [teacher], [student] and [dataset] tables: repo, local_dir, include, revision).
+    /// A local_dir that is the repo id itself (local_dir = "Qwen/Qwen2.5-1.5B") means the
+    /// Hugging Face cache.
     #[arg(long, value_name = "TOML")]
     recipe: Option<PathBuf>,
 }
@@ -49,49 +61,62 @@ enum RepoKind {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let environment = HfEnvironment::from_env()?;
     let endpoint = hub::resolve_endpoint(std::env::var("HF_ENDPOINT").ok(), args.endpoint);
-    let token = args.token.or_else(|| std::env::var("HF_TOKEN").ok());
+    let token = args.token.or_else(|| environment.token());
     let downloader = Downloader::new(HubOptions {
         token,
+        offline: environment.offline,
         ..HubOptions::new(endpoint.clone())
     })?;
+    let cache = args
+        .cache_dir
+        .map_or_else(|| environment.cache(), HfCache::new);
 
     let requests: Vec<(String, DownloadRequest)> = match &args.recipe {
         Some(recipe) => hub::load_recipe(recipe)?
             .into_iter()
             .map(|download| (download.role.to_string(), download.request))
             .collect(),
-        None => vec![(
-            "repo".to_string(),
-            DownloadRequest {
-                repo: RepoRef {
-                    repo: args.repo.expect("clap requires --repo without --recipe"),
-                    repo_type: match args.repo_type {
-                        RepoKind::Model => RepoType::Model,
-                        RepoKind::Dataset => RepoType::Dataset,
+        None => {
+            let repo = args.repo.expect("clap requires --repo without --recipe");
+            vec![(
+                "repo".to_string(),
+                DownloadRequest {
+                    // No --local-dir: the repo id as the folder, which means the cache below.
+                    local_dir: args.local_dir.unwrap_or_else(|| PathBuf::from(&repo)),
+                    repo: RepoRef {
+                        repo,
+                        repo_type: match args.repo_type {
+                            RepoKind::Model => RepoType::Model,
+                            RepoKind::Dataset => RepoType::Dataset,
+                        },
+                        revision: args.revision,
                     },
-                    revision: args.revision,
+                    include: args.include,
                 },
-                local_dir: args
-                    .local_dir
-                    .expect("clap requires --local-dir without --recipe"),
-                include: args.include,
-            },
-        )],
+            )]
+        }
     };
 
     for (role, request) in &requests {
         let repo = &request.repo;
+        let into_cache = request.names_the_cache();
+        let destination = if into_cache {
+            format!("the Hugging Face cache {}", cache.root().display())
+        } else {
+            request.local_dir.display().to_string()
+        };
         eprintln!(
-            "{role}: {} {} @ {} from {endpoint} into {}",
-            repo.repo_type,
-            repo.repo,
-            repo.revision,
-            request.local_dir.display()
+            "{role}: {} {} @ {} from {endpoint} into {destination}",
+            repo.repo_type, repo.repo, repo.revision,
         );
-        let report = downloader
-            .download(request)
-            .with_context(|| format!("downloading {} ({role})", repo.repo))?;
+        let report = if into_cache {
+            downloader.download_to_cache(&cache, repo, &request.include)
+        } else {
+            downloader.download(request)
+        }
+        .with_context(|| format!("downloading {} ({role})", repo.repo))?;
         let fetched = report.downloaded().count();
         let bytes: u64 = report.files.iter().map(|f| f.size).sum();
         let present = report
@@ -108,8 +133,16 @@ pub fn run(args: Args) -> Result<()> {
                 .as_deref()
                 .map(|c| format!(" at commit {c}"))
                 .unwrap_or_default(),
-            if report.offline { " [offline: hub unreachable]" } else { "" },
+            match (report.offline, environment.offline) {
+                (false, _) => "",
+                (true, true) => " [offline: HF_HUB_OFFLINE is set]",
+                (true, false) => " [offline: hub unreachable]",
+            },
         );
+        if into_cache {
+            // What `huggingface-cli download` prints: the snapshot folder, usable as --model.
+            println!("{}", report.location.display());
+        }
     }
     Ok(())
 }

@@ -13,7 +13,8 @@ use qwen2::load_model;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// A model directory (Hugging Face layout) to evaluate; repeat for several rows.
+    /// A model directory (Hugging Face layout) to evaluate, or a repo id in the Hugging Face
+    /// cache (ORG/NAME[@REVISION]); repeat for several rows.
     #[arg(long = "model", required = true, value_name = "DIR")]
     models: Vec<PathBuf>,
     /// Row name of each --model, in order (default: the directory's name).
@@ -99,11 +100,13 @@ pub fn run(args: Args) -> Result<()> {
                 dir.file_name()
                     .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
             });
-            (label, dir.clone())
+            Ok((label, hub::resolve_model_dir(&dir.to_string_lossy())?))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let plan = Plan {
-        teacher: args.teacher.clone(),
+        teacher: (args.teacher.as_deref())
+            .map(|teacher| hub::resolve_model_dir(&teacher.to_string_lossy()))
+            .transpose()?,
         models,
         data: args.data.clone(),
         options,

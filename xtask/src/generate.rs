@@ -15,8 +15,9 @@ use qwen2::{load_model, GenerationConfig};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model directory in the Hugging Face layout (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
+    /// Model directory in the Hugging Face layout (config.json, model.safetensors, tokenizer.json),
+    /// or a repo id in the Hugging Face cache (ORG/NAME[@REVISION]).
+    #[arg(long, value_parser = hub::resolve_model_dir)]
     model: PathBuf,
     /// The prompt.
     #[arg(long)]
@@ -37,7 +38,7 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Wrap the prompt in the model's chat template (tokenizer_config.json).
+    /// Wrap the prompt in the model's chat template (chat_template.jinja, else tokenizer_config.json).
     #[arg(long)]
     chat: bool,
     /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).

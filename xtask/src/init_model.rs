@@ -24,8 +24,8 @@ pub struct Args {
     /// On-disk dtype of model.safetensors: bf16 or f32.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Copy tokenizer files from this model directory.
-    #[arg(long)]
+    /// Copy tokenizer files from this model directory (or cached repo id).
+    #[arg(long, value_parser = hub::resolve_model_dir)]
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,

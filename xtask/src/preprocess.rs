@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(
         long,
         value_name = "MODEL_DIR",
-        required_unless_present = "check_tokenizers"
+        required_unless_present = "check_tokenizers",
+        value_parser = hub::resolve_model_dir
     )]
     tokenizer: Option<PathBuf>,
 
@@ -47,7 +48,8 @@ pub struct Args {
         long,
         num_args = 2,
         value_names = ["TEACHER_DIR", "STUDENT_DIR"],
-        conflicts_with_all = ["tokenizer", "input", "out"]
+        conflicts_with_all = ["tokenizer", "input", "out"],
+        value_parser = hub::resolve_model_dir
     )]
     check_tokenizers: Option<Vec<PathBuf>>,
 

@@ -4,7 +4,8 @@
 //! 1. bytes go to `{path}.incomplete`, appended from where a previous try stopped (`Range`);
 //! 2. once the body is complete its size and digest are checked; a mismatch deletes the
 //!    partial file (a corrupted body is never resumed from nor kept);
-//! 3. only then is it renamed to `{path}` and its record written.
+//! 3. only then is it moved into place by its [`Destination`] (renamed to `{path}` with its
+//!    record written, or to its blob in the cache with the snapshot's link).
 //!
 //! A connection cut or a 5xx keeps the partial file and retries after a backoff; the next
 //! try, or the next run, resumes from its length.
@@ -14,12 +15,12 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::thread;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::{ByteProgress, Output};
 
 use crate::client::{HubClient, RequestError};
+use crate::destination::Destination;
 use crate::disk::{available_space, is_disk_full};
 use crate::errors::HubError;
-use crate::local_dir::{mtime_ns, FileRecord, LocalDir};
 use crate::protocol::RepoRef;
 use crate::retry::RetryPolicy;
 use crate::verify::{hash_file, hash_prefix, ContentDigests, ContentHasher, ExpectedFile};
@@ -31,12 +32,10 @@ const CHUNK: usize = 256 * 1024;
 /// The shared settings of one download run.
 pub(crate) struct FileFetcher<'a> {
     pub client: &'a HubClient,
-    pub local: &'a LocalDir,
+    pub destination: &'a dyn Destination,
     pub repo: &'a RepoRef,
     pub retry: &'a RetryPolicy,
     pub show_progress: bool,
-    /// Fields shared by every file's record (repo, revision, commit).
-    pub record_template: FileRecord,
 }
 
 impl FileFetcher<'_> {
@@ -45,8 +44,16 @@ impl FileFetcher<'_> {
     pub fn fetch(&self, path: &str, listed: &ExpectedFile) -> Result<u64, HubError> {
         let head = self.with_retries(|| self.client.head_file(self.repo, path), |_| {})?;
         let expected = listed.merged_with_head(&head);
-        let partial = self.local.partial_path(path);
-        self.local.prepare_parent(&partial)?;
+        if listed.digest.is_none() {
+            // The listing gave no digest: HEAD's may name content already stored.
+            if let Some(size) = self.destination.reuse(path, &expected)? {
+                return Ok(size);
+            }
+        }
+        let partial = self.destination.partial_path(path, &expected)?;
+        if let Some(parent) = partial.parent() {
+            fs::create_dir_all(parent).map_err(|e| HubError::io("create folder", parent, e))?;
+        }
         self.with_retries(
             || self.try_once(path, &expected, &partial),
             |error| {
@@ -119,7 +126,7 @@ impl FileFetcher<'_> {
         };
 
         expected.check(path, &digests)?;
-        self.finish(path, partial, &digests)?;
+        self.destination.finish(path, partial, &digests)?;
         Ok(digests.size)
     }
 
@@ -243,51 +250,25 @@ impl FileFetcher<'_> {
         Ok(hasher.finish())
     }
 
-    /// Renames the verified partial file into place and records what was verified.
-    fn finish(&self, path: &str, partial: &Path, digests: &ContentDigests) -> Result<(), HubError> {
-        let final_path = self.local.final_path(path);
-        fs::rename(partial, &final_path).map_err(|e| HubError::io("rename", partial, e))?;
-        let mtime = fs::metadata(&final_path).ok().and_then(|m| mtime_ns(&m));
-        self.local.write_record(&FileRecord {
-            path: path.to_string(),
-            size: digests.size,
-            sha256: digests.sha256.clone(),
-            git_blob_sha1: digests.git_blob_sha1.clone(),
-            mtime_ns: mtime,
-            ..self.record_template.clone()
-        })
-    }
-
-    fn progress_bar(&self, path: &str, size: Option<u64>, position: u64) -> ProgressBar {
-        if !self.show_progress {
-            return ProgressBar::hidden();
-        }
-        let bar = match size {
-            Some(size) => ProgressBar::new(size),
-            None => ProgressBar::no_length(),
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
+    /// A bar per file on a terminal; lines with bytes, rate and ETA in a log.
+    fn progress_bar(&self, path: &str, size: Option<u64>, position: u64) -> ByteProgress {
+        let output = Output::stderr(
+            self.show_progress,
+            "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
         );
-        bar.set_message(path.to_string());
-        bar.set_position(position);
-        bar
+        ByteProgress::new(output, path, size, position)
     }
 }
 
 /// Finishes (or abandons, keeping its position) a bar and moves below it, so whatever is
 /// printed next starts on a fresh line instead of after the bar.
-fn leave_bar(progress: &ProgressBar, finished: bool) {
+fn leave_bar(progress: &ByteProgress, finished: bool) {
     if finished {
         progress.finish();
     } else {
         progress.abandon();
     }
-    if !progress.is_hidden() {
+    if progress.is_bar() {
         eprintln!();
     }
 }

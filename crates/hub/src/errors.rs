@@ -127,6 +127,46 @@ pub enum HubError {
 
     #[error("recipe {}: {reason}", .path.display())]
     Recipe { path: PathBuf, reason: String },
+
+    #[error(
+        "{arg:?} is not a directory, and the Hugging Face cache has no snapshot of {repo} at \
+         revision {revision} in {} ({reason}): fetch it with `cargo xtask download --repo \
+         {repo} --revision {revision}` (or `huggingface-cli download`), or give a model \
+         directory",
+        .repo_dir.display()
+    )]
+    NotInCache {
+        arg: String,
+        repo: String,
+        revision: String,
+        repo_dir: PathBuf,
+        reason: String,
+    },
+
+    #[error(
+        "HF_HUB_OFFLINE is set, and these requested files of {repo} are not in {}: {}; unset \
+         HF_HUB_OFFLINE to download them",
+        .location.display(),
+        .missing.join(", ")
+    )]
+    OfflineModeMissing {
+        repo: String,
+        location: PathBuf,
+        missing: Vec<String>,
+    },
+
+    #[error("cannot locate the Hugging Face cache: {reason}; set HF_HUB_CACHE or HF_HOME")]
+    NoCacheLocation { reason: String },
+}
+
+impl From<fsio::FileError> for HubError {
+    fn from(error: fsio::FileError) -> Self {
+        HubError::Io {
+            action: error.action,
+            path: error.path,
+            error: error.source,
+        }
+    }
 }
 
 impl HubError {

@@ -7,6 +7,10 @@
 //! failures are retried with exponential backoff; a corrupted body is deleted, never kept.
 //! A re-run skips verified files and works without the network when nothing is missing.
 //!
+//! Without `--local-dir` it downloads into the Hugging Face cache exactly as `huggingface_hub`
+//! does ([`HfCache`], [`Downloader::download_to_cache`]), and [`resolve_model_dir`] turns a
+//! repo id given where a model folder is expected into that cache's snapshot, offline.
+//!
 //! ```no_run
 //! use hub::{DownloadRequest, Downloader, HubOptions, RepoRef, RepoType};
 //!
@@ -24,20 +28,27 @@
 //! # Ok::<(), hub::HubError>(())
 //! ```
 
+mod cache;
 mod client;
+mod destination;
 mod disk;
 mod download;
+mod environment;
 mod errors;
 mod local_dir;
+mod model_dir;
 mod protocol;
 mod recipe;
 mod retry;
 mod snapshot;
 mod verify;
 
+pub use cache::{is_repo_id, repo_folder_name, CachedRepo, HfCache};
 pub use client::Timeouts;
+pub use environment::HfEnvironment;
 pub use errors::HubError;
 pub use local_dir::{FileRecord, INCOMPLETE_SUFFIX};
+pub use model_dir::{resolve_in_cache, resolve_model_dir, resolve_model_dir_at};
 pub use protocol::{resolve_endpoint, RepoRef, RepoType, DEFAULT_ENDPOINT};
 pub use recipe::{load_recipe, parse_recipe, RecipeDownload};
 pub use retry::RetryPolicy;

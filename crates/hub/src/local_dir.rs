@@ -11,7 +11,6 @@
 //!   re-run with the same `--include` should find.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -177,15 +176,11 @@ impl LocalDir {
         Ok(true)
     }
 
-    /// Writes through a temporary file and a rename, so a crash never leaves half a record.
+    /// Written whole or not at all, so a crash never leaves half a record.
     fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), HubError> {
         self.prepare_parent(path)?;
-        let temporary = path.with_extension(format!("json{INCOMPLETE_SUFFIX}"));
         let text = serde_json::to_vec_pretty(value).expect("records serialize");
-        fs::File::create(&temporary)
-            .and_then(|mut file| file.write_all(&text))
-            .map_err(|e| HubError::io("write", &temporary, e))?;
-        fs::rename(&temporary, path).map_err(|e| HubError::io("rename", &temporary, e))
+        fsio::write_atomic(path, &text).map_err(HubError::from)
     }
 }
 

@@ -1,18 +1,21 @@
 //! Downloading the files of one repo that match `--include`, like
 //! `huggingface-cli download --local-dir`: list, select, skip what is already verified,
 //! fetch the rest. When the hub cannot be reached, the local copy is checked against the last
-//! listing seen online, and a complete copy is enough.
+//! listing seen online, and a complete copy is enough. Or, without `--local-dir`, the same into
+//! the Hugging Face cache ([`Downloader::download_to_cache`]).
 
 use std::path::PathBuf;
 use std::thread;
 
 use glob::{MatchOptions, Pattern};
 
+use crate::cache::HfCache;
 use crate::client::{HubClient, Timeouts};
+use crate::destination::{CacheDestination, Destination, LocalDirDestination};
 use crate::disk::available_space;
 use crate::download::FileFetcher;
 use crate::errors::HubError;
-use crate::local_dir::{check_repo_path, FileRecord, LocalDir, Snapshot, SnapshotFile};
+use crate::local_dir::{check_repo_path, SnapshotFile};
 use crate::protocol::{Endpoint, RepoInfo, RepoRef};
 use crate::retry::RetryPolicy;
 use crate::verify::ExpectedFile;
@@ -28,6 +31,8 @@ pub struct HubOptions {
     pub timeouts: Timeouts,
     /// Draw a progress bar per file and print retries on stderr.
     pub show_progress: bool,
+    /// Never use the network (`HF_HUB_OFFLINE`): the local copy must already be complete.
+    pub offline: bool,
 }
 
 impl HubOptions {
@@ -38,6 +43,7 @@ impl HubOptions {
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             show_progress: true,
+            offline: false,
         }
     }
 }
@@ -52,13 +58,25 @@ pub struct DownloadRequest {
     pub include: Vec<String>,
 }
 
+impl DownloadRequest {
+    /// Whether the request means the Hugging Face cache rather than a folder: its `local_dir`
+    /// is the repo id itself (what `cargo xtask download` without `--local-dir` sends, and a
+    /// recipe's `local_dir = "Qwen/Qwen2.5-1.5B"`) and no such folder exists.
+    pub fn names_the_cache(&self) -> bool {
+        self.local_dir == std::path::Path::new(&self.repo.repo) && !self.local_dir.is_dir()
+    }
+}
+
 /// What a download did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadReport {
     /// The commit the revision resolved to, when known.
     pub commit: Option<String>,
-    /// `true` when the hub was unreachable and the local copy was found complete.
+    /// `true` when the hub was unreachable (or `offline` was asked) and the local copy was
+    /// found complete.
     pub offline: bool,
+    /// Where the files are: the local folder, or the snapshot folder in the cache.
+    pub location: PathBuf,
     pub files: Vec<FileReport>,
 }
 
@@ -99,18 +117,37 @@ impl Downloader {
 
     /// Makes `request.local_dir` hold every requested file, complete and verified.
     pub fn download(&self, request: &DownloadRequest) -> Result<DownloadReport, HubError> {
-        let patterns = compile_patterns(&request.include)?;
-        let local = LocalDir::new(&request.local_dir);
-        let info = match self.repo_info_or_offline(request, &local, &patterns)? {
+        let wanted = Wanted::new(&request.repo, &request.include)?;
+        let mut destination = LocalDirDestination::new(&request.local_dir, &request.repo);
+        self.download_into(&wanted, &mut destination)
+    }
+
+    /// Downloads into the Hugging Face cache as `huggingface-cli download` does (without
+    /// `--local-dir`); the report's `location` is the snapshot folder.
+    pub fn download_to_cache(
+        &self,
+        cache: &HfCache,
+        repo: &RepoRef,
+        include: &[String],
+    ) -> Result<DownloadReport, HubError> {
+        let wanted = Wanted::new(repo, include)?;
+        let mut destination =
+            CacheDestination::new(cache.repo(&repo.repo, repo.repo_type), &repo.revision);
+        self.download_into(&wanted, &mut destination)
+    }
+
+    fn download_into(
+        &self,
+        wanted: &Wanted,
+        destination: &mut dyn Destination,
+    ) -> Result<DownloadReport, HubError> {
+        let info = match self.repo_info_or_offline(wanted, destination)? {
             Online(info) => info,
             Offline(report) => return Ok(report),
         };
-
-        let listing_url = self
-            .client
-            .endpoint()
-            .repo_info_url(&request.repo)
-            .to_string();
+        let repo = wanted.repo;
+        let endpoint = self.client.endpoint();
+        let listing_url = endpoint.repo_info_url(repo).to_string();
         let listed: Vec<SnapshotFile> = info
             .siblings
             .iter()
@@ -122,42 +159,29 @@ impl Downloader {
                 })
             })
             .collect::<Result<_, HubError>>()?;
-        let selected = select(request, &listed, &patterns)?;
+        let selected = wanted.select(&listed)?;
+        destination.start(endpoint, info.sha.as_deref(), &listed)?;
 
-        let repo = &request.repo;
-        local.write_snapshot(&Snapshot {
-            repo: repo.repo.clone(),
-            repo_type: repo.repo_type.to_string(),
-            revision: repo.revision.clone(),
-            commit: info.sha.clone(),
-            files: listed.clone(),
-        })?;
-
-        let template = record_template(repo, info.sha.clone());
         let mut reports = Vec::new();
         let mut to_fetch = Vec::new();
         for file in selected {
-            if local.is_verified(&file.path, &file.expected, &template)? {
-                reports.push(FileReport {
+            match destination.reuse(&file.path, &file.expected)? {
+                Some(size) => reports.push(FileReport {
                     path: file.path.clone(),
-                    size: std::fs::metadata(local.final_path(&file.path))
-                        .map(|m| m.len())
-                        .unwrap_or_default(),
+                    size,
                     action: FileAction::AlreadyPresent,
-                });
-            } else {
-                to_fetch.push(file);
+                }),
+                None => to_fetch.push(file),
             }
         }
-        check_free_space(&local, &to_fetch)?;
+        check_free_space(&*destination, &to_fetch)?;
 
         let fetcher = FileFetcher {
             client: &self.client,
-            local: &local,
+            destination: &*destination,
             repo,
             retry: &self.options.retry,
             show_progress: self.options.show_progress,
-            record_template: template,
         };
         for file in to_fetch {
             let size = fetcher.fetch(&file.path, &file.expected)?;
@@ -167,9 +191,11 @@ impl Downloader {
                 action: FileAction::Downloaded,
             });
         }
+        destination.complete()?;
         Ok(DownloadReport {
             commit: info.sha,
             offline: false,
+            location: destination.location(),
             files: reports,
         })
     }
@@ -177,38 +203,56 @@ impl Downloader {
     /// Fetches the listing, retrying transient failures. While the hub is unreachable, a
     /// local copy that is already complete is accepted at once rather than after the
     /// backoff; an incomplete one turns the last failure into an [`HubError::Offline`]
-    /// that lists what is missing.
+    /// that lists what is missing. With `offline` set the hub is not asked at all.
     fn repo_info_or_offline(
         &self,
-        request: &DownloadRequest,
-        local: &LocalDir,
-        patterns: &[Pattern],
+        wanted: &Wanted,
+        destination: &dyn Destination,
     ) -> Result<ListingOrReport, HubError> {
+        let offline_report = |(commit, files)| {
+            Offline(DownloadReport {
+                commit,
+                offline: true,
+                location: destination.location(),
+                files,
+            })
+        };
+        if self.options.offline {
+            return destination
+                .offline_copy(wanted)
+                .map(offline_report)
+                .map_err(|missing| HubError::OfflineModeMissing {
+                    repo: wanted.repo.repo.clone(),
+                    location: destination.location(),
+                    missing,
+                });
+        }
         let retry = &self.options.retry;
         let mut attempt = 1;
         loop {
-            let error = match self.client.repo_info(&request.repo) {
+            let error = match self.client.repo_info(wanted.repo) {
                 Ok(info) => return Ok(Online(info)),
                 Err(error) => error,
             };
             let offline = error
                 .is_unreachable()
-                .then(|| verify_offline(request, local, patterns));
+                .then(|| destination.offline_copy(wanted));
             match offline {
-                Some(Ok(report)) => {
+                Some(Ok(copy)) => {
+                    let report = offline_report(copy);
                     if self.options.show_progress {
                         eprintln!(
                             "{} unreachable ({error}); using the verified local copy in {}",
                             self.client.endpoint().as_str(),
-                            local.root().display()
+                            destination.location().display()
                         );
                     }
-                    return Ok(Offline(report));
+                    return Ok(report);
                 }
                 Some(Err(missing)) if !retry.may_retry(attempt) => {
                     return Err(HubError::Offline {
                         endpoint: self.client.endpoint().as_str().to_string(),
-                        local_dir: local.root().to_path_buf(),
+                        local_dir: destination.location(),
                         missing,
                         source: Box::new(error),
                     })
@@ -232,64 +276,63 @@ enum ListingOrReport {
 }
 use ListingOrReport::{Offline, Online};
 
-/// Checks the local copy against the last listing seen online. `Err` lists what is
-/// missing or no longer verifies.
-fn verify_offline(
-    request: &DownloadRequest,
-    local: &LocalDir,
-    patterns: &[Pattern],
-) -> Result<DownloadReport, Vec<String>> {
-    let repo = &request.repo;
-    let snapshot = local.read_snapshot().filter(|s| {
-        s.repo == repo.repo
-            && s.repo_type == repo.repo_type.to_string()
-            && s.revision == repo.revision
-    });
-    let Some(snapshot) = snapshot else {
-        return Err(vec![format!(
-            "all of {}@{} (no earlier download of it is recorded there)",
-            repo.repo, repo.revision
-        )]);
-    };
-    let selected = select(request, &snapshot.files, patterns).map_err(|e| vec![e.to_string()])?;
-    let template = record_template(repo, snapshot.commit.clone());
-    let mut files = Vec::new();
-    let mut missing = Vec::new();
-    for file in selected {
-        match local.is_verified(&file.path, &file.expected, &template) {
-            Ok(true) => files.push(FileReport {
-                path: file.path.clone(),
-                size: std::fs::metadata(local.final_path(&file.path))
-                    .map(|m| m.len())
-                    .unwrap_or_default(),
-                action: FileAction::AlreadyPresent,
-            }),
-            Ok(false) => missing.push(file.path.clone()),
-            Err(error) => missing.push(format!("{} ({error})", file.path)),
-        }
-    }
-    if missing.is_empty() {
-        Ok(DownloadReport {
-            commit: snapshot.commit,
-            offline: true,
-            files,
-        })
-    } else {
-        Err(missing)
-    }
+/// Which files of which repo a download wants: the `--include` globs, compiled.
+pub(crate) struct Wanted<'a> {
+    pub repo: &'a RepoRef,
+    include: &'a [String],
+    patterns: Vec<Pattern>,
 }
 
-fn record_template(repo: &RepoRef, commit: Option<String>) -> FileRecord {
-    FileRecord {
-        repo: repo.repo.clone(),
-        repo_type: repo.repo_type.to_string(),
-        revision: repo.revision.clone(),
-        commit,
-        path: String::new(),
-        size: 0,
-        sha256: String::new(),
-        git_blob_sha1: None,
-        mtime_ns: None,
+impl<'a> Wanted<'a> {
+    fn new(repo: &'a RepoRef, include: &'a [String]) -> Result<Self, HubError> {
+        Ok(Wanted {
+            repo,
+            include,
+            patterns: compile_patterns(include)?,
+        })
+    }
+
+    /// The listed files the patterns select. A pattern without wildcards names one file, so
+    /// matching nothing means that file is missing; a wildcard matching nothing across all
+    /// patterns means the selection is empty.
+    pub fn select<'f>(
+        &self,
+        listed: &'f [SnapshotFile],
+    ) -> Result<Vec<&'f SnapshotFile>, HubError> {
+        if self.patterns.is_empty() {
+            return Ok(listed.iter().collect());
+        }
+        for pattern in &self.patterns {
+            let literal = !pattern.as_str().contains(['*', '?', '[']);
+            if literal
+                && !listed
+                    .iter()
+                    .any(|f| pattern.matches_with(&f.path, MATCH_OPTIONS))
+            {
+                return Err(HubError::FileNotFound {
+                    repo: self.repo.repo.clone(),
+                    revision: self.repo.revision.clone(),
+                    path: pattern.as_str().to_string(),
+                });
+            }
+        }
+        let selected: Vec<_> = listed
+            .iter()
+            .filter(|f| {
+                self.patterns
+                    .iter()
+                    .any(|p| p.matches_with(&f.path, MATCH_OPTIONS))
+            })
+            .collect();
+        if selected.is_empty() {
+            return Err(HubError::NothingMatched {
+                repo: self.repo.repo.clone(),
+                revision: self.repo.revision.clone(),
+                patterns: self.include.to_vec(),
+                listed: listed.len(),
+            });
+        }
+        Ok(selected)
     }
 }
 
@@ -312,64 +355,26 @@ fn compile_patterns(include: &[String]) -> Result<Vec<Pattern>, HubError> {
         .collect()
 }
 
-/// The listed files the patterns select. A pattern without wildcards names one file, so
-/// matching nothing means that file is missing; a wildcard matching nothing across all
-/// patterns means the selection is empty.
-fn select<'a>(
-    request: &DownloadRequest,
-    listed: &'a [SnapshotFile],
-    patterns: &[Pattern],
-) -> Result<Vec<&'a SnapshotFile>, HubError> {
-    if patterns.is_empty() {
-        return Ok(listed.iter().collect());
-    }
-    for pattern in patterns {
-        let literal = !pattern.as_str().contains(['*', '?', '[']);
-        if literal
-            && !listed
-                .iter()
-                .any(|f| pattern.matches_with(&f.path, MATCH_OPTIONS))
-        {
-            return Err(HubError::FileNotFound {
-                repo: request.repo.repo.clone(),
-                revision: request.repo.revision.clone(),
-                path: pattern.as_str().to_string(),
-            });
-        }
-    }
-    let selected: Vec<_> = listed
-        .iter()
-        .filter(|f| {
-            patterns
-                .iter()
-                .any(|p| p.matches_with(&f.path, MATCH_OPTIONS))
-        })
-        .collect();
-    if selected.is_empty() {
-        return Err(HubError::NothingMatched {
-            repo: request.repo.repo.clone(),
-            revision: request.repo.revision.clone(),
-            patterns: request.include.clone(),
-            listed: listed.len(),
-        });
-    }
-    Ok(selected)
-}
-
 /// Fails before the first byte when the files cannot fit, naming the folder and the amount.
-fn check_free_space(local: &LocalDir, to_fetch: &[&SnapshotFile]) -> Result<(), HubError> {
+fn check_free_space(
+    destination: &dyn Destination,
+    to_fetch: &[&SnapshotFile],
+) -> Result<(), HubError> {
     let needed: u64 = to_fetch
         .iter()
         .map(|file| {
-            let partial = std::fs::metadata(local.partial_path(&file.path))
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let partial = destination
+                .partial_path(&file.path, &file.expected)
+                .ok()
+                .and_then(|partial| std::fs::metadata(partial).ok())
+                .map_or(0, |m| m.len());
             file.expected.size.unwrap_or(0).saturating_sub(partial)
         })
         .sum();
-    match available_space(local.root()) {
+    let location = destination.location();
+    match available_space(&location) {
         Some(available) if needed > available => Err(HubError::DiskFull {
-            path: local.root().to_path_buf(),
+            path: location,
             needed,
             available: Some(available),
         }),
@@ -406,8 +411,8 @@ mod tests {
 
     fn selected(include: &[&str], listed: &[SnapshotFile]) -> Result<Vec<String>, HubError> {
         let request = request(include);
-        let patterns = compile_patterns(&request.include)?;
-        Ok(select(&request, listed, &patterns)?
+        Ok(Wanted::new(&request.repo, &request.include)?
+            .select(listed)?
             .into_iter()
             .map(|f| f.path.clone())
             .collect())

@@ -70,6 +70,7 @@ fn options(hub: &TestHub) -> HubOptions {
             read: Duration::from_secs(10),
         },
         show_progress: false,
+        offline: false,
     }
 }
 

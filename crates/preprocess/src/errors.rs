@@ -151,3 +151,10 @@ impl PreprocessError {
         }
     }
 }
+
+/// Durable writes and file hashes come from `fsio`; their errors name the file as `Io` does.
+impl From<fsio::FileError> for PreprocessError {
+    fn from(error: fsio::FileError) -> Self {
+        Self::io(error.path, error.source)
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::{ByteProgress, Output};
 
 use crate::errors::{PreprocessError, Result};
 use crate::manifest::{
@@ -17,7 +17,7 @@ use crate::manifest::{
 };
 use crate::pack::{BlockPacker, PackStats};
 use crate::shards::{ShardLayout, ShardWriter};
-use crate::tokenize::{sha256_file, ModelTokenizer};
+use crate::tokenize::ModelTokenizer;
 use crate::wikitext::{
     discover_sources, ArticleSplitter, DocumentPiece, LineReader, SourceFile,
     DEFAULT_MAX_PIECE_BYTES,
@@ -122,7 +122,7 @@ pub fn preprocess(options: &PreprocessOptions) -> Result<PreprocessOutcome> {
             split: source.split.clone(),
             format: source.format,
             bytes,
-            sha256: sha256_file(&source.path)?,
+            sha256: fsio::sha256_file(&source.path)?,
         });
     }
     let fingerprint = BuildFingerprint {
@@ -168,7 +168,7 @@ pub fn preprocess(options: &PreprocessOptions) -> Result<PreprocessOutcome> {
         let mut writer = ShardWriter::new(staging.path(), split, layout);
         let mut packer = BlockPacker::new(layout.seq_len, tokenizer.eos_id, tokenizer.pad_id);
         for source in split_sources {
-            bar.set_message(source.path.display().to_string());
+            bar.set_message(&source.path.display().to_string());
             tokenize_source(
                 source,
                 &tokenizer,
@@ -244,7 +244,7 @@ fn tokenize_source(
     options: &PreprocessOptions,
     packer: &mut BlockPacker,
     writer: &mut ShardWriter,
-    bar: &ProgressBar,
+    bar: &ByteProgress,
     bytes_before: u64,
 ) -> Result<()> {
     let lines = LineReader::open(source)?;
@@ -278,15 +278,14 @@ fn tokenize_source(
     }
 }
 
-fn progress_bar(show: bool, total_bytes: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total_bytes);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}")
-            .expect("valid template"),
+/// A bar on a terminal; lines with bytes, rate and ETA when stderr is a log.
+fn progress_bar(show: bool, total_bytes: u64) -> ByteProgress {
+    let output = Output::stderr(
+        show,
+        "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} \
+         {binary_bytes_per_sec} {msg}",
     );
+    let bar = ByteProgress::new(output, "tokenizing", Some(total_bytes), 0);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -368,8 +367,7 @@ impl StagingDir {
     /// Writes the manifest (last, so its presence means "complete") and swaps the directory in.
     fn commit(mut self, manifest: &Manifest) -> Result<()> {
         let manifest_path = Manifest::path_in(&self.path);
-        write_synced(&manifest_path, manifest.to_json().as_bytes())?;
-        sync_dir(&self.path);
+        fsio::write_atomic(&manifest_path, manifest.to_json().as_bytes())?;
         let out = &self.out_dir;
         // rename() cannot replace a non-empty directory: move the old one aside first. Between
         // the two renames the output is absent, never half-written.
@@ -380,13 +378,10 @@ impl StagingDir {
         ));
         let had_old = out.exists();
         if had_old {
-            std::fs::rename(out, &old).map_err(|err| PreprocessError::io(out, err))?;
+            fsio::commit(out, &old)?;
         }
-        std::fs::rename(&self.path, out).map_err(|err| PreprocessError::io(out, err))?;
+        fsio::commit(&self.path, out)?;
         self.committed = true;
-        if let Some(parent) = out.parent() {
-            sync_dir(parent);
-        }
         if had_old {
             std::fs::remove_dir_all(&old).map_err(|err| PreprocessError::io(&old, err))?;
         }
@@ -400,21 +395,5 @@ impl Drop for StagingDir {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.path);
         }
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).map_err(|err| PreprocessError::io(path, err))?;
-    file.write_all(bytes)
-        .map_err(|err| PreprocessError::io(path, err))?;
-    file.sync_all()
-        .map_err(|err| PreprocessError::io(path, err))
-}
-
-/// Best effort: makes renames inside `dir` durable (not supported on every platform).
-fn sync_dir(dir: &Path) {
-    if let Ok(handle) = std::fs::File::open(dir) {
-        let _ = handle.sync_all();
     }
 }

@@ -27,7 +27,6 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use crate::errors::{PreprocessError, Result};
 use crate::manifest::{Manifest, ShardFileInfo};
 use crate::pack::Block;
-use crate::tokenize::sha256_file;
 
 /// Name of the token column.
 pub const INPUT_IDS: &str = "input_ids";
@@ -197,7 +196,7 @@ impl ShardWriter {
             file: open.file_name,
             blocks: open.blocks,
             bytes,
-            sha256: sha256_file(&path)?,
+            sha256: fsio::sha256_file(&path)?,
         });
         Ok(())
     }

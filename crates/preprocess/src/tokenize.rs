@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
+use fsio::sha256_hex;
 use rayon::prelude::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::errors::{PreprocessError, Result};
@@ -49,19 +49,6 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
         path: path.to_path_buf(),
         message: err.to_string(),
     })
-}
-
-/// Hex sha256 of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|err| PreprocessError::io(path, err))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|err| PreprocessError::io(path, err))?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// A token's text in tokenizer_config.json: either `"<s>"` or `{"content": "<s>", ...}`.

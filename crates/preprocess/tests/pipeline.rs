@@ -170,15 +170,12 @@ fn manifest_records_tokenizer_sources_and_counts() {
     assert_eq!(tok.bos_added_by_tokenizer, Some(TEACHER_BOS));
     assert!(!tok.bos_in_shards);
     let tokenizer_bytes = std::fs::read(teacher_dir().join("tokenizer.json")).unwrap();
-    assert_eq!(
-        tok.sha256,
-        preprocess::tokenize::sha256_hex(&tokenizer_bytes)
-    );
+    assert_eq!(tok.sha256, fsio::sha256_hex(&tokenizer_bytes));
     let splits: Vec<_> = manifest.sources.iter().map(|s| s.split.as_str()).collect();
     assert_eq!(splits, ["test", "validation"]);
     for source in &manifest.sources {
         let bytes = std::fs::read(&source.path).unwrap();
-        assert_eq!(source.sha256, preprocess::tokenize::sha256_hex(&bytes));
+        assert_eq!(source.sha256, fsio::sha256_hex(&bytes));
         assert_eq!(source.bytes, bytes.len() as u64);
     }
 }

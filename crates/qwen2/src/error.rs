@@ -53,6 +53,10 @@ pub enum ModelError {
     #[error("chat template of {path}: {message}")]
     ChatTemplate { path: PathBuf, message: String },
 
+    /// A durable write (or hash) that failed, with the action and the file.
+    #[error(transparent)]
+    File(#[from] fsio::FileError),
+
     #[error("{0}")]
     Invalid(String),
 }

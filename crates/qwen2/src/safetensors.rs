@@ -1,17 +1,19 @@
 //! Streaming reader and writer of the safetensors format (single file or sharded with
 //! `model.safetensors.index.json`).
 //!
-//! Neither side maps or buffers a whole file: the reader reads one tensor's bytes with
+//! Headers are parsed and checked by the `safetensors` crate's own `Metadata` type. Neither side
+//! maps or buffers a whole file: the reader reads one tensor's bytes with
 //! positioned reads and converts them straight into the f32 buffer the model keeps, and the
 //! writer writes the header, then one tensor at a time. That is what keeps loading a 3 GiB bf16
 //! checkpoint into a 6 GiB f32 model under 1.3x the model's size in peak memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use safetensors::tensor::Metadata;
 use serde_json::Value;
 
 use crate::error::{read_json, ModelError, Result};
@@ -135,48 +137,30 @@ impl Checkpoint {
         let mut header = vec![0u8; header_len as usize];
         file.read_exact_at(&mut header, 8)
             .map_err(|e| corrupt(format!("cannot read header: {e}")))?;
-        let header: BTreeMap<String, Value> = serde_json::from_slice(&header)
-            .map_err(|e| corrupt(format!("header is not valid JSON: {e}")))?;
+        let metadata = parse_header(&header).map_err(corrupt)?;
         let data_start = 8 + header_len;
+        let data_end = data_start + metadata.data_len() as u64;
+        if data_end != file_len {
+            return Err(corrupt(format!(
+                "the header's tensors end at byte {data_end} but the file has {file_len} bytes{}",
+                if data_end > file_len {
+                    " (truncated download?)"
+                } else {
+                    " (trailing bytes no tensor covers)"
+                }
+            )));
+        }
         let file_index = self.files.len();
-        for (name, info) in header {
-            if name == "__metadata__" {
-                continue;
-            }
-            let dtype_name = info
-                .get("dtype")
-                .and_then(Value::as_str)
-                .ok_or_else(|| corrupt(format!("tensor `{name}` has no dtype")))?
-                .to_string();
-            let shape: Vec<usize> = info
-                .get("shape")
-                .and_then(Value::as_array)
-                .and_then(|dims| {
-                    dims.iter()
-                        .map(|d| d.as_u64().map(|d| d as usize))
-                        .collect()
-                })
-                .ok_or_else(|| corrupt(format!("tensor `{name}` has no valid shape")))?;
-            let offsets: Vec<u64> = info
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .and_then(|o| o.iter().map(Value::as_u64).collect())
-                .filter(|o: &Vec<u64>| o.len() == 2 && o[0] <= o[1])
-                .ok_or_else(|| corrupt(format!("tensor `{name}` has no valid data_offsets")))?;
-            let (start, end) = (data_start + offsets[0], data_start + offsets[1]);
-            if end > file_len {
-                return Err(corrupt(format!(
-                    "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated download?)"
-                )));
-            }
+        for (name, info) in metadata.tensors() {
+            let (start, end) = info.data_offsets;
             self.tensors.insert(
                 name,
                 TensorEntry {
                     file: file_index,
-                    dtype_name,
-                    shape,
-                    start,
-                    end,
+                    dtype_name: info.dtype.to_string(),
+                    shape: info.shape.clone(),
+                    start: data_start + start as u64,
+                    end: data_start + end as u64,
                 },
             );
         }
@@ -286,6 +270,27 @@ impl Checkpoint {
     }
 }
 
+/// Parses and checks a header with the `safetensors` crate's own [`Metadata`], whose
+/// deserialisation refuses what the Python library refuses: data offsets that overlap, leave a
+/// gap or are out of order, and byte ranges that do not match dtype x shape.
+/// (`SafeTensors::read_metadata` does the same but wants the whole file as one slice; reading
+/// only the header keeps loading a stream of one tensor at a time.)
+fn parse_header(header: &[u8]) -> std::result::Result<Metadata, String> {
+    serde_json::from_slice::<Metadata>(header).map_err(|error| {
+        let message = error.to_string();
+        if message.contains("invalid offset") {
+            format!(
+                "{message}: each tensor's data_offsets must start where the previous one's end, \
+                 without overlap or gap"
+            )
+        } else if message.contains("invalid shape") || message.contains("Misaligned") {
+            format!("{message}: a tensor's data_offsets do not span dtype x shape bytes")
+        } else {
+            format!("header is not a valid safetensors header: {message}")
+        }
+    })
+}
+
 fn parse_dtype(name: &str) -> Option<Dtype> {
     match name {
         "BF16" => Some(Dtype::BF16),
@@ -303,7 +308,7 @@ pub struct TensorToWrite<'a> {
     pub values: Box<dyn FnOnce() -> Vec<f32> + 'a>,
 }
 
-/// Writes a safetensors file at `path` (through a temporary file renamed at the end), storing
+/// Writes a safetensors file at `path` (whole or not at all, durably, through `fsio`), storing
 /// every tensor as `dtype`. Tensors are written in name order, as the Python library does.
 pub fn write_safetensors(
     path: &Path,
@@ -311,10 +316,6 @@ pub fn write_safetensors(
     dtype: Dtype,
 ) -> Result<()> {
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    let io_error = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
@@ -336,41 +337,37 @@ pub fn write_safetensors(
         header_bytes.push(b' ');
     }
 
-    let temporary = path.with_extension("safetensors.tmp");
-    let file = File::create(&temporary).map_err(io_error)?;
-    let mut writer = BufWriter::with_capacity(8 << 20, file);
-    writer
-        .write_all(&(header_bytes.len() as u64).to_le_bytes())
-        .and_then(|_| writer.write_all(&header_bytes))
-        .map_err(io_error)?;
-    for tensor in tensors {
-        let expected = tensor.shape.iter().product::<usize>();
-        let values = (tensor.values)();
-        assert_eq!(
-            values.len(),
-            expected,
-            "tensor {} has the wrong number of values",
-            tensor.name
-        );
-        let mut buffer = Vec::with_capacity(values.len().min(1 << 20) * dtype.size());
-        for chunk in values.chunks(1 << 20) {
-            buffer.clear();
-            match dtype {
-                Dtype::F32 => chunk
-                    .iter()
-                    .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes())),
-                Dtype::BF16 => chunk.iter().for_each(|v| {
-                    buffer.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
-                }),
-                Dtype::F16 => chunk
-                    .iter()
-                    .for_each(|v| buffer.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+    fsio::write_atomic_with(path, |file| {
+        let mut writer = BufWriter::with_capacity(8 << 20, file);
+        writer.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
+        writer.write_all(&header_bytes)?;
+        for tensor in tensors {
+            let expected = tensor.shape.iter().product::<usize>();
+            let values = (tensor.values)();
+            assert_eq!(
+                values.len(),
+                expected,
+                "tensor {} has the wrong number of values",
+                tensor.name
+            );
+            let mut buffer = Vec::with_capacity(values.len().min(1 << 20) * dtype.size());
+            for chunk in values.chunks(1 << 20) {
+                buffer.clear();
+                match dtype {
+                    Dtype::F32 => chunk
+                        .iter()
+                        .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes())),
+                    Dtype::BF16 => chunk.iter().for_each(|v| {
+                        buffer.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                    }),
+                    Dtype::F16 => chunk.iter().for_each(|v| {
+                        buffer.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())
+                    }),
+                }
+                writer.write_all(&buffer)?;
             }
-            writer.write_all(&buffer).map_err(io_error)?;
         }
-    }
-    let file = writer.into_inner().map_err(|e| io_error(e.into_error()))?;
-    file.sync_all().map_err(io_error)?;
-    std::fs::rename(&temporary, path).map_err(io_error)?;
+        writer.flush()
+    })?;
     Ok(())
 }

@@ -12,9 +12,12 @@ use crate::model::Model;
 use crate::safetensors::{write_safetensors, Dtype, TensorToWrite};
 
 /// The files besides the weights that make a directory loadable by tokenizers and transformers.
-pub const TOKENIZER_FILES: [&str; 6] = [
+/// `chat_template.jinja` is where transformers 5 keeps the chat template; a source that has
+/// one has no `chat_template` in tokenizer_config.json, so the student must keep the file.
+pub const TOKENIZER_FILES: [&str; 7] = [
     "tokenizer.json",
     "tokenizer_config.json",
+    crate::tokenizer::CHAT_TEMPLATE_FILE,
     "special_tokens_map.json",
     "vocab.json",
     "merges.txt",
@@ -174,19 +177,23 @@ pub fn save_model<B: Backend>(
         for file in TOKENIZER_FILES {
             let from = source_dir.join(file);
             if from.exists() {
-                std::fs::copy(&from, staging.join(file)).map_err(io(&from))?;
+                let bytes = std::fs::read(&from).map_err(io(&from))?;
+                fsio::write_atomic(&staging.join(file), &bytes)?;
             }
         }
     }
+    fsio::sync_dir(&staging);
 
+    // rename() cannot replace a non-empty directory: the old one is moved aside first, so
+    // between the two renames the model is absent, never half-written.
     let previous = sibling(dir, "old");
     if dir.exists() {
         if previous.exists() {
             std::fs::remove_dir_all(&previous).map_err(io(&previous))?;
         }
-        std::fs::rename(dir, &previous).map_err(io(dir))?;
+        fsio::commit(dir, &previous)?;
     }
-    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    fsio::commit(&staging, dir)?;
     if previous.exists() {
         std::fs::remove_dir_all(&previous).map_err(io(&previous))?;
     }
@@ -201,14 +208,9 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{suffix}"))
 }
 
-/// Writes pretty JSON through a temporary file.
+/// Writes pretty JSON whole or not at all, durably.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let temporary = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(value).expect("json") + "\n";
-    std::fs::write(&temporary, text)
-        .and_then(|_| std::fs::rename(&temporary, path))
-        .map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    fsio::write_atomic(path, text.as_bytes())?;
+    Ok(())
 }

@@ -1,11 +1,12 @@
 //! The model's tokenizer (tokenizer.json through the `tokenizers` crate) and its chat template
-//! (tokenizer_config.json, rendered with minijinja as transformers renders it with Jinja2).
+//! (chat_template.jinja or tokenizer_config.json, rendered with minijinja as transformers
+//! renders it with Jinja2).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::error::{read_json, ModelError, Result};
+use crate::error::{read_file, read_json, ModelError, Result};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -90,9 +91,23 @@ impl<'a> TextStream<'a> {
     }
 }
 
-/// Renders the chat template of `DIR/tokenizer_config.json` for one user message, with the
-/// generation prompt appended, as `apply_chat_template(..., add_generation_prompt=True)`.
-pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
+/// Where transformers 5 (and 4.x since 4.47) saves the chat template: its own file beside
+/// tokenizer_config.json, which then has no `chat_template` field.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// The chat template of a model directory, as transformers finds it: `chat_template.jinja`
+/// first (it overrides the config's field), else `chat_template` in tokenizer_config.json.
+/// Returns the template and the file it came from.
+pub fn chat_template(dir: &Path) -> Result<(String, PathBuf)> {
+    let jinja = dir.join(CHAT_TEMPLATE_FILE);
+    if jinja.is_file() {
+        let bytes = read_file(&jinja)?;
+        let template = String::from_utf8(bytes).map_err(|e| ModelError::ChatTemplate {
+            path: jinja.clone(),
+            message: format!("not UTF-8 text: {e}"),
+        })?;
+        return Ok((template, jinja));
+    }
     let path = dir.join("tokenizer_config.json");
     let config = read_json(&path)?;
     let error = |message: String| ModelError::ChatTemplate {
@@ -109,10 +124,30 @@ pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
             .and_then(Value::as_str)
             .ok_or_else(|| error("no template named `default` in `chat_template`".into()))?
             .to_string(),
-        _ => return Err(error(
-            "field `chat_template` is missing: this model has no chat template; run without --chat"
-                .into(),
-        )),
+        _ => {
+            return Err(error(format!(
+                "field `chat_template` is missing and there is no {CHAT_TEMPLATE_FILE} beside \
+                 it: this model has no chat template (a base model?); run without --chat"
+            )))
+        }
+    };
+    Ok((template, path))
+}
+
+/// Renders the model's chat template ([`chat_template`]) for one user message, with the
+/// generation prompt appended, as `apply_chat_template(..., add_generation_prompt=True)`. The
+/// special tokens it may print come from tokenizer_config.json, when there is one.
+pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
+    let (template, path) = chat_template(dir)?;
+    let config_path = dir.join("tokenizer_config.json");
+    let config = if config_path.is_file() {
+        read_json(&config_path)?
+    } else {
+        Value::Null
+    };
+    let error = |message: String| ModelError::ChatTemplate {
+        path: path.clone(),
+        message,
     };
     let special = |name: &str| -> String {
         match config.get(name) {

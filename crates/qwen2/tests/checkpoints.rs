@@ -288,17 +288,12 @@ fn truncated_safetensors_is_reported_not_read() {
     }
 }
 
-#[test]
-fn unreadable_dtype_is_an_error_not_an_abort() {
-    let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path().join("dtype");
-    copy_model(&model_dir("student"), &dir);
-    // Re-label one tensor as I32 (same byte size as F32): the loader must refuse it by name.
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
+/// Rewrites a safetensors file's JSON header in place, keeping its data bytes.
+fn rewrite_header(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let bytes = std::fs::read(path).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    header["model.norm.weight"]["dtype"] = json!("I32");
+    edit(&mut header);
     let mut new_header = serde_json::to_vec(&header).unwrap();
     while (8 + new_header.len()) % 8 != 0 {
         new_header.push(b' ');
@@ -306,7 +301,88 @@ fn unreadable_dtype_is_an_error_not_an_abort() {
     let mut rewritten = (new_header.len() as u64).to_le_bytes().to_vec();
     rewritten.extend_from_slice(&new_header);
     rewritten.extend_from_slice(&bytes[8 + header_len..]);
-    std::fs::write(&path, rewritten).unwrap();
+    std::fs::write(path, rewritten).unwrap();
+}
+
+/// The tensor whose data starts last (so shifting it breaks nothing but its own range).
+fn last_tensor(header: &Value) -> (String, u64, u64) {
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(name, info)| {
+            let offsets = &info["data_offsets"];
+            (
+                name.clone(),
+                offsets[0].as_u64().unwrap(),
+                offsets[1].as_u64().unwrap(),
+            )
+        })
+        .max_by_key(|(_, start, _)| *start)
+        .unwrap()
+}
+
+#[test]
+fn overlapping_gapped_or_missized_offsets_are_refused_naming_the_file_and_tensor() {
+    let temp = tempfile::tempdir().unwrap();
+    let overlap = |start: u64, end: u64| json!([start - 4, end - 4]);
+    let gap = |start: u64, end: u64| json!([start + 4, end + 4]);
+    for (case, offsets) in [("overlap", overlap as fn(u64, u64) -> Value), ("gap", gap)] {
+        let dir = temp.path().join(case);
+        copy_model(&model_dir("student"), &dir);
+        let mut shifted = String::new();
+        rewrite_header(&dir.join("model.safetensors"), |header| {
+            let (name, start, end) = last_tensor(header);
+            header[&name]["data_offsets"] = offsets(start, end);
+            shifted = name;
+        });
+        let error = load_error(&dir);
+        for expected in [
+            "model.safetensors",
+            shifted.as_str(),
+            "without overlap or gap",
+            "re-download",
+        ] {
+            assert!(error.contains(expected), "{case}: {error}");
+        }
+    }
+
+    // A range that is not dtype x shape bytes long.
+    let dir = temp.path().join("size");
+    copy_model(&model_dir("student"), &dir);
+    rewrite_header(&dir.join("model.safetensors"), |header| {
+        let (name, _, _) = last_tensor(header);
+        let shape = header[&name]["shape"].as_array_mut().unwrap();
+        let first = shape[0].as_u64().unwrap();
+        shape[0] = json!(first + 1);
+    });
+    let error = load_error(&dir);
+    assert!(
+        error.contains("model.safetensors") && error.contains("dtype x shape"),
+        "{error}"
+    );
+
+    // Bytes after the last tensor: the header does not describe the file.
+    let dir = temp.path().join("trailing");
+    copy_model(&model_dir("student"), &dir);
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&path, bytes).unwrap();
+    let error = load_error(&dir);
+    assert!(error.contains("trailing bytes"), "{error}");
+}
+
+#[test]
+fn unreadable_dtype_is_an_error_not_an_abort() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("dtype");
+    copy_model(&model_dir("student"), &dir);
+    // Re-label one tensor as I32 (same byte size as F32): the loader must refuse it by name.
+    rewrite_header(&dir.join("model.safetensors"), |header| {
+        header["model.norm.weight"]["dtype"] = json!("I32");
+    });
     let error = load_error(&dir);
     assert!(
         error.contains("model.norm.weight") && error.contains("I32"),
