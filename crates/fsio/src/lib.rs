@@ -30,7 +30,7 @@ impl FileError {
     }
 
     /// A closure for `map_err` that records `action` on `path`.
-    pub fn on(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+    pub fn on<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
         move |source| Self::new(action, path, source)
     }
 }
