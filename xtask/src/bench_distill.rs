@@ -12,10 +12,10 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
-use distill::objective::{loss_and_gradients, Batch, Student, TeacherOutputs};
+use distill::objective::{gradient_pass, Batch, Student, TeacherOutputs};
+use distill::objective_for;
 use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
-use distill::train::objective_for;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{gib, peak_rss_bytes};
 use qwen2::{build_model, AttentionMask, Qwen2Config, RandomWeights};
@@ -96,7 +96,8 @@ impl BackendTask for Step {
         for _ in 0..args.steps.max(1) {
             let started = Instant::now();
             let outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
-            let (mut grads, losses) = loss_and_gradients(&student, &outputs, &batch, &objective);
+            let pass = gradient_pass(&student, &outputs, &batch, &objective);
+            let (mut grads, losses) = (pass.gradients, pass.losses);
             let norm = global_norm(&student, &grads);
             if norm > 1.0 {
                 scale(&student, &mut grads, 1.0 / (norm + 1e-6));

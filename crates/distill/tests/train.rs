@@ -8,13 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
+use distill::cached_teacher::{self, TEACHER_RECORD_FILE};
 use distill::data::BatchSource;
 use distill::evaluate::evaluate;
 use distill::objective::Student;
 use distill::recipe::Recipe;
 use distill::toy::{toy_config, write_random_model, write_small_setup, SmallSetup};
-use distill::train::cached_teacher::{self, TEACHER_RECORD_FILE};
-use distill::train::{objective_for, train, TeacherSource, TrainError, TrainOptions};
+use distill::{objective_for, train, TeacherSource, TrainError, TrainOptions};
 use qwen2::backend::Cpu;
 use qwen2::{load_model, Qwen2Config};
 
@@ -51,6 +51,7 @@ fn recipe(setup: &SmallSetup, output: &Path, extra: &[&str]) -> Recipe {
 fn options(resume: bool, stop: bool) -> TrainOptions {
     TrainOptions {
         resume,
+        allow_recipe_change: false,
         progress: false,
         stop: Arc::new(AtomicBool::new(stop)),
         max_steps: None,
@@ -249,7 +250,7 @@ fn training_from_the_teacher_cache_never_loads_the_teacher() {
 
     // Not every loss has a cached form.
     let mut reverse = recipe.clone();
-    reverse.distillation.kd_loss_type = "reverse_kl".into();
+    reverse.distillation.kd_loss_type = distill::losses::KdLoss::ReverseKl;
     let refused = train::<Train>(&reverse, &cached(options(false, false)), &device).unwrap_err();
     assert!(refused.to_string().contains("kd_loss_type"), "{refused}");
 
