@@ -203,7 +203,9 @@ pub fn measure_batch<B: Backend>(
     };
     if !matches!(teacher.signal, TeacherSignal::Absent) {
         let compared = soft_count(batch, &objective.masked_token_ids);
-        sums.kl_sum = means.soft * compared as f64;
+        // The soft term is T^2 x KL (the distillation loss's scale); the metric is the KL.
+        let kl_mean = means.soft / (objective.temperature * objective.temperature);
+        sums.kl_sum = kl_mean * compared as f64;
         sums.compared_positions = compared as u64;
         sums.top1_agreements = top1_agreements;
     }
