@@ -187,7 +187,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// the progress bar on every update.
     pub fn log(&mut self, update: &Update) -> Result<(), TrainError> {
         let epoch = self.epoch_position();
-        if update.step % self.recipe.training.logging_steps == 0 {
+        if update
+            .step
+            .is_multiple_of(self.recipe.training.logging_steps)
+        {
             let window = std::mem::take(&mut self.state.log_window);
             let seconds = self.window_started.elapsed().as_secs_f64().max(1e-9);
             let mean_loss = window.loss_sum / window.steps as f64;
@@ -217,7 +220,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     pub fn evaluation_due(&self, update: &Update) -> bool {
         match self.recipe.training.eval_strategy {
             EvalStrategy::No => false,
-            EvalStrategy::Steps => update.step % self.recipe.training.eval_steps == 0,
+            EvalStrategy::Steps => update.step.is_multiple_of(self.recipe.training.eval_steps),
             EvalStrategy::Epoch => update.epoch_done,
         }
     }
@@ -269,7 +272,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             || match self.recipe.training.save_strategy {
                 SaveStrategy::Best => improved,
                 SaveStrategy::Last | SaveStrategy::Steps => {
-                    update.step % self.recipe.training.save_steps == 0
+                    update.step.is_multiple_of(self.recipe.training.save_steps)
                 }
                 SaveStrategy::Epoch => update.epoch_done,
             }
