@@ -463,3 +463,37 @@ fn the_shipped_recipes_load() {
     let small = Recipe::load(&configs.join("small.toml"), &[]).unwrap();
     assert_eq!(small.distillation.intermediate_matches.len(), 1);
 }
+
+/// `--resume` with a recipe that changed since the run started: a change that leaves the
+/// trained weights as they were (how often to log) is accepted; one that changes the result
+/// (max_steps re-times the schedule) is refused naming the field, unless
+/// `allow_recipe_change` (`--allow-recipe-change`) confirms it.
+#[test]
+fn resuming_with_a_changed_recipe_names_the_change_and_needs_a_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let output = dir.path().join("run");
+    let started = recipe(&setup, &output, &RESUME_SETTINGS);
+    let first = train::<Train>(&started, &options(false, true), &device).unwrap();
+    assert!(first.stopped_early);
+
+    let mut harmless_settings = RESUME_SETTINGS.to_vec();
+    harmless_settings.push("training.logging_steps=2");
+    let mut shorter_settings = harmless_settings.clone();
+    shorter_settings.push("training.max_steps=4");
+    let shorter = recipe(&setup, &output, &shorter_settings);
+    let refused = train::<Train>(&shorter, &options(true, false), &device).unwrap_err();
+    let message = refused.to_string();
+    println!("{message}");
+    assert!(message.contains("training.max_steps"), "{message}");
+    assert!(!message.contains("training.logging_steps"), "{message}");
+    assert!(message.contains("--allow-recipe-change"), "{message}");
+
+    let allowed = TrainOptions {
+        allow_recipe_change: true,
+        ..options(true, false)
+    };
+    let summary = train::<Train>(&shorter, &allowed, &device).unwrap();
+    assert_eq!((summary.steps, summary.stopped_early), (4, false));
+}
