@@ -45,7 +45,7 @@ pub struct Args {
     /// Stop after this many optimizer updates (overrides training.max_steps).
     #[arg(long)]
     max_steps: Option<usize>,
-    /// No progress bar.
+    /// No progress on stderr (a bar on a terminal, one line per logging step otherwise).
     #[arg(long)]
     quiet: bool,
 }
