@@ -1,7 +1,7 @@
 //! `cargo xtask bench distill-step --shape qwen2.5-0.5b [--teacher-shape S] [--batch B]
 //! [--seq-len T] [--steps N] [--backend flex|ndarray|cuda]`: one distillation update at published
-//! shapes with random weights, phase by phase (teacher forward, student forward + loss and
-//! backward with the chunked objective, global-norm clipping + AdamW), with tokens/s, achieved
+//! shapes with random weights, phase by phase (teacher forward, student forward + loss,
+//! backward, global-norm clipping + AdamW), with tokens/s, achieved
 //! GFLOP/s and peak RSS; a text table and one JSON line.
 
 use std::path::Path;
@@ -14,10 +14,10 @@ use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
 use distill::memory_plan::{MemoryPlan, RunShape};
-use distill::objective::{loss_and_gradients, Batch, Projection, Student, TeacherOutputs};
+use distill::objective::{gradient_pass, Batch, Projection, Student, TeacherOutputs};
+use distill::objective_for;
 use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
-use distill::train::objective_for;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
 use qwen2::{build_model, AttentionMask, Qwen2Config, RandomWeights};
@@ -62,16 +62,17 @@ fn preset(name: &str) -> Result<Qwen2Config> {
 #[derive(Debug, Clone, Copy, Default)]
 struct Phases {
     teacher_forward: f64,
-    /// Student forward, the losses and the whole backward pass (the chunked objective
-    /// interleaves them chunk by chunk).
-    student_forward_loss_backward: f64,
+    /// The student's forward pass and every loss (the chunked objective's logits included).
+    student_forward_and_loss: f64,
+    /// Every chunk's backward and the body's.
+    backward: f64,
     /// Global-norm clipping and the AdamW step.
     optimizer: f64,
 }
 
 impl Phases {
     fn total(&self) -> f64 {
-        self.teacher_forward + self.student_forward_loss_backward + self.optimizer
+        self.teacher_forward + self.student_forward_and_loss + self.backward + self.optimizer
     }
 }
 
@@ -155,10 +156,11 @@ impl BackendTask for Step {
             B::sync(&device)?;
             phases.teacher_forward = started.elapsed().as_secs_f64();
 
-            let started = Instant::now();
-            let (mut grads, losses) = loss_and_gradients(&student, &outputs, &batch, &objective);
+            let pass = gradient_pass(&student, &outputs, &batch, &objective);
             B::sync(&device)?;
-            phases.student_forward_loss_backward = started.elapsed().as_secs_f64();
+            phases.student_forward_and_loss = pass.times.student_forward_and_loss;
+            phases.backward = pass.times.backward;
+            let (mut grads, losses) = (pass.gradients, pass.losses);
 
             let started = Instant::now();
             let norm = global_norm(&student, &grads);
@@ -169,12 +171,13 @@ impl BackendTask for Step {
             B::sync(&device)?;
             phases.optimizer = started.elapsed().as_secs_f64();
             eprintln!(
-                "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss + backward {:.2}, \
-                 clip + AdamW {:.2}; loss {:.4})",
+                "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss {:.2}, \
+                 backward {:.2}, clip + AdamW {:.2}; loss {:.4})",
                 if update < args.warmup { " (warm-up)" } else { "" },
                 phases.total(),
                 phases.teacher_forward,
-                phases.student_forward_loss_backward,
+                phases.student_forward_and_loss,
+                phases.backward,
                 phases.optimizer,
                 losses.total
             );
@@ -187,8 +190,10 @@ impl BackendTask for Step {
 
         let context = args.seq_len;
         let teacher_flops = teacher_config.forward_flops_per_token(context) * tokens as f64;
-        // Forward once, backward twice the forward (input and weight gradients).
-        let student_flops = 3.0 * student_config.forward_flops_per_token(context) * tokens as f64;
+        let student_forward_flops = student_config.forward_flops_per_token(context) * tokens as f64;
+        // The backward pass costs twice the forward (input and weight gradients).
+        let backward_flops = 2.0 * student_forward_flops;
+        let student_flops = student_forward_flops + backward_flops;
         let gflops = |flops: f64, seconds: f64| flops / seconds / 1e9;
         let peak_rss = peak_rss_bytes();
         let report = json!({
@@ -204,13 +209,15 @@ impl BackendTask for Step {
             "updates_timed": updates.len(),
             "seconds_per_update": median.total(),
             "seconds_teacher_forward": median.teacher_forward,
-            "seconds_student_forward_loss_backward": median.student_forward_loss_backward,
+            "seconds_student_forward_and_loss": median.student_forward_and_loss,
+            "seconds_backward": median.backward,
             "seconds_clip_and_optimizer": median.optimizer,
             "tokens_per_second": tokens as f64 / median.total(),
             "gflop_per_update": (teacher_flops + student_flops) / 1e9,
             "gflops_achieved": gflops(teacher_flops + student_flops, median.total()),
             "gflops_teacher_forward": gflops(teacher_flops, median.teacher_forward),
-            "gflops_student": gflops(student_flops, median.student_forward_loss_backward),
+            "gflops_student_forward": gflops(student_forward_flops, median.student_forward_and_loss),
+            "gflops_backward": gflops(backward_flops, median.backward),
             "peak_rss_bytes": peak_rss,
             "memory_plan_bytes": plan.total(),
             "memory_plan": plan.parts,
@@ -234,10 +241,11 @@ impl BackendTask for Step {
             Some(teacher_flops),
         );
         row(
-            "student forward + loss + backward",
-            median.student_forward_loss_backward,
-            Some(student_flops),
+            "student forward + loss",
+            median.student_forward_and_loss,
+            Some(student_forward_flops),
         );
+        row("backward", median.backward, Some(backward_flops));
         row("global-norm clip + AdamW", median.optimizer, None);
         row(
             "update",

@@ -1,9 +1,11 @@
-//! `cargo xtask distill --config configs/X.toml [--set key=value ...] [--resume]
-//! [--cache-teacher] [--backend ndarray|cuda] [--max-steps N]`: runs the training loop of
-//! crates/distill and prints what it did. Ctrl-C stops at the next update with a checkpoint;
-//! `--resume` continues from it. `--cache-teacher` runs the teacher once over the train and
-//! eval shards into a cache beside them (`teacher_cache.dir`, default
-//! `<shards>/teacher-cache`; reused when complete), drops it, and trains from the cache.
+//! `cargo xtask distill --config configs/X.toml [--set key=value ...] [--resume
+//! [--allow-recipe-change]] [--cache-teacher] [--backend ndarray|cuda] [--max-steps N]`: runs
+//! the training loop of crates/distill and prints what it did. Ctrl-C stops at the next
+//! update with a checkpoint; `--resume` continues from it (naming each recipe field changed
+//! since the run started, and refusing those that change its result unless
+//! `--allow-recipe-change`). `--cache-teacher` runs the teacher once over the train and eval
+//! shards into a cache beside them (`teacher_cache.dir`, default `<shards>/teacher-cache`;
+//! reused when complete), drops it, and trains from the cache.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,11 @@ pub struct Args {
     /// Continue from the newest checkpoint in the recipe's output_dir.
     #[arg(long)]
     resume: bool,
+    /// With --resume: continue even though the recipe changed since the run started in fields
+    /// that change its result (e.g. training.max_steps, which re-times the schedule). Every
+    /// change is printed either way.
+    #[arg(long, requires = "resume")]
+    allow_recipe_change: bool,
     /// Run the teacher once over the shards (or reuse that cache), then train from its cached
     /// top-k logits (`teacher_cache.top_k`, default 64) without the teacher in memory.
     #[arg(long)]
@@ -39,7 +46,7 @@ pub struct Args {
     /// Stop after this many optimizer updates (overrides training.max_steps).
     #[arg(long)]
     max_steps: Option<usize>,
-    /// No progress bar.
+    /// No progress on stderr (a bar on a terminal, one line per logging step otherwise).
     #[arg(long)]
     quiet: bool,
 }
@@ -71,6 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     .context("cannot install the Ctrl-C handler")?;
     let options = TrainOptions {
         resume: args.resume,
+        allow_recipe_change: args.allow_recipe_change,
         progress: !args.quiet,
         stop,
         max_steps: args.max_steps,

@@ -162,18 +162,18 @@ pub fn evaluate_to_report<B: Backend>(
 ) -> Result<Report> {
     let mut report = Report::new(&command_line(), backend, &plan.data, &plan.options);
     report.teacher = plan.teacher.as_ref().map(|t| t.display().to_string());
+    // The tokenizer check between the teacher and each model decides what the KL compares.
+    let options = EvalOptions {
+        teacher_dir: plan.teacher.clone(),
+        ..plan.options.clone()
+    };
     let teacher = match &plan.teacher {
         Some(dir) => {
             eprintln!("loading the teacher {}", dir.display());
             let (teacher, _) = load_model::<B>(dir, device)?;
             eprintln!("evaluating teacher");
             report.models.push(evaluate_loaded(
-                &teacher,
-                dir,
-                "teacher",
-                None,
-                &plan.data,
-                &plan.options,
+                &teacher, dir, "teacher", None, &plan.data, &options,
             )?);
             Some(teacher)
         }
@@ -186,7 +186,7 @@ pub fn evaluate_to_report<B: Backend>(
             label,
             teacher.as_ref(),
             &plan.data,
-            &plan.options,
+            &options,
             device,
         )?);
     }

@@ -20,7 +20,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::recipe::Recipe;
-use distill::train::{train, TrainOptions, TrainSummary};
+use distill::{train, TrainOptions, TrainSummary};
 use eval::{EvalOptions, ModelReport, Report};
 use preprocess::PreprocessOptions;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};

@@ -1,24 +1,51 @@
 //! Knowledge distillation of a Qwen2 teacher into a Qwen2 student.
 //!
 //! Components (losses, logging) are kept apart from the recipe that drives them (the training
-//! loop), as torchtune does.
+//! loop), as torchtune does. Dependencies run one way:
+//!
+//! losses -> objective -> measure (the evaluation metrics) -> verdict (a recipe's objective)
+//! -> teacher_cache (and its `prepare`) -> teacher, data -> evaluate -> checkpoint ->
+//! trainer (the phases of an update) -> train (the loop).
+//!
+//! Public: what a caller configures and runs ([`Recipe`], [`train`], [`TrainOptions`],
+//! [`TrainSummary`]), and the components tools and tests build on (losses, the objective, the
+//! metrics, evaluation, the teacher cache, the metrics log). The loop's own parts (checkpoint
+//! layout, schedule, progress, the trainer) are private. The tiny test setup ([`toy`]) is
+//! behind the `toy` feature.
 
-pub mod checkpoint;
+mod checkpoint;
 pub mod data;
+mod error;
 pub mod evaluate;
 pub mod gradients;
 pub mod losses;
+pub mod measure;
 pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
 pub mod optimizer;
+mod options;
+mod progress;
 pub mod recipe;
-pub mod schedule;
+mod recipe_change;
+mod schedule;
+mod summary;
+mod teacher;
 pub mod teacher_cache;
 pub mod tensorboard;
+#[cfg(feature = "toy")]
 pub mod toy;
-pub mod train;
-pub mod trainer_checkpoint;
+mod train;
+mod trainer;
+mod verdict;
 
+pub use error::TrainError;
 pub use evaluate::EvalMetrics;
-pub use train::{train, TeacherSource, TrainError, TrainOptions, TrainSummary};
+pub use options::TrainOptions;
+pub use recipe::Recipe;
+pub use summary::TrainSummary;
+pub use teacher::{needs_teacher, TeacherSource};
+/// `--cache-teacher`: the run-level use of the teacher cache.
+pub use teacher_cache::prepare as cached_teacher;
+pub use train::train;
+pub use verdict::{objective_for, objective_with_verdict};

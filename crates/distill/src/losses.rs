@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum KdLoss {
     /// Forward KL(teacher || student) (TextBrewer's "ce" is the same gradient).
+    #[serde(alias = "ce", alias = "forward_kl")]
     Kl,
     ReverseKl,
     Jsd,
@@ -30,6 +31,16 @@ pub enum KdLoss {
 }
 
 impl KdLoss {
+    /// The name a recipe gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KdLoss::Kl => "kl",
+            KdLoss::ReverseKl => "reverse_kl",
+            KdLoss::Jsd => "jsd",
+            KdLoss::Mse => "mse",
+        }
+    }
+
     /// Whether the loss is scaled by T^2 (divergences between softened distributions are).
     pub fn scaled_by_temperature_squared(self) -> bool {
         !matches!(self, KdLoss::Mse)

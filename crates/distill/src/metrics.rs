@@ -56,6 +56,9 @@ impl std::fmt::Display for Split {
 /// A failure to write or rewrite the metrics logs.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// Rewriting the metrics file atomically failed.
+    #[error(transparent)]
+    File(#[from] fsio::FileError),
     /// A file-system operation on the metrics file (or its directory) failed.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -167,14 +170,7 @@ impl MetricsLog {
             }
         }
         if dropped > 0 {
-            let tmp = self.jsonl_path.with_extension("jsonl.tmp");
-            {
-                let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
-                file.write_all(kept.as_bytes())
-                    .map_err(io_error("write", &tmp))?;
-                file.sync_all().map_err(io_error("sync", &tmp))?;
-            }
-            fs::rename(&tmp, &self.jsonl_path).map_err(io_error("replace", &self.jsonl_path))?;
+            fsio::write_atomic(&self.jsonl_path, kept.as_bytes())?;
             // The old handle points at the replaced file.
             self.jsonl = open_append(&self.jsonl_path)?;
         }

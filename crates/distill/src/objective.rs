@@ -10,6 +10,8 @@
 //! frees the chunk's logits. Finally `sum(H * dL/dH) + intermediate losses` is back-propagated
 //! through the body of the network, which gives exactly the gradients of the full loss.
 
+use std::time::Instant;
+
 use burn::module::{AutodiffModule, Module};
 use burn::nn::Linear;
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -176,7 +178,7 @@ impl<B: Backend> TeacherOutputs<B> {
     }
 
     /// The teacher's view of positions `start..start+len`.
-    fn chunk(&self, start: usize, len: usize) -> ChunkTeacher<B> {
+    pub(crate) fn chunk(&self, start: usize, len: usize) -> ChunkTeacher<B> {
         match &self.signal {
             TeacherSignal::Absent => ChunkTeacher::Absent,
             TeacherSignal::Model {
@@ -200,7 +202,7 @@ impl<B: Backend> TeacherOutputs<B> {
 }
 
 /// The teacher on one chunk of positions.
-enum ChunkTeacher<B: Backend> {
+pub(crate) enum ChunkTeacher<B: Backend> {
     Absent,
     Logits(Tensor<B, 2>),
     TopK {
@@ -247,9 +249,9 @@ pub struct LossBreakdown {
 }
 
 /// Per-position weights and labels of a batch.
-struct PositionWeights {
+pub(crate) struct PositionWeights {
     /// 1/real count at positions counted by the soft loss.
-    soft: Vec<f32>,
+    pub(crate) soft: Vec<f32>,
     /// 1/real count at real positions (intermediate losses).
     real: Vec<f32>,
     /// 1/valid-label count where position t has a real label t+1.
@@ -258,7 +260,7 @@ struct PositionWeights {
 }
 
 impl PositionWeights {
-    fn new(batch: &Batch, objective: &Objective) -> Self {
+    pub(crate) fn new(batch: &Batch, objective: &Objective) -> Self {
         let seq = batch.seq_len();
         let mut soft = Vec::new();
         let mut real = Vec::new();
@@ -296,7 +298,7 @@ fn vector<B: Backend>(values: &[f32], device: &B::Device) -> Tensor<B, 1> {
 }
 
 /// The vocabulary-sized terms of one chunk: `(hard, soft)` sums, weighted to batch means.
-fn chunk_terms<B: Backend>(
+pub(crate) fn chunk_terms<B: Backend>(
     objective: &Objective,
     student_logits: Tensor<B, 2>,
     teacher: ChunkTeacher<B>,
@@ -376,7 +378,7 @@ fn chunk_terms<B: Backend>(
 }
 
 /// `rows` as an index tensor for `select`.
-fn row_indices<B: Backend>(rows: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
+pub(crate) fn row_indices<B: Backend>(rows: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
     let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
     let len = rows.len();
     Tensor::from_data(TensorData::new(rows, [len]), device)
@@ -407,7 +409,7 @@ fn scalar<B: Backend>(x: Tensor<B, 1>) -> f64 {
 }
 
 /// Logits of a `[len, H]` hidden chunk.
-fn chunk_logits<B: Backend>(model: &Model<B>, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn chunk_logits<B: Backend>(model: &Model<B>, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
     let [len, width] = hidden.dims();
     let logits = model.lm_head(hidden.reshape([1, len, width]));
     let vocab = logits.dims()[2];
@@ -427,6 +429,76 @@ fn student_forward<B: Backend>(
     (flatten(final_hidden), states)
 }
 
+/// Wall-clock seconds of the two phases of a gradient pass (CPU backends run synchronously,
+/// so the clock measures the work; on an asynchronous GPU backend it measures launches).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PassTimes {
+    /// The body's forward, plus each chunk's logits and loss (and the intermediate losses).
+    pub student_forward_and_loss: f64,
+    /// Each chunk's backward, plus the body's.
+    pub backward: f64,
+}
+
+/// What a gradient pass over one batch gives.
+pub struct GradientPass {
+    pub gradients: GradientsParams,
+    pub losses: LossBreakdown,
+    pub times: PassTimes,
+}
+
+/// The chunk loop both modes share: `chunk(start, len)` evaluates (and, in the gradient mode,
+/// back-propagates) the vocabulary-sized terms of positions `start..start+len` and returns
+/// their `(hard, soft)` values; this sums them into the batch's breakdown.
+pub(crate) fn chunked_terms(
+    batch: &Batch,
+    objective: &Objective,
+    positions: usize,
+    mut chunk: impl FnMut(usize, usize) -> (f64, f64),
+) -> LossBreakdown {
+    let mut breakdown = LossBreakdown {
+        real_tokens: batch.real_tokens(),
+        ..LossBreakdown::default()
+    };
+    let chunk_positions = objective.chunk_positions.max(1);
+    for start in (0..positions).step_by(chunk_positions) {
+        let (hard, soft) = chunk(start, chunk_positions.min(positions - start));
+        breakdown.hard += hard;
+        breakdown.soft += soft;
+    }
+    let alpha = objective.hard_label_weight;
+    breakdown.total = alpha * breakdown.hard + (1.0 - alpha) * breakdown.soft;
+    breakdown
+}
+
+/// The intermediate-layer losses (weight-free, in match order), added to `breakdown` with
+/// their weights; returns the loss tensors.
+fn intermediate_terms<B: Backend>(
+    student: &Student<B>,
+    states: &[Tensor<B, 3>],
+    teacher_states: impl Fn(usize) -> Tensor<B, 2>,
+    objective: &Objective,
+    weights: &PositionWeights,
+    breakdown: &mut LossBreakdown,
+) -> Vec<Tensor<B, 1>> {
+    let real = vector::<B>(&weights.real, &student.model.device());
+    let mut values = Vec::with_capacity(objective.intermediate_matches.len());
+    for (index, matched) in objective.intermediate_matches.iter().enumerate() {
+        let value = intermediate_loss(
+            student,
+            states,
+            teacher_states(index),
+            index,
+            matched,
+            real.clone(),
+        );
+        let plain = scalar(value.clone());
+        breakdown.intermediate.push(plain);
+        breakdown.total += matched.weight * plain;
+        values.push(value);
+    }
+    values
+}
+
 /// Loss and gradients of one batch for the student (and its projections).
 pub fn loss_and_gradients<B: AutodiffBackend>(
     student: &Student<B>,
@@ -434,21 +506,31 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     batch: &Batch,
     objective: &Objective,
 ) -> (GradientsParams, LossBreakdown) {
-    let device = student.model.device();
+    let pass = gradient_pass(student, teacher, batch, objective);
+    (pass.gradients, pass.losses)
+}
+
+/// [`loss_and_gradients`] with the time of the forward and backward phases.
+pub fn gradient_pass<B: AutodiffBackend>(
+    student: &Student<B>,
+    teacher: &TeacherOutputs<B::InnerBackend>,
+    batch: &Batch,
+    objective: &Objective,
+) -> GradientPass {
+    let mut times = PassTimes::default();
+    let started = Instant::now();
     let weights = PositionWeights::new(batch, objective);
     let (final_hidden, states) = student_forward(student, batch, objective);
     let positions = final_hidden.dims()[0];
+    times.student_forward_and_loss += started.elapsed().as_secs_f64();
 
     let alpha = objective.hard_label_weight;
     let mut accumulator = GradientsAccumulator::<Student<B>>::new();
     let mut hidden_gradients = Vec::new();
-    let mut breakdown = LossBreakdown {
-        real_tokens: batch.real_tokens(),
-        ..LossBreakdown::default()
-    };
-    let chunk = objective.chunk_positions.max(1);
-    for start in (0..positions).step_by(chunk) {
-        let len = chunk.min(positions - start);
+    let mut breakdown = chunked_terms(batch, objective, positions, |start, len| {
+        let started = Instant::now();
+        // A leaf cut from the body's graph: the chunk's backward stops here, and its gradient
+        // with respect to the hidden state is carried to the body's backward below.
         let hidden_leaf = final_hidden
             .clone()
             .detach()
@@ -464,8 +546,10 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
             start,
             len,
         );
-        breakdown.hard += scalar(hard.clone());
-        breakdown.soft += scalar(soft.clone());
+        let values = (scalar(hard.clone()), scalar(soft.clone()));
+        times.student_forward_and_loss += started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
         let chunk_loss = hard * alpha + soft * (1.0 - alpha);
         let gradients = chunk_loss.backward();
         hidden_gradients.push(
@@ -474,35 +558,44 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
                 .expect("the chunk depends on its hidden state"),
         );
         accumulator.accumulate(student, GradientsParams::from_grads(gradients, student));
-    }
-    breakdown.total = alpha * breakdown.hard + (1.0 - alpha) * breakdown.soft;
+        times.backward += started.elapsed().as_secs_f64();
+        values
+    });
+
+    let started = Instant::now();
+    let intermediate = states.map(|states| {
+        intermediate_terms(
+            student,
+            &states,
+            |index| Tensor::<B, 2>::from_inner(teacher.states[index].clone()),
+            objective,
+            &weights,
+            &mut breakdown,
+        )
+    });
+    times.student_forward_and_loss += started.elapsed().as_secs_f64();
 
     // Back through the body: d/dθ sum(H * dL/dH) = dL/dθ for the body's parameters.
+    let started = Instant::now();
     let upstream = Tensor::<B, 2>::from_inner(Tensor::cat(hidden_gradients, 0));
     let mut body_loss = (final_hidden * upstream).sum();
-    if let Some(states) = states {
-        let real = vector::<B>(&weights.real, &device);
-        for (index, matched) in objective.intermediate_matches.iter().enumerate() {
-            let teacher_state = Tensor::<B, 2>::from_inner(teacher.states[index].clone());
-            let value = intermediate_loss(
-                student,
-                &states,
-                teacher_state,
-                index,
-                matched,
-                real.clone(),
-            );
-            let plain = scalar(value.clone());
-            breakdown.intermediate.push(plain);
-            breakdown.total += matched.weight * plain;
-            body_loss = body_loss + value * matched.weight;
-        }
+    for (value, matched) in intermediate
+        .into_iter()
+        .flatten()
+        .zip(&objective.intermediate_matches)
+    {
+        body_loss = body_loss + value * matched.weight;
     }
     accumulator.accumulate(
         student,
         GradientsParams::from_grads(body_loss.backward(), student),
     );
-    (accumulator.grads(), breakdown)
+    times.backward += started.elapsed().as_secs_f64();
+    GradientPass {
+        gradients: accumulator.grads(),
+        losses: breakdown,
+        times,
+    }
 }
 
 /// The same loss without gradients (evaluation), on an inference backend.
@@ -512,17 +605,10 @@ pub fn loss_only<B: Backend>(
     batch: &Batch,
     objective: &Objective,
 ) -> LossBreakdown {
-    let device = student.model.device();
     let weights = PositionWeights::new(batch, objective);
     let (final_hidden, states) = student_forward(student, batch, objective);
     let positions = final_hidden.dims()[0];
-    let mut breakdown = LossBreakdown {
-        real_tokens: batch.real_tokens(),
-        ..LossBreakdown::default()
-    };
-    let chunk = objective.chunk_positions.max(1);
-    for start in (0..positions).step_by(chunk) {
-        let len = chunk.min(positions - start);
+    let mut breakdown = chunked_terms(batch, objective, positions, |start, len| {
         let student_logits =
             chunk_logits(&student.model, final_hidden.clone().narrow(0, start, len));
         let (hard, soft) = chunk_terms(
@@ -533,26 +619,17 @@ pub fn loss_only<B: Backend>(
             start,
             len,
         );
-        breakdown.hard += scalar(hard);
-        breakdown.soft += scalar(soft);
-    }
-    let alpha = objective.hard_label_weight;
-    breakdown.total = alpha * breakdown.hard + (1.0 - alpha) * breakdown.soft;
+        (scalar(hard), scalar(soft))
+    });
     if let Some(states) = states {
-        let real = vector::<B>(&weights.real, &device);
-        for (index, matched) in objective.intermediate_matches.iter().enumerate() {
-            let teacher_state = teacher.states[index].clone();
-            let value = scalar(intermediate_loss(
-                student,
-                &states,
-                teacher_state,
-                index,
-                matched,
-                real.clone(),
-            ));
-            breakdown.intermediate.push(value);
-            breakdown.total += matched.weight * value;
-        }
+        intermediate_terms(
+            student,
+            &states,
+            |index| teacher.states[index].clone(),
+            objective,
+            &weights,
+            &mut breakdown,
+        );
     }
     breakdown
 }

@@ -41,21 +41,32 @@ pub struct ModelSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Dataset {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
     /// Where the raw dataset files are (downloaded or local).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_dir: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
-    /// Token shards written by `cargo xtask preprocess`.
+    /// Token shards written by `cargo xtask preprocess` (required).
     pub shards: PathBuf,
-    #[serde(default = "default_train_split")]
     pub train_split: String,
-    #[serde(default = "default_eval_split")]
     pub eval_split: String,
+}
+
+impl Default for Dataset {
+    fn default() -> Self {
+        Self {
+            repo: None,
+            local_dir: None,
+            include: Vec::new(),
+            shards: PathBuf::new(),
+            train_split: "train".into(),
+            eval_split: "validation".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,98 +96,133 @@ pub enum SaveStrategy {
     Steps,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Training {
-    pub output_dir: PathBuf,
-    #[serde(default = "default_learning_rate")]
-    pub learning_rate: f64,
-    #[serde(default = "default_batch_size")]
-    pub per_device_train_batch_size: usize,
-    #[serde(default = "default_eval_batch_size")]
-    pub per_device_eval_batch_size: usize,
-    #[serde(default = "default_accumulation")]
-    pub gradient_accumulation_steps: usize,
-    #[serde(default = "default_epochs")]
-    pub num_train_epochs: usize,
-    /// Stop after this many optimizer steps (0 = run all epochs).
-    #[serde(default)]
-    pub max_steps: usize,
-    #[serde(default = "default_weight_decay")]
-    pub weight_decay: f64,
-    #[serde(default = "default_adam_beta1")]
-    pub adam_beta1: f64,
-    #[serde(default = "default_adam_beta2")]
-    pub adam_beta2: f64,
-    #[serde(default = "default_adam_epsilon")]
-    pub adam_epsilon: f64,
-    #[serde(default)]
-    pub warmup_steps: usize,
-    /// Fraction of total steps used for warmup when `warmup_steps` is 0.
-    #[serde(default)]
-    pub warmup_ratio: f64,
-    #[serde(default = "default_schedule")]
-    pub lr_scheduler_type: Schedule,
-    /// Clip the global gradient norm to this (0 = no clipping).
-    #[serde(default = "default_max_grad_norm")]
-    pub max_grad_norm: f64,
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-    #[serde(default = "default_eval_strategy")]
-    pub eval_strategy: EvalStrategy,
-    #[serde(default = "default_steps")]
-    pub eval_steps: usize,
-    /// Evaluate on at most this many batches (0 = the whole split).
-    #[serde(default)]
-    pub max_eval_batches: usize,
-    #[serde(default = "default_logging_steps")]
-    pub logging_steps: usize,
-    #[serde(default = "default_save_strategy")]
-    pub save_strategy: SaveStrategy,
-    #[serde(default = "default_steps")]
-    pub save_steps: usize,
-    /// Checkpoints kept (the best one is never deleted).
-    #[serde(default = "default_save_total_limit")]
-    pub save_total_limit: usize,
-    /// dtype of saved students: "bfloat16" (as the hub ships them) or "float32".
-    #[serde(default = "default_save_dtype")]
-    pub save_dtype: String,
+/// dtype of the final student (checkpoints are always float32, for an exact resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveDtype {
+    /// As the hub ships models.
+    Bfloat16,
+    Float32,
+}
+
+impl SaveDtype {
+    pub fn dtype(self) -> qwen2::safetensors::Dtype {
+        match self {
+            SaveDtype::Bfloat16 => qwen2::safetensors::Dtype::BF16,
+            SaveDtype::Float32 => qwen2::safetensors::Dtype::F32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
+pub struct Training {
+    /// Where checkpoints, logs and the final student go (required).
+    pub output_dir: PathBuf,
+    pub learning_rate: f64,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub num_train_epochs: usize,
+    /// Stop after this many optimizer steps (0 = run all epochs).
+    pub max_steps: usize,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub warmup_steps: usize,
+    /// Fraction of total steps used for warmup when `warmup_steps` is 0.
+    pub warmup_ratio: f64,
+    pub lr_scheduler_type: Schedule,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub eval_strategy: EvalStrategy,
+    pub eval_steps: usize,
+    /// Evaluate on at most this many batches (0 = the whole split).
+    pub max_eval_batches: usize,
+    pub logging_steps: usize,
+    pub save_strategy: SaveStrategy,
+    pub save_steps: usize,
+    /// Checkpoints kept (the best one is never deleted).
+    pub save_total_limit: usize,
+    /// dtype of the final student: "bfloat16" (as the hub ships them) or "float32".
+    pub save_dtype: SaveDtype,
+}
+
+/// The defaults of transformers' TrainingArguments where it has one.
+impl Default for Training {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::new(),
+            learning_rate: 5e-5,
+            per_device_train_batch_size: 2,
+            per_device_eval_batch_size: 2,
+            gradient_accumulation_steps: 4,
+            num_train_epochs: 3,
+            max_steps: 0,
+            weight_decay: 0.01,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            lr_scheduler_type: Schedule::Linear,
+            max_grad_norm: 1.0,
+            seed: 42,
+            eval_strategy: EvalStrategy::Epoch,
+            eval_steps: 500,
+            max_eval_batches: 0,
+            logging_steps: 100,
+            save_strategy: SaveStrategy::Best,
+            save_steps: 500,
+            save_total_limit: 2,
+            save_dtype: SaveDtype::Bfloat16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Distillation {
-    #[serde(default = "default_temperature")]
     pub temperature: f64,
-    #[serde(default = "default_hard_label_weight")]
     pub hard_label_weight: f64,
-    /// kl (forward KL; the seed's "ce" is accepted as an alias), reverse_kl, jsd, mse.
-    #[serde(default = "default_kd_loss_type")]
-    pub kd_loss_type: String,
-    #[serde(default = "default_jsd_beta")]
+    /// kl (forward KL; the seed's "ce" and "forward_kl" are accepted as aliases), reverse_kl,
+    /// jsd, mse.
+    pub kd_loss_type: KdLoss,
     pub jsd_beta: f64,
-    #[serde(default)]
     pub intermediate_matches: Vec<IntermediateMatch>,
     /// Positions per chunk of the vocabulary-sized losses (memory vs speed).
-    #[serde(default = "default_chunk_positions")]
     pub chunk_positions: usize,
 }
 
+impl Default for Distillation {
+    fn default() -> Self {
+        Self {
+            temperature: 2.0,
+            hard_label_weight: 0.5,
+            kd_loss_type: KdLoss::Kl,
+            jsd_beta: 0.5,
+            intermediate_matches: Vec::new(),
+            chunk_positions: 256,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TeacherCache {
     /// Logits kept per position by `--cache-teacher`.
-    #[serde(default = "default_top_k")]
     pub top_k: usize,
     /// Where the cache is written (default: `<shards>/teacher-cache`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
 }
 
 impl Default for TeacherCache {
     fn default() -> Self {
         Self {
-            top_k: default_top_k(),
+            top_k: 64,
             dir: None,
         }
     }
@@ -189,92 +235,10 @@ pub struct Recipe {
     pub student: ModelSource,
     pub dataset: Dataset,
     pub training: Training,
-    #[serde(default = "default_distillation")]
+    #[serde(default)]
     pub distillation: Distillation,
     #[serde(default)]
     pub teacher_cache: TeacherCache,
-}
-
-fn default_train_split() -> String {
-    "train".into()
-}
-fn default_eval_split() -> String {
-    "validation".into()
-}
-fn default_learning_rate() -> f64 {
-    5e-5
-}
-fn default_batch_size() -> usize {
-    2
-}
-fn default_eval_batch_size() -> usize {
-    2
-}
-fn default_accumulation() -> usize {
-    4
-}
-fn default_epochs() -> usize {
-    3
-}
-fn default_weight_decay() -> f64 {
-    0.01
-}
-fn default_adam_beta1() -> f64 {
-    0.9
-}
-fn default_adam_beta2() -> f64 {
-    0.999
-}
-fn default_adam_epsilon() -> f64 {
-    1e-8
-}
-fn default_schedule() -> Schedule {
-    Schedule::Linear
-}
-fn default_max_grad_norm() -> f64 {
-    1.0
-}
-fn default_seed() -> u64 {
-    42
-}
-fn default_eval_strategy() -> EvalStrategy {
-    EvalStrategy::Epoch
-}
-fn default_steps() -> usize {
-    500
-}
-fn default_logging_steps() -> usize {
-    100
-}
-fn default_save_strategy() -> SaveStrategy {
-    SaveStrategy::Best
-}
-fn default_save_total_limit() -> usize {
-    2
-}
-fn default_save_dtype() -> String {
-    "bfloat16".into()
-}
-fn default_temperature() -> f64 {
-    2.0
-}
-fn default_hard_label_weight() -> f64 {
-    0.5
-}
-fn default_kd_loss_type() -> String {
-    "kl".into()
-}
-fn default_jsd_beta() -> f64 {
-    0.5
-}
-fn default_chunk_positions() -> usize {
-    256
-}
-fn default_top_k() -> usize {
-    64
-}
-fn default_distillation() -> Distillation {
-    toml::from_str("").expect("every distillation field has a default")
 }
 
 impl Recipe {
@@ -302,22 +266,27 @@ impl Recipe {
                 message,
             })?;
         }
-        let recipe: Recipe = toml::Value::Table(document)
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        // Deserialised from text (the overrides applied) rather than from the table, so that an
+        // error carries a position, from which the field is named.
+        let text = toml::to_string(&document).expect("a TOML table serialises");
+        let recipe: Recipe = toml::from_str(&text).map_err(|e| {
+            let message = e.message().to_string();
+            match e.span().and_then(|span| field_at(&text, span.start)) {
+                Some(field) => RecipeError::Field {
+                    path: path.to_path_buf(),
+                    field,
+                    message,
+                },
+                None => invalid(message),
+            }
+        })?;
         recipe.validate(path)?;
         Ok(recipe)
     }
 
-    /// The divergence to use (with the seed's "ce" alias resolved).
+    /// The divergence to use.
     pub fn kd_loss(&self) -> KdLoss {
-        match self.distillation.kd_loss_type.as_str() {
-            "kl" | "ce" | "forward_kl" => KdLoss::Kl,
-            "reverse_kl" => KdLoss::ReverseKl,
-            "jsd" => KdLoss::Jsd,
-            "mse" => KdLoss::Mse,
-            other => unreachable!("validated: {other}"),
-        }
+        self.distillation.kd_loss_type
     }
 
     fn validate(&self, path: &Path) -> Result<(), RecipeError> {
@@ -328,6 +297,14 @@ impl Recipe {
         };
         let t = &self.training;
         let d = &self.distillation;
+        for (name, value) in [
+            ("training.output_dir", &t.output_dir),
+            ("dataset.shards", &self.dataset.shards),
+        ] {
+            if value.as_os_str().is_empty() {
+                return Err(field(name, "is required".into()));
+            }
+        }
         let positive = [
             (
                 "training.per_device_train_batch_size",
@@ -391,12 +368,6 @@ impl Recipe {
                 "must be >= 0 (0 disables clipping)".into(),
             ));
         }
-        if !matches!(t.save_dtype.as_str(), "bfloat16" | "float32") {
-            return Err(field(
-                "training.save_dtype",
-                format!("`{}`: use \"bfloat16\" or \"float32\"", t.save_dtype),
-            ));
-        }
         if t.save_strategy == SaveStrategy::Best && t.eval_strategy == EvalStrategy::No {
             return Err(field(
                 "training.save_strategy",
@@ -419,18 +390,6 @@ impl Recipe {
             return Err(field(
                 "distillation.jsd_beta",
                 format!("{} is out of range (0, 1)", d.jsd_beta),
-            ));
-        }
-        if !matches!(
-            d.kd_loss_type.as_str(),
-            "kl" | "ce" | "forward_kl" | "reverse_kl" | "jsd" | "mse"
-        ) {
-            return Err(field(
-                "distillation.kd_loss_type",
-                format!(
-                    "`{}`: use kl (alias ce), reverse_kl, jsd or mse",
-                    d.kd_loss_type
-                ),
             ));
         }
         for (index, matched) in d.intermediate_matches.iter().enumerate() {
@@ -478,6 +437,25 @@ impl Recipe {
     }
 }
 
+/// The dotted name of the key on the line of `text` that holds byte `offset` (`section.key`,
+/// the section from the nearest `[section]` header above it).
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('['))
+        .map(|header| header.trim_matches(|c| c == '[' || c == ']').to_string());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML (so `2`, `2.0`, `true`,
 /// `"x"`, `[1, 2]` keep their types) and falls back to a bare string.
 fn apply_override(document: &mut toml::Table, assignment: &str) -> Result<(), String> {
@@ -500,4 +478,55 @@ fn apply_override(document: &mut toml::Table, assignment: &str) -> Result<(), St
     }
     table.insert(last.to_string(), value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[teacher]\nlocal_dir = \"t\"\n[student]\nlocal_dir = \"s\"\n\
+                           [dataset]\nshards = \"d\"\n[training]\noutput_dir = \"o\"\n";
+
+    #[test]
+    fn an_unknown_enum_value_names_the_file_the_field_and_the_accepted_values() {
+        let path = Path::new("configs/x.toml");
+        for (set, field, accepted) in [
+            (
+                "distillation.kd_loss_type=\"kll\"",
+                "distillation.kd_loss_type",
+                "reverse_kl",
+            ),
+            (
+                "training.save_dtype=\"fp16\"",
+                "training.save_dtype",
+                "bfloat16",
+            ),
+        ] {
+            let error = Recipe::parse(MINIMAL, path, &[set.to_string()]).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("configs/x.toml"), "{message}");
+            assert!(message.contains(&format!("`{field}`")), "{message}");
+            assert!(message.contains(accepted), "{message}");
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out_and_aliases_are_read() {
+        let recipe = Recipe::parse(
+            MINIMAL,
+            Path::new("x.toml"),
+            &["distillation.kd_loss_type=\"ce\"".to_string()],
+        )
+        .unwrap();
+        assert_eq!(recipe.kd_loss(), KdLoss::Kl);
+        assert_eq!(recipe.training.save_dtype, SaveDtype::Bfloat16);
+        assert_eq!(recipe.training.learning_rate, 5e-5);
+        assert_eq!(recipe.distillation.temperature, 2.0);
+        assert_eq!(recipe.dataset.eval_split, "validation");
+        let missing = Recipe::parse("[teacher]\nlocal_dir = \"t\"\n[student]\nlocal_dir = \"s\"\n[dataset]\nshards = \"d\"\n[training]\n", Path::new("x.toml"), &[]).unwrap_err();
+        assert!(
+            missing.to_string().contains("training.output_dir"),
+            "{missing}"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use preprocess::{preprocess, PreprocessOptions};
 use qwen2::{build_model, save_model, Qwen2Config, RandomWeights, SaveOptions, WeightSource};
 use serde_json::{json, Value};
 
-use crate::train::TrainError;
+use crate::error::TrainError;
 
 /// The id of `<|endoftext|>` in the byte tokenizer (eos and padding).
 pub const EOS_ID: u32 = 256;

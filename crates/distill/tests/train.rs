@@ -8,13 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
+use distill::cached_teacher::{self, TEACHER_RECORD_FILE};
 use distill::data::BatchSource;
 use distill::evaluate::evaluate;
 use distill::objective::Student;
 use distill::recipe::Recipe;
 use distill::toy::{toy_config, write_random_model, write_small_setup, SmallSetup};
-use distill::train::cached_teacher::{self, TEACHER_RECORD_FILE};
-use distill::train::{objective_for, train, TeacherSource, TrainError, TrainOptions};
+use distill::{objective_for, train, TeacherSource, TrainError, TrainOptions};
 use qwen2::backend::Cpu;
 use qwen2::{load_model, Qwen2Config};
 
@@ -51,6 +51,7 @@ fn recipe(setup: &SmallSetup, output: &Path, extra: &[&str]) -> Recipe {
 fn options(resume: bool, stop: bool) -> TrainOptions {
     TrainOptions {
         resume,
+        allow_recipe_change: false,
         progress: false,
         stop: Arc::new(AtomicBool::new(stop)),
         max_steps: None,
@@ -249,7 +250,7 @@ fn training_from_the_teacher_cache_never_loads_the_teacher() {
 
     // Not every loss has a cached form.
     let mut reverse = recipe.clone();
-    reverse.distillation.kd_loss_type = "reverse_kl".into();
+    reverse.distillation.kd_loss_type = distill::losses::KdLoss::ReverseKl;
     let refused = train::<Train>(&reverse, &cached(options(false, false)), &device).unwrap_err();
     assert!(refused.to_string().contains("kd_loss_type"), "{refused}");
 
@@ -461,4 +462,38 @@ fn the_shipped_recipes_load() {
     assert_eq!(seed.distillation.temperature, 2.0);
     let small = Recipe::load(&configs.join("small.toml"), &[]).unwrap();
     assert_eq!(small.distillation.intermediate_matches.len(), 1);
+}
+
+/// `--resume` with a recipe that changed since the run started: a change that leaves the
+/// trained weights as they were (how often to log) is accepted; one that changes the result
+/// (max_steps re-times the schedule) is refused naming the field, unless
+/// `allow_recipe_change` (`--allow-recipe-change`) confirms it.
+#[test]
+fn resuming_with_a_changed_recipe_names_the_change_and_needs_a_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let output = dir.path().join("run");
+    let started = recipe(&setup, &output, &RESUME_SETTINGS);
+    let first = train::<Train>(&started, &options(false, true), &device).unwrap();
+    assert!(first.stopped_early);
+
+    let mut harmless_settings = RESUME_SETTINGS.to_vec();
+    harmless_settings.push("training.logging_steps=2");
+    let mut shorter_settings = harmless_settings.clone();
+    shorter_settings.push("training.max_steps=4");
+    let shorter = recipe(&setup, &output, &shorter_settings);
+    let refused = train::<Train>(&shorter, &options(true, false), &device).unwrap_err();
+    let message = refused.to_string();
+    println!("{message}");
+    assert!(message.contains("training.max_steps"), "{message}");
+    assert!(!message.contains("training.logging_steps"), "{message}");
+    assert!(message.contains("--allow-recipe-change"), "{message}");
+
+    let allowed = TrainOptions {
+        allow_recipe_change: true,
+        ..options(true, false)
+    };
+    let summary = train::<Train>(&shorter, &allowed, &device).unwrap();
+    assert_eq!((summary.steps, summary.stopped_early), (4, false));
 }

@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::atomic::{commit, temporary_path};
 use crate::error::EvalError;
 
 /// The metrics log's name in a distill output directory (`distill::metrics::METRICS_FILE`).
@@ -183,16 +182,23 @@ pub fn plot_training_curves(
     if let Some(parent) = out_png.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(EvalError::io("create directory", parent))?;
     }
-    let temporary = temporary_path(out_png);
-    let drawn = draw(&panels, &temporary);
-    if let Err(message) = drawn {
+    // plotters writes the PNG by path: draw it under fsio's temporary name, sync it, then
+    // commit it as fsio::write_atomic would.
+    let temporary = fsio::temporary_path(out_png);
+    let drawn = draw(&panels, &temporary).map_err(|message| EvalError::Plot {
+        path: out_png.to_path_buf(),
+        message,
+    });
+    let synced = drawn.and_then(|()| {
+        std::fs::File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .map_err(EvalError::io("sync", &temporary))
+    });
+    if let Err(error) = synced {
         let _ = std::fs::remove_file(&temporary);
-        return Err(EvalError::Plot {
-            path: out_png.to_path_buf(),
-            message,
-        });
+        return Err(error);
     }
-    commit(&temporary, out_png)?;
+    fsio::commit(&temporary, out_png)?;
     Ok(panels)
 }
 

@@ -16,6 +16,9 @@ pub enum EvalError {
     #[error("{0}")]
     Invalid(String),
 
+    #[error(transparent)]
+    File(#[from] fsio::FileError),
+
     #[error("{}: cannot {action}: {source}", path.display())]
     Io {
         action: &'static str,

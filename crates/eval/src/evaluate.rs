@@ -1,7 +1,7 @@
 //! One model's row of the report: quality on a split of token shards, closeness to a teacher,
 //! speed and memory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
@@ -13,7 +13,7 @@ use qwen2::{load_model, AttentionMask, GenerationConfig, Model, Qwen2Config};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EvalError;
-use crate::quality::{score_batch, QualitySums};
+use crate::quality::{score_batch_compared, Comparison, QualitySums};
 use crate::speed::{forward_latency_ms, greedy_generations, GenerationSample};
 
 /// What to measure and how much of it.
@@ -32,6 +32,11 @@ pub struct EvalOptions {
     pub max_new_tokens: usize,
     /// Positions whose vocabulary-sized logits exist at once (per block of the batch).
     pub logit_chunk: usize,
+    /// The teacher's directory, for the tokenizer check that decides which vocabulary rows
+    /// and input ids the KL and top-1 agreement compare (as training does). None: the models
+    /// are taken to share one tokenizer (the leading shared rows, every real position).
+    #[serde(skip)]
+    pub teacher_dir: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -44,6 +49,7 @@ impl Default for EvalOptions {
             generation_prompts: default_prompts(),
             max_new_tokens: 32,
             logit_chunk: 128,
+            teacher_dir: None,
         }
     }
 }
@@ -96,9 +102,10 @@ pub struct ModelReport {
     pub eval_loss: f64,
     /// exp(eval_loss).
     pub perplexity: f64,
-    /// Token-mean KL(teacher || student) over real positions, temperature 1, full vocabulary.
+    /// Token-mean KL(teacher || student), temperature 1, over the vocabulary rows and real
+    /// positions the two models share (distill::measure).
     pub kl_to_teacher: Option<f64>,
-    /// Share of real positions where the model's top-1 token is the teacher's.
+    /// Share of the compared positions where the model's top-1 token is the teacher's.
     pub top1_agreement: Option<f64>,
     /// Median forward time of one sample of `latency_seq_len` tokens (batch 1), in ms.
     pub latency_ms_per_sample: f64,
@@ -168,6 +175,18 @@ pub fn evaluate_loaded<B: Backend>(
         )));
     }
     let seq_len = reader.seq_len();
+    let comparison = match (teacher, &options.teacher_dir) {
+        (Some(teacher), Some(teacher_dir)) => Comparison::of_tokenizers(
+            teacher_dir,
+            model_dir,
+            teacher.vocab_size(),
+            model.vocab_size(),
+        )?,
+        (teacher, _) => Comparison::same_tokenizer(
+            teacher.map_or(model.vocab_size(), Model::vocab_size),
+            model.vocab_size(),
+        ),
+    };
 
     let scoring_started = Instant::now();
     let mut sums = QualitySums::default();
@@ -197,13 +216,14 @@ pub fn evaluate_loaded<B: Backend>(
                 .push((0..block.ids.len()).map(|i| i < block.real_len).collect());
             input_ids.push(block.ids);
         }
-        sums.add(&score_batch(
+        sums.add(&score_batch_compared(
             model,
             teacher,
             &input_ids,
             &mask,
             options.logit_chunk,
             1.0,
+            &comparison,
         ));
         start = end;
     }

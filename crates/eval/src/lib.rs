@@ -20,7 +20,6 @@
 //! # Ok::<(), eval::EvalError>(())
 //! ```
 
-pub mod atomic;
 pub mod curves;
 pub mod error;
 pub mod evaluate;
@@ -33,6 +32,6 @@ pub use curves::plot_training_curves;
 pub use error::EvalError;
 pub use evaluate::{default_prompts, evaluate_loaded, evaluate_model, EvalOptions, ModelReport};
 pub use provenance::Machine;
-pub use quality::{score_batch, QualitySums};
+pub use quality::{score_batch, score_batch_compared, Comparison, QualitySums};
 pub use report::Report;
 pub use speed::GenerationSample;

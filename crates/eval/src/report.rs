@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::write_atomic;
 use crate::error::EvalError;
 use crate::evaluate::{EvalOptions, ModelReport};
 use crate::provenance::{utc_now_iso8601, Machine};
 use crate::speed::GenerationSample;
+use fsio::write_atomic;
 
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";

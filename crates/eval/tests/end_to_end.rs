@@ -21,6 +21,7 @@ fn options() -> EvalOptions {
         generation_prompts: vec!["The history of the".into(), "The storm".into()],
         max_new_tokens: 5,
         logit_chunk: 5,
+        teacher_dir: None,
     }
 }
 

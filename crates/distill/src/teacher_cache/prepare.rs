@@ -30,18 +30,18 @@ use burn::tensor::backend::Backend;
 use preprocess::ShardReader;
 use qwen2::{load_model, Qwen2Config};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::{
+    build_cache, BuildOptions, CacheSpec, CachedTeacher, TeacherCache, TeacherFingerprint,
+};
+use crate::error::TrainError;
 use crate::losses::KdLoss;
-use crate::objective::{Batch, Objective, TeacherOutputs};
+use crate::measure::evaluation_objective;
+use crate::objective::Objective;
+use crate::options::TrainOptions;
 use crate::recipe::{EvalStrategy, Recipe};
-use crate::teacher_cache::{
-    build_cache, BuildOptions, CacheSpec, TeacherCache, TeacherFingerprint,
-};
-use crate::train::{
-    objective_for, objective_with_verdict, TeacherSource, TrainError, TrainOptions,
-};
-use crate::trainer_checkpoint::write_json_atomically;
+use crate::teacher::TeacherSource;
+use crate::verdict::{objective_for, objective_with_verdict};
 
 /// File of the training cache that records the teacher (see the module docs).
 pub const TEACHER_RECORD_FILE: &str = "teacher.json";
@@ -71,17 +71,6 @@ pub fn eval_cache_dir(recipe: &Recipe) -> PathBuf {
     }
 }
 
-/// The objective evaluation measures the KL with (as crate::evaluate builds it): temperature 1,
-/// forward KL, no intermediate matches.
-fn eval_objective(objective: &Objective) -> Objective {
-    Objective {
-        temperature: 1.0,
-        kd_loss: KdLoss::Kl,
-        intermediate_matches: Vec::new(),
-        ..objective.clone()
-    }
-}
-
 /// What a run knew of the teacher when it built the cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TeacherRecord {
@@ -107,10 +96,7 @@ impl TeacherRecord {
     }
 
     fn load(path: &Path) -> Result<Self, TrainError> {
-        let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
         let record: Self = serde_json::from_slice(&bytes).map_err(|err| {
             TrainError::Invalid(format!(
                 "{}: unreadable teacher record ({err}); run once with the teacher present \
@@ -142,14 +128,6 @@ fn ranges(rows: &[u32]) -> Vec<[u32; 2]> {
     out
 }
 
-fn sha256_of(path: &Path) -> Result<String, TrainError> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(hex::encode(Sha256::digest(bytes)))
-}
-
 /// What `--cache-teacher` did, for the run's summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TeacherCacheSummary {
@@ -169,67 +147,6 @@ pub struct TeacherCacheSummary {
     pub teacher_dir_missing: bool,
 }
 
-/// The teacher outputs of a run that trains from caches.
-pub struct CachedTeacher<B: Backend> {
-    caches: Vec<TeacherCache>,
-    device: B::Device,
-}
-
-impl<B: Backend> CachedTeacher<B> {
-    /// The cached outputs of `blocks` of `split` for `objective` (whose temperature picks the
-    /// cache: training's or evaluation's).
-    pub fn outputs(
-        &self,
-        batch: &Batch,
-        split: &str,
-        blocks: &[usize],
-        objective: &Objective,
-    ) -> Result<TeacherOutputs<B>, TrainError> {
-        let cache = self
-            .caches
-            .iter()
-            .find(|c| {
-                let contents = &c.manifest().contents;
-                contents.split == split && contents.temperature == objective.temperature
-            })
-            .ok_or_else(|| {
-                TrainError::Invalid(format!(
-                    "no teacher cache for split `{split}` at temperature {} (caches: {})",
-                    objective.temperature,
-                    self.caches
-                        .iter()
-                        .map(|c| c.dir().display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        // TeacherCache::outputs returns every position of full-length blocks in the order
-        // given; data.rs makes batches exactly so (rows of seq_len tokens, mask = real_len).
-        if batch.batch_size() != blocks.len() || batch.seq_len() != cache.seq_len() {
-            return Err(TrainError::Invalid(format!(
-                "teacher cache {}: a batch of {} rows of {} tokens for {} blocks of {}",
-                cache.dir().display(),
-                batch.batch_size(),
-                batch.seq_len(),
-                blocks.len(),
-                cache.seq_len()
-            )));
-        }
-        let mut outputs = cache.outputs::<B>(blocks, &self.device)?;
-        if objective.intermediate_matches.is_empty() {
-            outputs.states.clear();
-        } else if outputs.states.len() != objective.intermediate_matches.len() {
-            return Err(TrainError::Invalid(format!(
-                "teacher cache {}: opened for {} hidden states, the objective matches {}",
-                cache.dir().display(),
-                outputs.states.len(),
-                objective.intermediate_matches.len()
-            )));
-        }
-        Ok(outputs)
-    }
-}
-
 /// Everything training needs from the teacher when it trains from caches.
 pub struct PreparedTeacher<B: Backend> {
     pub source: TeacherSource<B>,
@@ -247,7 +164,7 @@ struct Job {
 
 /// Builds (or reuses) the caches `recipe` needs and opens them; the teacher is loaded only
 /// when a cache has to be built, and dropped before this returns. `options.stop` (Ctrl-C)
-/// interrupts a build with [`CacheError::Stopped`](crate::teacher_cache::CacheError::Stopped),
+/// interrupts a build with [`CacheError::Stopped`](super::CacheError::Stopped),
 /// keeping its finished part files; `options.progress` draws the build's progress bar.
 pub fn prepare<B: Backend>(
     recipe: &Recipe,
@@ -261,7 +178,7 @@ pub fn prepare<B: Backend>(
             "--cache-teacher: distillation.kd_loss_type is `{}`, but the cached soft loss is the \
              top-k forward KL; set distillation.kd_loss_type = \"kl\" or train without \
              --cache-teacher",
-            recipe.distillation.kd_loss_type
+            recipe.distillation.kd_loss_type.name()
         )));
     }
     let teacher_dir = &recipe.teacher.local_dir;
@@ -285,7 +202,7 @@ pub fn prepare<B: Backend>(
             num_hidden_layers: config.num_hidden_layers,
             masked_token_ids: objective.masked_token_ids.clone(),
             vocab_rows: objective.vocab_rows.as_deref().map(ranges),
-            student_tokenizer_sha256: sha256_of(&student_tokenizer)?,
+            student_tokenizer_sha256: fsio::sha256_file(&student_tokenizer)?,
         };
         (record, objective)
     } else {
@@ -299,7 +216,7 @@ pub fn prepare<B: Backend>(
             )));
         }
         let record = TeacherRecord::load(&record_path)?;
-        if record.student_tokenizer_sha256 != sha256_of(&student_tokenizer)? {
+        if record.student_tokenizer_sha256 != fsio::sha256_file(&student_tokenizer)? {
             return Err(TrainError::Invalid(format!(
                 "--cache-teacher: {} was made with another student tokenizer than {}, and the \
                  teacher ({}) is not there to check the tokenizers again: restore \
@@ -332,7 +249,7 @@ pub fn prepare<B: Backend>(
             dir: eval_cache_dir(recipe),
             spec: CacheSpec::for_objective(
                 record.teacher.clone(),
-                &eval_objective(&objective),
+                &evaluation_objective(&objective),
                 top_k,
                 batch_size,
             ),
@@ -403,7 +320,8 @@ pub fn prepare<B: Backend>(
     if teacher_present {
         let current = TeacherRecord::load(&record_path).ok();
         if current.as_ref() != Some(&record) {
-            write_json_atomically(&record_path, &record)?;
+            let text = serde_json::to_string_pretty(&record).expect("serialisable") + "\n";
+            fsio::write_atomic(&record_path, text.as_bytes())?;
         }
     }
 
@@ -418,10 +336,7 @@ pub fn prepare<B: Backend>(
         caches.push(cache);
     }
     Ok(PreparedTeacher {
-        source: TeacherSource::Cached(CachedTeacher {
-            caches,
-            device: device.clone(),
-        }),
+        source: TeacherSource::Cached(CachedTeacher::new(caches, device.clone())),
         objective,
         teacher_width: record.hidden_size,
         summary,

@@ -1,0 +1,292 @@
+//! Setting a run up: the data, the teacher (live or cached), the student and the optimizer
+//! (from the newest checkpoint when resuming), where training stands, and the logs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use qwen2::{load_model, GenerationConfig, Qwen2Config};
+
+use super::{Trainer, RECIPE_FILE};
+use crate::checkpoint::{
+    latest_checkpoint, new_projections, read_projections, read_resume_state, write_json,
+    PositionalIds, ResumeState, PROJECTIONS_FILE,
+};
+use crate::data::{epoch_order, BatchSource};
+use crate::error::TrainError;
+use crate::metrics::MetricsLog;
+use crate::objective::{Objective, Student};
+use crate::optimizer::GroupedAdamW;
+use crate::options::TrainOptions;
+use crate::progress::Progress;
+use crate::recipe::{EvalStrategy, Recipe, Training};
+use crate::recipe_change::check_recipe_change;
+use crate::schedule::LearningRate;
+use crate::summary::TrainSummary;
+use crate::teacher::{needs_teacher, TeacherSource};
+use crate::teacher_cache::prepare::{self as cached_teacher, TeacherCacheSummary};
+use crate::verdict::objective_for;
+
+impl<'a, B: AutodiffBackend> Trainer<'a, B> {
+    /// Opens the data, loads the teacher (or its cache) and the student (from the newest
+    /// checkpoint with `options.resume`), and restores where training stands.
+    pub fn setup(
+        recipe: &'a Recipe,
+        options: &'a TrainOptions,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let t = &recipe.training;
+        let output_dir = t.output_dir.clone();
+        std::fs::create_dir_all(&output_dir).map_err(TrainError::io(&output_dir))?;
+        let resume_from = checkpoint_to_resume(&output_dir, options.resume)?;
+        let max_steps = options.max_steps.unwrap_or(t.max_steps);
+        let effective = with_max_steps(recipe, max_steps);
+        if resume_from.is_some() {
+            check_recipe_change(
+                &output_dir.join(RECIPE_FILE),
+                &effective,
+                options.allow_recipe_change,
+            )?;
+        }
+
+        let (train_data, eval_data) = open_data(recipe)?;
+        let student_dir = &recipe.student.local_dir;
+        let student_config = Qwen2Config::from_file(student_dir)?;
+        let generation = GenerationConfig::from_dir(student_dir, &student_config)?;
+        check_tokenizer_fits(recipe, &train_data, &student_config)?;
+        let (teacher, objective, teacher_width, cache_summary) =
+            open_teacher::<B>(recipe, &student_config, options, device)?;
+
+        let weights_dir = resume_from.as_deref().unwrap_or(student_dir);
+        let (model, _) = load_model::<B>(weights_dir, device)?;
+        let mut projections = new_projections::<B>(
+            &objective.intermediate_matches,
+            student_config.hidden_size,
+            teacher_width,
+            t.seed,
+            device,
+        );
+        if let Some(dir) = &resume_from {
+            projections = read_projections(projections, &dir.join(PROJECTIONS_FILE), device)?;
+        }
+        let student = PositionalIds::assign(Student { model, projections });
+        let mut optimizer = GroupedAdamW::<B>::new(t);
+        if let Some(dir) = &resume_from {
+            optimizer = optimizer
+                .load(dir, device)
+                .map_err(|e| TrainError::Record {
+                    path: dir.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+
+        let state = match &resume_from {
+            Some(dir) => read_resume_state(dir)?,
+            None => ResumeState::fresh(t.seed),
+        };
+        if state.trainer.seed != t.seed {
+            return Err(TrainError::Invalid(format!(
+                "--resume: the checkpoint was trained with training.seed = {}, the recipe says {}: \
+                 the data order would change",
+                state.trainer.seed, t.seed
+            )));
+        }
+        let steps_per_epoch = train_data
+            .batches_per_epoch()
+            .div_ceil(t.gradient_accumulation_steps);
+        let total_steps = if max_steps > 0 {
+            max_steps
+        } else {
+            steps_per_epoch * t.num_train_epochs
+        };
+        let schedule = learning_rate(t, total_steps);
+        write_json(&output_dir.join(RECIPE_FILE), &effective)?;
+        let metrics = match &resume_from {
+            Some(_) => MetricsLog::open_resumed(&output_dir, state.trainer.global_step as u64)?,
+            None => MetricsLog::open(&output_dir, false)?,
+        };
+        let progress = Progress::new(options.progress, total_steps, state.trainer.global_step);
+        let summary = TrainSummary {
+            steps: state.trainer.global_step,
+            epochs_completed: state.trainer.epoch,
+            train_tokens: state.trainer.tokens_seen,
+            tokens_per_second: 0.0,
+            peak_rss_bytes: None,
+            last_train_loss: state.history.last().map(|r| r.loss),
+            initial_eval: None,
+            last_eval: None,
+            output_dir: output_dir.clone(),
+            best_checkpoint: state
+                .trainer
+                .best_checkpoint
+                .as_ref()
+                .map(|name| output_dir.join(name)),
+            last_checkpoint: resume_from,
+            final_model: None,
+            stopped_early: false,
+            teacher_cache: cache_summary,
+        };
+        let order = epoch_order(train_data.blocks(), t.seed, state.trainer.epoch);
+        let resumed = summary.last_checkpoint.is_some();
+        Ok(Self {
+            recipe,
+            options,
+            output_dir,
+            student_config,
+            generation,
+            teacher,
+            objective,
+            student: Some(student),
+            optimizer,
+            train_data,
+            eval_data,
+            order,
+            schedule,
+            total_steps,
+            state,
+            metrics,
+            progress,
+            summary,
+            evaluated_at: None,
+            resumed,
+            train_seconds: 0.0,
+            run_tokens: 0,
+            window_started: Instant::now(),
+        })
+    }
+}
+
+/// The checkpoint `--resume` continues from; refuses to start over a run's checkpoints
+/// without it, and `--resume` without one.
+fn checkpoint_to_resume(output_dir: &Path, resume: bool) -> Result<Option<PathBuf>, TrainError> {
+    match (resume, latest_checkpoint(output_dir)) {
+        (true, Some(dir)) => Ok(Some(dir)),
+        (true, None) => Err(TrainError::Invalid(format!(
+            "--resume: {} holds no complete checkpoint-* directory to resume from \
+             (run without --resume to start training)",
+            output_dir.display()
+        ))),
+        (false, Some(dir)) => Err(TrainError::Invalid(format!(
+            "{} already holds checkpoints of an earlier run (e.g. {}): pass --resume to \
+             continue it, or set training.output_dir to a new directory",
+            output_dir.display(),
+            dir.display()
+        ))),
+        (false, None) => Ok(None),
+    }
+}
+
+/// `recipe` with `training.max_steps` as this run applies it (`--max-steps` overrides it), as
+/// `recipe.json` records it.
+fn with_max_steps(recipe: &Recipe, max_steps: usize) -> Recipe {
+    let mut effective = recipe.clone();
+    effective.training.max_steps = max_steps;
+    effective
+}
+
+/// The training split and, when the recipe evaluates, the evaluation split.
+fn open_data(recipe: &Recipe) -> Result<(BatchSource, Option<BatchSource>), TrainError> {
+    let t = &recipe.training;
+    let dataset = &recipe.dataset;
+    let train_data = BatchSource::open(
+        &dataset.shards,
+        &dataset.train_split,
+        t.per_device_train_batch_size,
+    )?;
+    if train_data.blocks() == 0 {
+        return Err(TrainError::Invalid(format!(
+            "{}: split `{}` has no blocks",
+            dataset.shards.display(),
+            dataset.train_split
+        )));
+    }
+    let eval_data = match t.eval_strategy {
+        EvalStrategy::No => None,
+        _ => Some(BatchSource::open(
+            &dataset.shards,
+            &dataset.eval_split,
+            t.per_device_eval_batch_size,
+        )?),
+    };
+    Ok((train_data, eval_data))
+}
+
+/// Refuses shards whose token ids the student has no embedding rows for.
+fn check_tokenizer_fits(
+    recipe: &Recipe,
+    data: &BatchSource,
+    student_config: &Qwen2Config,
+) -> Result<(), TrainError> {
+    if data.tokenizer_vocab_size() > student_config.vocab_size {
+        return Err(TrainError::Invalid(format!(
+            "{}: the shards' tokenizer has {} ids but the student {} has {} embedding rows: \
+             preprocess the data with the student's tokenizer",
+            recipe.dataset.shards.display(),
+            data.tokenizer_vocab_size(),
+            recipe.student.local_dir.display(),
+            student_config.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+type OpenedTeacher<B> = (
+    TeacherSource<B>,
+    Objective,
+    usize,
+    Option<TeacherCacheSummary>,
+);
+
+/// The teacher's signal (none, live, or from the cache), the objective, and the teacher's
+/// hidden width (for the projections of intermediate matches).
+fn open_teacher<B: AutodiffBackend>(
+    recipe: &Recipe,
+    student_config: &Qwen2Config,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<OpenedTeacher<B::InnerBackend>, TrainError> {
+    if !needs_teacher(recipe) {
+        let objective = objective_for(recipe, None, student_config.vocab_size)?;
+        return Ok((
+            TeacherSource::Absent,
+            objective,
+            student_config.hidden_size,
+            None,
+        ));
+    }
+    if options.cache_teacher {
+        let prepared =
+            cached_teacher::prepare::<B::InnerBackend>(recipe, student_config, options, device)?;
+        return Ok((
+            prepared.source,
+            prepared.objective,
+            prepared.teacher_width,
+            Some(prepared.summary),
+        ));
+    }
+    let (model, config) = load_model::<B::InnerBackend>(&recipe.teacher.local_dir, device)?;
+    recipe.check_layers(
+        Path::new("recipe"),
+        config.num_hidden_layers,
+        student_config.num_hidden_layers,
+    )?;
+    let objective = objective_for(recipe, Some(model.vocab_size()), student_config.vocab_size)?;
+    let width = model.hidden_size();
+    Ok((TeacherSource::Live(Arc::new(model)), objective, width, None))
+}
+
+/// Warmup (`warmup_steps`, else `warmup_ratio` of the run), then the recipe's schedule.
+fn learning_rate(t: &Training, total_steps: usize) -> LearningRate {
+    let warmup_steps = if t.warmup_steps > 0 {
+        t.warmup_steps
+    } else {
+        (t.warmup_ratio * total_steps as f64).ceil() as usize
+    };
+    LearningRate {
+        base: t.learning_rate,
+        schedule: t.lr_scheduler_type,
+        warmup_steps,
+        total_steps,
+    }
+}
