@@ -20,13 +20,15 @@
 //! # Ok::<(), eval::EvalError>(())
 //! ```
 
+// Public: the two components tests and tools reach into (curve panels, per-batch scoring);
+// the rest is used through the re-exports below.
 pub mod curves;
-pub mod error;
-pub mod evaluate;
-pub mod provenance;
+mod error;
+mod evaluate;
+mod provenance;
 pub mod quality;
-pub mod report;
-pub mod speed;
+mod report;
+mod speed;
 
 pub use curves::plot_training_curves;
 pub use error::EvalError;
