@@ -150,7 +150,7 @@ impl CachedRepo {
     pub fn is_present(&self, commit: &str, path: &str, expected: &ExpectedFile) -> Option<u64> {
         let metadata = fs::metadata(self.snapshot_dir(commit).join(path)).ok()?;
         let size_ok = expected.size.is_none_or(|size| size == metadata.len());
-        (metadata.is_file() && size_ok).then(|| metadata.len())
+        (metadata.is_file() && size_ok).then_some(metadata.len())
     }
 
     /// The blob for `expected`, when it is already stored (another revision may share it).

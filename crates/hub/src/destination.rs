@@ -17,6 +17,11 @@ pub(crate) trait Destination {
     /// Where the requested files can be read once the download is done.
     fn location(&self) -> PathBuf;
 
+    /// Where the files of an earlier download at `commit` are (the snapshot, for the cache).
+    fn location_at(&self, _commit: Option<&str>) -> PathBuf {
+        self.location()
+    }
+
     /// Takes note of the listing before any file is fetched.
     fn start(
         &mut self,
@@ -199,6 +204,13 @@ impl Destination for CacheDestination {
             self.repo.dir().to_path_buf()
         } else {
             self.repo.snapshot_dir(&self.commit)
+        }
+    }
+
+    fn location_at(&self, commit: Option<&str>) -> PathBuf {
+        match commit {
+            Some(commit) => self.repo.snapshot_dir(commit),
+            None => self.location(),
         }
     }
 

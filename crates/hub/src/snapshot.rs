@@ -209,11 +209,11 @@ impl Downloader {
         wanted: &Wanted,
         destination: &dyn Destination,
     ) -> Result<ListingOrReport, HubError> {
-        let offline_report = |(commit, files)| {
+        let offline_report = |(commit, files): (Option<String>, _)| {
             Offline(DownloadReport {
+                location: destination.location_at(commit.as_deref()),
                 commit,
                 offline: true,
-                location: destination.location(),
                 files,
             })
         };
@@ -416,6 +416,15 @@ mod tests {
             .into_iter()
             .map(|f| f.path.clone())
             .collect())
+    }
+
+    #[test]
+    fn a_local_dir_that_is_the_repo_id_means_the_cache() {
+        let mut request = request(&[]);
+        request.local_dir = PathBuf::from("Salesforce/wikitext");
+        assert!(request.names_the_cache());
+        request.local_dir = PathBuf::from("data/wikitext");
+        assert!(!request.names_the_cache());
     }
 
     #[test]

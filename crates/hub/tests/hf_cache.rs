@@ -334,6 +334,12 @@ fn offline_mode_uses_the_cached_snapshot_and_never_the_network() {
         .unwrap();
     assert!(report.offline);
     assert_eq!(report.files.len(), 1);
+    assert_eq!(
+        report.location,
+        dir.path()
+            .join("models--Qwen--Qwen2.5-0.5B-Instruct/snapshots")
+            .join(MAIN)
+    );
     // The weights were never fetched: asking for them offline names what is missing.
     let message = Downloader::new(offline)
         .unwrap()

@@ -168,7 +168,7 @@ pub fn preprocess(options: &PreprocessOptions) -> Result<PreprocessOutcome> {
         let mut writer = ShardWriter::new(staging.path(), split, layout);
         let mut packer = BlockPacker::new(layout.seq_len, tokenizer.eos_id, tokenizer.pad_id);
         for source in split_sources {
-            bar.set_message(&source.path.display().to_string());
+            bar.set_message(&format!("tokenizing {}", source.path.display()));
             tokenize_source(
                 source,
                 &tokenizer,

@@ -295,7 +295,7 @@ fn rewrite_header(path: &Path, edit: impl FnOnce(&mut Value)) {
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
     edit(&mut header);
     let mut new_header = serde_json::to_vec(&header).unwrap();
-    while (8 + new_header.len()) % 8 != 0 {
+    while !(8 + new_header.len()).is_multiple_of(8) {
         new_header.push(b' ');
     }
     let mut rewritten = (new_header.len() as u64).to_le_bytes().to_vec();
