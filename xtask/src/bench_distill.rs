@@ -173,7 +173,11 @@ impl BackendTask for Step {
             eprintln!(
                 "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss {:.2}, \
                  backward {:.2}, clip + AdamW {:.2}; loss {:.4})",
-                if update < args.warmup { " (warm-up)" } else { "" },
+                if update < args.warmup {
+                    " (warm-up)"
+                } else {
+                    ""
+                },
                 phases.total(),
                 phases.teacher_forward,
                 phases.student_forward_and_loss,
