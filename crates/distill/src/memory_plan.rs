@@ -130,7 +130,7 @@ impl MemoryPlan {
     /// The plan as an aligned table, largest parts first, with the total.
     pub fn table(&self) -> String {
         let mut parts = self.parts.clone();
-        parts.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        parts.sort_by_key(|part| std::cmp::Reverse(part.bytes));
         let mut text = String::new();
         for part in &parts {
             text.push_str(&format!("  {:<42} {:>10}\n", part.name, gib(part.bytes)));
