@@ -1,24 +1,29 @@
 //! `cargo xtask distill --config configs/X.toml [--set key=value ...] [--resume
-//! [--allow-recipe-change]] [--cache-teacher] [--backend ndarray|cuda] [--max-steps N]`: runs
+//! [--allow-recipe-change]] [--cache-teacher] [--backend flex|ndarray|cuda] [--max-steps N]
+//! [--dry-run] [--ignore-memory-plan]`: runs
 //! the training loop of crates/distill and prints what it did. Ctrl-C stops at the next
 //! update with a checkpoint; `--resume` continues from it (naming each recipe field changed
 //! since the run started, and refusing those that change its result unless
 //! `--allow-recipe-change`). `--cache-teacher` runs the teacher once over the train and eval
 //! shards into a cache beside them (`teacher_cache.dir`, default `<shards>/teacher-cache`;
-//! reused when complete), drops it, and trains from the cache.
+//! reused when complete), drops it, and trains from the cache. Before anything is loaded the
+//! run's memory plan is compared with the machine's available memory: a CPU run that cannot
+//! fit stops at once with the plan, part by part, and the options that would fit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
+use distill::memory_plan::{machine_memory, MemoryPlan, RunShape};
 use distill::recipe::Recipe;
 use distill::{TrainOptions, TrainSummary};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
-use qwen2::memory::gib;
+use qwen2::memory::{current_rss_bytes, gib};
+use qwen2::Qwen2Config;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -49,6 +54,13 @@ pub struct Args {
     /// No progress on stderr (a bar on a terminal, one line per logging step otherwise).
     #[arg(long)]
     quiet: bool,
+    /// Print the memory plan (the run's expected peak, part by part) beside the machine's
+    /// memory, then exit without loading anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Start a CPU run even when its memory plan exceeds the memory available now.
+    #[arg(long)]
+    ignore_memory_plan: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -61,6 +73,10 @@ pub fn run(args: Args) -> Result<()> {
         if let Ok(snapshot) = hub::resolve_model_dir_at(&written, model.revision.as_deref()) {
             model.local_dir = snapshot;
         }
+    }
+    check_memory(&recipe, &args)?;
+    if args.dry_run {
+        return Ok(());
     }
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = stop.clone();
@@ -95,6 +111,87 @@ pub fn run(args: Args) -> Result<()> {
     let summary = with_backend(args.backend, Train { recipe, options })??;
     print_summary(&summary);
     Ok(())
+}
+
+/// The run's memory plan against the memory the machine has now: printed with `--dry-run`,
+/// and a CPU run that cannot fit is refused before anything is loaded. A plan that cannot be
+/// made (a missing config or manifest) is left to the trainer's own, more precise errors,
+/// except with `--dry-run`, which exists to show it.
+fn check_memory(recipe: &Recipe, args: &Args) -> Result<()> {
+    let plan = match memory_plan(recipe, args.cache_teacher) {
+        Ok(plan) => plan,
+        Err(error) if args.dry_run => return Err(error),
+        Err(_) => return Ok(()),
+    };
+    let machine = machine_memory();
+    if args.dry_run {
+        println!(
+            "memory plan ({}, {} backend):\n{}",
+            args.config.display(),
+            args.backend,
+            plan.table()
+        );
+        if let Some((total, available)) = machine {
+            println!(
+                "machine: {} in all, {} available now: the plan {}",
+                gib(total),
+                gib(available),
+                if plan.total() <= available {
+                    "fits"
+                } else {
+                    "does not fit"
+                }
+            );
+        }
+        return Ok(());
+    }
+    // GPU runs hold their tensors in the GPU's memory, which this plan does not describe.
+    let (Some((_, available)), false) = (machine, args.backend == BackendKind::Cuda) else {
+        return Ok(());
+    };
+    if plan.total() > available && !args.ignore_memory_plan {
+        bail!(
+            "this run needs about {} at its peak but the machine has {} available:\n{}\
+             Ways to fit: --cache-teacher (the teacher is not held while training), a smaller \
+             training.per_device_train_batch_size (with gradient_accumulation_steps for the same \
+             batch), shorter blocks (cargo xtask preprocess --seq-len), a smaller \
+             distillation.chunk_positions, or a GPU (--backend cuda). --ignore-memory-plan starts \
+             it anyway; --dry-run prints this plan alone.",
+            gib(plan.total()),
+            gib(available),
+            plan.table()
+        );
+    }
+    Ok(())
+}
+
+fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
+    let config = |dir: &Path| {
+        let path = dir.join("config.json");
+        Qwen2Config::from_file(&path).with_context(|| format!("memory plan: {}", path.display()))
+    };
+    let student = config(&recipe.student.local_dir)?;
+    let teacher_dir = &recipe.teacher.local_dir;
+    let teacher = if distill::needs_teacher(recipe) && !cache_teacher {
+        Some(config(teacher_dir)?)
+    } else {
+        None
+    };
+    let manifest = preprocess::Manifest::load(&recipe.dataset.shards).with_context(|| {
+        format!(
+            "memory plan: the shards in {}",
+            recipe.dataset.shards.display()
+        )
+    })?;
+    Ok(MemoryPlan::estimate(&RunShape {
+        student: &student,
+        teacher: teacher.as_ref(),
+        cache_top_k: recipe.teacher_cache.top_k,
+        batch: recipe.training.per_device_train_batch_size,
+        seq_len: manifest.seq_len,
+        chunk_positions: recipe.distillation.chunk_positions,
+        baseline_bytes: current_rss_bytes().unwrap_or(0),
+    }))
 }
 
 struct Train {

@@ -60,4 +60,64 @@ fn quickstart_runs_offline_end_to_end() {
         .path()
         .join("runs/hard-labels/final/model.safetensors")
         .exists());
+
+    // The memory plan of the same recipe on the quickstart's own shards and student: printed
+    // alone with --dry-run, and a run that cannot fit is refused before anything is loaded.
+    let distill = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(&root)
+            .args(["distill", "--config", "configs/quickstart.toml", "--set"])
+            .arg(format!(
+                "student.local_dir={}",
+                work.path().join("student-init").display()
+            ))
+            .arg("--set")
+            .arg(format!(
+                "dataset.shards={}",
+                work.path().join("shards").display()
+            ))
+            .arg("--set")
+            .arg(format!(
+                "training.output_dir={}",
+                work.path().join("runs/planned").display()
+            ))
+            .args(extra)
+            .output()
+            .expect("xtask runs")
+    };
+    let dry = distill(&["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    for part in [
+        "student weights (f32)",
+        "AdamW moments",
+        "teacher weights",
+        "total",
+    ] {
+        assert!(
+            stdout.contains(part),
+            "{part} missing from the plan:\n{stdout}"
+        );
+    }
+    assert!(
+        !work.path().join("runs/planned").exists(),
+        "a dry run trains nothing"
+    );
+    let too_big = distill(&[
+        "--set",
+        "training.per_device_train_batch_size=1000000",
+        "--max-steps",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&too_big.stderr);
+    assert!(!too_big.status.success(), "an impossible run was started");
+    assert!(stderr.contains("Ways to fit"), "{stderr}");
+    assert!(
+        !work.path().join("runs/planned").exists(),
+        "a refused run writes nothing"
+    );
 }
