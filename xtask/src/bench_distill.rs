@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
-use distill::memory_plan::{MemoryPlan, RunShape};
+use distill::memory_plan::{machine_memory, MemoryPlan, RunShape};
 use distill::objective::{gradient_pass, Batch, Projection, Student, TeacherOutputs};
 use distill::objective_for;
 use distill::optimizer::GroupedAdamW;
@@ -42,6 +42,9 @@ pub struct Args {
     /// update them, so both still grow the heap; from the third on an update reuses its memory.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Run even when the memory plan exceeds the memory available now.
+    #[arg(long)]
+    ignore_memory_plan: bool,
     /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
     #[arg(long, default_value = "flex")]
     backend: BackendKind,
@@ -85,13 +88,6 @@ impl BackendTask for Step {
         let student_config = preset(&args.shape)?;
         let teacher_shape = args.teacher_shape.clone().unwrap_or(args.shape.clone());
         let teacher_config = preset(&teacher_shape)?;
-        let teacher = Arc::new(build_model::<B>(
-            &teacher_config,
-            &mut RandomWeights::new(1),
-            &device,
-        )?);
-        let model =
-            build_model::<Autodiff<B>>(&student_config, &mut RandomWeights::new(2), &device)?;
         // The seed recipe's training and distillation settings (no tokenizer check: random ids),
         // plus one middle-layer hidden-state MSE where the widths match, as PyTorch's reference
         // update has (tests/python/bench_torch.py), so the two do the same work.
@@ -125,6 +121,25 @@ impl BackendTask for Step {
             baseline_bytes,
         });
         eprintln!("memory plan:\n{}", plan.table());
+        // A GPU holds the tensors in its own memory, which this plan does not describe.
+        if let (Some((_, available)), false) = (machine_memory(), args.backend == BackendKind::Cuda)
+        {
+            if plan.total() > available && !args.ignore_memory_plan {
+                bail!(
+                    "this update needs about {} at its peak but the machine has {} available \
+                     (--ignore-memory-plan runs it anyway)",
+                    gib(plan.total()),
+                    gib(available)
+                );
+            }
+        }
+        let teacher = Arc::new(build_model::<B>(
+            &teacher_config,
+            &mut RandomWeights::new(1),
+            &device,
+        )?);
+        let model =
+            build_model::<Autodiff<B>>(&student_config, &mut RandomWeights::new(2), &device)?;
         // Equal widths: the hidden-state match needs no learned projection.
         let projections = objective
             .intermediate_matches
