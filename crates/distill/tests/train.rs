@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
 use distill::cached_teacher::{self, TEACHER_RECORD_FILE};
 use distill::data::BatchSource;
 use distill::evaluate::evaluate;
@@ -172,8 +173,7 @@ fn assert_same_losses(straight: &[(u64, f64)], resumed: &[(u64, f64)]) {
     }
 }
 
-#[test]
-fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
+fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run<Cpu: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     // 16 blocks of 32 tokens.
     let setup = setup(dir.path(), 16 * 32);
@@ -181,14 +181,14 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
 
     let straight_dir = dir.path().join("straight");
     let straight = recipe(&setup, &straight_dir, &RESUME_SETTINGS);
-    let summary = train::<Train>(&straight, &options(false, false), &device).unwrap();
+    let summary = train::<Autodiff<Cpu>>(&straight, &options(false, false), &device).unwrap();
     assert_eq!((summary.steps, summary.epochs_completed), (6, 2));
     let straight_losses = logged_losses(&straight_dir);
 
     // Ctrl-C before the first update ends: a checkpoint at step 1, a clean return.
     let stopped_dir = dir.path().join("stopped");
     let stopped = recipe(&setup, &stopped_dir, &RESUME_SETTINGS);
-    let first = train::<Train>(&stopped, &options(false, true), &device).unwrap();
+    let first = train::<Autodiff<Cpu>>(&stopped, &options(false, true), &device).unwrap();
     assert!(first.stopped_early);
     assert_eq!(first.steps, 1);
     assert!(first.final_model.is_none());
@@ -197,9 +197,9 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
         Some(stopped_dir.join("checkpoint-1").as_path())
     );
     // Starting again without --resume is refused (it would mix two runs).
-    let refused = train::<Train>(&stopped, &options(false, false), &device).unwrap_err();
+    let refused = train::<Autodiff<Cpu>>(&stopped, &options(false, false), &device).unwrap_err();
     assert!(refused.to_string().contains("--resume"), "{refused}");
-    let rest = train::<Train>(&stopped, &options(true, false), &device).unwrap();
+    let rest = train::<Autodiff<Cpu>>(&stopped, &options(true, false), &device).unwrap();
     assert_eq!((rest.steps, rest.stopped_early), (6, false));
     assert_same_losses(&straight_losses, &logged_losses(&stopped_dir));
 
@@ -210,7 +210,7 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
     std::fs::remove_dir_all(crashed_dir.join("checkpoint-6")).unwrap();
     std::fs::remove_dir_all(crashed_dir.join("final")).unwrap();
     let crashed = recipe(&setup, &crashed_dir, &RESUME_SETTINGS);
-    let resumed = train::<Train>(&crashed, &options(true, false), &device).unwrap();
+    let resumed = train::<Autodiff<Cpu>>(&crashed, &options(true, false), &device).unwrap();
     assert_eq!(resumed.steps, 6);
     assert_same_losses(&straight_losses, &logged_losses(&crashed_dir));
     // The final students are the same.
@@ -330,14 +330,14 @@ fn training_from_the_teacher_cache_never_loads_the_teacher() {
 }
 
 /// A run that trains from a cache resumes with the losses of an uninterrupted one.
-#[test]
-fn resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run() {
+fn resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run<Cpu: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     let setup = setup(dir.path(), 16 * 32);
     let device = Default::default();
     let straight_dir = dir.path().join("straight");
     let straight = recipe(&setup, &straight_dir, &RESUME_SETTINGS);
-    let summary = train::<Train>(&straight, &cached(options(false, false)), &device).unwrap();
+    let summary =
+        train::<Autodiff<Cpu>>(&straight, &cached(options(false, false)), &device).unwrap();
     assert!(summary.teacher_cache.unwrap().blocks_computed > 0);
     assert_eq!((summary.steps, summary.epochs_completed), (6, 2));
     let straight_losses = logged_losses(&straight_dir);
@@ -348,7 +348,7 @@ fn resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run() {
     std::fs::remove_dir_all(crashed_dir.join("checkpoint-6")).unwrap();
     std::fs::remove_dir_all(crashed_dir.join("final")).unwrap();
     let crashed = recipe(&setup, &crashed_dir, &RESUME_SETTINGS);
-    let resumed = train::<Train>(&crashed, &cached(options(true, false)), &device).unwrap();
+    let resumed = train::<Autodiff<Cpu>>(&crashed, &cached(options(true, false)), &device).unwrap();
     assert_eq!(resumed.teacher_cache.unwrap().blocks_computed, 0);
     assert_eq!(resumed.steps, 6);
     assert_same_losses(&straight_losses, &logged_losses(&crashed_dir));
@@ -497,3 +497,9 @@ fn resuming_with_a_changed_recipe_names_the_change_and_needs_a_confirmation() {
     let summary = train::<Train>(&shorter, &allowed, &device).unwrap();
     assert_eq!((summary.steps, summary.stopped_early), (4, false));
 }
+
+// Resuming must give the uninterrupted run's losses on each CPU backend the toolkit ships.
+qwen2::on_every_cpu_backend!(
+    stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run,
+    resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run,
+);
