@@ -13,7 +13,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
-use distill::memory_plan::{machine_memory, MemoryPlan, RunShape};
+use distill::memory_plan::{MemoryPlan, RunShape};
 use distill::objective::{gradient_pass, Batch, Projection, Student, TeacherOutputs};
 use distill::objective_for;
 use distill::optimizer::GroupedAdamW;
@@ -122,9 +122,8 @@ impl BackendTask for Step {
         });
         eprintln!("memory plan:\n{}", plan.table());
         // A GPU holds the tensors in its own memory, which this plan does not describe.
-        if let (Some((_, available)), false) = (machine_memory(), args.backend == BackendKind::Cuda)
-        {
-            if plan.total() > available && !args.ignore_memory_plan {
+        if args.backend != BackendKind::Cuda && !args.ignore_memory_plan {
+            if let Some(available) = plan.shortfall() {
                 bail!(
                     "this update needs about {} at its peak but the machine has {} available \
                      (--ignore-memory-plan runs it anyway)",

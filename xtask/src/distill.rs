@@ -146,10 +146,10 @@ fn check_memory(recipe: &Recipe, args: &Args) -> Result<()> {
         return Ok(());
     }
     // GPU runs hold their tensors in the GPU's memory, which this plan does not describe.
-    let (Some((_, available)), false) = (machine, args.backend == BackendKind::Cuda) else {
+    if args.backend == BackendKind::Cuda || args.ignore_memory_plan {
         return Ok(());
-    };
-    if plan.total() > available && !args.ignore_memory_plan {
+    }
+    if let Some(available) = plan.shortfall() {
         bail!(
             "this run needs about {} at its peak but the machine has {} available:\n{}\
              Ways to fit: --cache-teacher (the teacher is not held while training), a smaller \

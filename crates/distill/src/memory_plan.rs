@@ -127,6 +127,13 @@ impl MemoryPlan {
         self.parts.iter().map(|part| part.bytes).sum()
     }
 
+    /// The memory available now when the plan exceeds it; `None` when it fits or the machine's
+    /// memory cannot be read.
+    pub fn shortfall(&self) -> Option<u64> {
+        let (_, available) = machine_memory()?;
+        (self.total() > available).then_some(available)
+    }
+
     /// The plan as an aligned table, largest parts first, with the total.
     pub fn table(&self) -> String {
         let mut parts = self.parts.clone();

@@ -32,9 +32,6 @@ pub enum BackendKind {
 impl BackendKind {
     /// Every backend name a command accepts, for help and error texts.
     pub const NAMES: &'static str = "flex (default CPU), ndarray (CPU) or cuda";
-
-    /// The CPU backends, each built into every binary.
-    pub const CPU: [BackendKind; 2] = [BackendKind::Flex, BackendKind::Ndarray];
 }
 
 impl FromStr for BackendKind {
