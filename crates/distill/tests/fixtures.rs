@@ -203,11 +203,17 @@ fn losses_and_gradients_equal_the_reference_for_every_chunking<Cpu: Backend>() {
                 // Burn keeps [in, out]; the reference is PyTorch's [out, in].
                 (
                     "grad.model.layers.0.self_attn.q_proj.weight",
-                    transpose(gradient(&grads, &layer.weight), model.hidden_size()),
+                    transpose(
+                        gradient(&grads, layer.weight.as_param()),
+                        model.hidden_size(),
+                    ),
                 ),
                 (
                     "grad.model.embed_tokens.weight",
-                    transpose(gradient(&grads, &model.embed_tokens), model.hidden_size()),
+                    transpose(
+                        gradient(&grads, model.embed_tokens.as_param()),
+                        model.hidden_size(),
+                    ),
                 ),
             ];
             for (name, actual) in checks {

@@ -58,7 +58,9 @@ fn sharpened_teacher(dir: &Path, factor: f32) -> PathBuf {
         .lm_head
         .take()
         .expect("the fixture teacher has its own lm_head");
-    model.lm_head = Some(Param::from_tensor(head.val() * factor));
+    model.lm_head = Some(qwen2::weight::Weight::from_param(Param::from_tensor(
+        head.val() * factor,
+    )));
     save_model(
         &model,
         &config,
@@ -324,7 +326,7 @@ fn embedding_gradient(
     let (grads, _) = loss_and_gradients(student, teacher, batch, objective);
     floats(
         grads
-            .get::<Cpu, 2>(student.model.embed_tokens.id)
+            .get::<Cpu, 2>(student.model.embed_tokens.as_param().id)
             .expect("the embeddings have a gradient"),
     )
 }

@@ -5,15 +5,15 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
 use crate::config::Qwen2Config;
 use crate::error::Result;
-use crate::model::{Attention, DecoderLayer, Mlp, Model, RmsNorm};
+use crate::model::{Attention, DecoderLayer, Linear, Mlp, Model, RmsNorm};
 use crate::safetensors::Checkpoint;
+use crate::weight::Weight;
 
 /// Where parameter values come from, by Hugging Face name and PyTorch-layout shape.
 pub trait WeightSource {
@@ -94,12 +94,12 @@ pub fn build_model<B: Backend>(
         out_features: usize,
         in_features: usize,
         device: &B::Device,
-    ) -> Result<Param<Tensor<B, 2>>> {
+    ) -> Result<Weight<B>> {
         let values = source.tensor(name, &[out_features, in_features], true)?;
-        Ok(Param::from_tensor(Tensor::from_data(
+        Ok(Weight::from_param(Param::from_tensor(Tensor::from_data(
             TensorData::new(values, [in_features, out_features]),
             device,
-        )))
+        ))))
     }
 
     let embed_tokens = matrix::<B>(source, "model.embed_tokens.weight", v, h, device)?;
@@ -123,7 +123,11 @@ pub fn build_model<B: Backend>(
             } else {
                 None
             };
-            Ok(Linear { weight, bias })
+            Ok(Linear {
+                weight,
+                bias,
+                lora: None,
+            })
         };
         let self_attn = Attention {
             q_proj: linear(source, "self_attn.q_proj", q, h, true)?,

@@ -16,12 +16,36 @@
 //! operand of tied models, and an embedding lookup is a column `select`.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::Qwen2Config;
+use crate::lora::Lora;
+use crate::weight::Weight;
+
+/// A linear layer `y = x W + b`, with `W` as [`Weight`] (trainable, or frozen and possibly in
+/// bf16) and, when a LoRA student trains, an adapter beside it (crate::lora).
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[in, out]`
+    pub weight: Weight<B>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<Lora<B>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut y = self.weight.right_matmul(x.clone());
+        if let Some(bias) = &self.bias {
+            y = y + bias.val().unsqueeze::<3>();
+        }
+        match &self.lora {
+            Some(lora) => y + lora.forward(x),
+            None => y,
+        }
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -254,11 +278,11 @@ impl<B: Backend> DecoderLayer<B> {
 #[derive(Module, Debug)]
 pub struct Model<B: Backend> {
     /// `[hidden, vocab]`: the transpose of HF's `model.embed_tokens.weight` (see module docs).
-    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub embed_tokens: Weight<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     /// `[hidden, vocab]`; `None` when the lm_head is tied to the embeddings.
-    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    pub lm_head: Option<Weight<B>>,
     pub rope_theta: f64,
     pub head_dim: usize,
 }
@@ -350,7 +374,7 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn device(&self) -> B::Device {
-        self.embed_tokens.device()
+        self.norm.weight.device()
     }
 
     /// Full forward pass over a batch (no cache). Logits at every position.
@@ -469,19 +493,16 @@ impl<B: Backend> Model<B> {
         let [batch, seq] = input_ids.dims();
         let hidden = self.hidden_size();
         self.embed_tokens
-            .val()
-            .select(1, input_ids.reshape([batch * seq]))
-            .transpose()
+            .select_columns(input_ids.reshape([batch * seq]))
             .reshape([batch, seq, hidden])
     }
 
     /// `[B, T, hidden] -> [B, T, vocab]`
     pub fn lm_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let weight = match &self.lm_head {
-            Some(weight) => weight.val(),
-            None => self.embed_tokens.val(),
-        };
-        hidden.matmul(weight.unsqueeze::<3>())
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .right_matmul(hidden)
     }
 
     /// `[B, 1, T, S]`, true where query t (at absolute index past + t) may not see key s:

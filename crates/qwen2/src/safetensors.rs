@@ -109,6 +109,23 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
+    /// Opens one safetensors file (a PEFT adapter's `adapter_model.safetensors`, for example).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let mut checkpoint = Self {
+            files: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        checkpoint.add_file(path.to_path_buf())?;
+        Ok(checkpoint)
+    }
+
+    /// The names of every tensor, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     fn add_file(&mut self, path: PathBuf) -> Result<()> {
         let corrupt = |message: String| ModelError::Safetensors {
             path: path.clone(),

@@ -1,0 +1,254 @@
+//! A weight matrix of the model, kept either as a trainable f32 parameter or frozen in bf16.
+//!
+//! Frozen weights (the teacher, the base under a LoRA student) dominate memory: 1.5B
+//! parameters are 5.7 GiB in f32 and half of that in bf16, which is also the dtype the Hugging
+//! Face checkpoints ship in, so nothing is rounded. A frozen matrix lives on the host as bf16 and
+//! is widened to f32 for one product at a time, so every matmul still runs in f32 (the result
+//! equals transformers running the bf16 checkpoint in float32). The widening is done here, not
+//! by Burn's `cast`, for two reasons that hold on every CPU backend alike:
+//! - it works on burn-ndarray, which has no bf16 tensors, and burn-flex's cast goes through an
+//!   f64 copy (four times the bf16 bytes) that would be the peak for the 233M-row embeddings;
+//! - under autodiff, `x.matmul(w)` keeps `w` until the backward pass: a widened copy per layer
+//!   would bring back the whole f32 model. [`frozen_matmul`] instead records a backward step
+//!   that widens the bf16 matrix again when the gradient of `x` is needed.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+/// A frozen matrix in bf16 on the host, in Burn's `[in, out]` layout.
+#[derive(Clone)]
+pub struct FrozenMatrix {
+    values: Arc<Vec<bf16>>,
+    dims: [usize; 2],
+}
+
+impl std::fmt::Debug for FrozenMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrozenMatrix(bf16 {:?})", self.dims)
+    }
+}
+
+impl FrozenMatrix {
+    /// Rounds `values` (row-major `dims`) to bf16, as torch's `.to(torch.bfloat16)` does.
+    pub fn from_f32(values: &[f32], dims: [usize; 2]) -> Self {
+        assert_eq!(values.len(), dims[0] * dims[1], "frozen matrix size");
+        let values = values.par_iter().map(|&v| bf16::from_f32(v)).collect();
+        Self {
+            values: Arc::new(values),
+            dims,
+        }
+    }
+
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.values.len() * 2
+    }
+
+    /// The values widened to f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.values.par_iter().map(|v| v.to_f32()).collect()
+    }
+
+    /// The f32 tensor of these values on `device`: a fresh copy, alive as long as the caller
+    /// keeps it.
+    pub fn tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(self.to_f32(), self.dims), device)
+    }
+
+    /// Columns `ids` as an f32 `[ids.len(), in]` tensor (the rows of the transposed matrix):
+    /// an embedding lookup that widens only the rows it reads.
+    pub fn columns<B: Backend>(&self, ids: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        let [rows, cols] = self.dims;
+        let mut out = Vec::with_capacity(ids.len() * rows);
+        for &id in ids {
+            out.extend((0..rows).map(|r| self.values[r * cols + id].to_f32()));
+        }
+        Tensor::from_data(TensorData::new(out, [ids.len(), rows]), device)
+    }
+}
+
+/// A weight matrix `[in, out]`: a parameter (trainable, or frozen in f32 with
+/// `require_grad = false`), or a [`FrozenMatrix`].
+#[derive(Module, Debug)]
+pub struct Weight<B: Backend> {
+    pub param: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    pub frozen: Option<FrozenMatrix>,
+}
+
+impl<B: Backend> Weight<B> {
+    pub fn from_param(param: Param<Tensor<B, 2>>) -> Self {
+        Self {
+            param: Some(param),
+            frozen: None,
+        }
+    }
+
+    pub fn frozen(matrix: FrozenMatrix) -> Self {
+        Self {
+            param: None,
+            frozen: Some(matrix),
+        }
+    }
+
+    pub fn dims(&self) -> [usize; 2] {
+        match (&self.param, &self.frozen) {
+            (Some(param), _) => param.dims(),
+            (None, Some(frozen)) => frozen.dims(),
+            (None, None) => unreachable!("a weight holds a parameter or a frozen matrix"),
+        }
+    }
+
+    /// The parameter of an f32 weight.
+    ///
+    /// # Panics
+    /// On a weight frozen in bf16, which has none.
+    pub fn as_param(&self) -> &Param<Tensor<B, 2>> {
+        self.param
+            .as_ref()
+            .expect("a weight frozen in bf16 has no parameter")
+    }
+
+    /// Whether the optimizer updates this weight.
+    pub fn is_trainable(&self) -> bool {
+        self.param.as_ref().is_some_and(|p| p.is_require_grad())
+    }
+
+    /// Stops gradients to this weight; with `bf16`, moves it to a [`FrozenMatrix`].
+    pub fn freeze(self, bf16: bool) -> Self {
+        match self.param {
+            Some(param) if bf16 => {
+                let dims = param.dims();
+                let values = param
+                    .into_value()
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .expect("float weight");
+                Self::frozen(FrozenMatrix::from_f32(&values, dims))
+            }
+            Some(param) => Self::from_param(param.set_require_grad(false)),
+            None => self,
+        }
+    }
+
+    /// The f32 values (a widened copy when frozen in bf16).
+    pub fn val(&self) -> Tensor<B, 2> {
+        match (&self.param, &self.frozen) {
+            (Some(param), _) => param.val(),
+            (None, Some(frozen)) => frozen.tensor(&B::Device::default()),
+            (None, None) => unreachable!("a weight holds a parameter or a frozen matrix"),
+        }
+    }
+
+    /// `x · W`: `[B, T, in] -> [B, T, out]`.
+    pub fn right_matmul(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.frozen {
+            None => x.matmul(self.val().unsqueeze::<3>()),
+            Some(frozen) => {
+                let [batch, seq, inputs] = x.dims();
+                let product = frozen_matmul(x.reshape([batch * seq, inputs]), frozen);
+                product.reshape([batch, seq, frozen.dims[1]])
+            }
+        }
+    }
+
+    /// Columns `ids` of the matrix as rows, `[ids.len(), in]`: the embedding lookup of a
+    /// `[hidden, vocab]` table.
+    pub fn select_columns(&self, ids: Tensor<B, 1, burn::tensor::Int>) -> Tensor<B, 2> {
+        match &self.frozen {
+            None => self.val().select(1, ids).transpose(),
+            Some(frozen) => {
+                let device = ids.device();
+                let ids: Vec<usize> = ids
+                    .into_data()
+                    .convert::<i64>()
+                    .into_vec::<i64>()
+                    .expect("int ids")
+                    .into_iter()
+                    .map(|id| id as usize)
+                    .collect();
+                frozen.columns(&ids, &device)
+            }
+        }
+    }
+}
+
+/// `x [N, in] · W [in, out]` for a frozen `W`, in f32. Under autodiff the product records its
+/// own backward step (`dx = dy · Wᵀ`, with `W` widened again), so no f32 copy of `W` outlives
+/// the product; on inference backends the widened copy is dropped on return.
+///
+/// Burn has no hook to add an operation to any `AutodiffBackend`, only to the concrete
+/// `Autodiff<I, C>`, so the autodiff backends this crate ships are matched by type here. Any
+/// other backend takes the plain product: the same values, with the copy kept by its graph.
+pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, weight: &FrozenMatrix) -> Tensor<B, 2> {
+    macro_rules! recorded_on {
+        ($($inner:ty),*) => {$(
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner>>() {
+                let x: Tensor<Autodiff<$inner>, 2> = same_type(x);
+                return same_type(recorded_frozen_matmul(x, weight));
+            }
+        )*};
+    }
+    recorded_on!(crate::backend::FlexCpu, crate::backend::NdArrayCpu);
+    #[cfg(feature = "cuda")]
+    recorded_on!(crate::backend::Gpu);
+    let device = x.device();
+    x.matmul(weight.tensor::<B>(&device))
+}
+
+/// Moves a value between two names of one type (checked by `TypeId` before the call).
+fn same_type<From: 'static, To: 'static>(value: From) -> To {
+    *(Box::new(value) as Box<dyn Any>)
+        .downcast::<To>()
+        .expect("types checked equal")
+}
+
+#[derive(Debug)]
+struct FrozenMatmulBackward;
+
+impl<I: Backend> Backward<I, 1> for FrozenMatmulBackward {
+    type State = FrozenMatrix;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let weight = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let device = I::float_device(&grad);
+            let weight = weight.tensor::<I>(&device).into_primitive().tensor();
+            I::float_matmul(grad, I::float_transpose(weight))
+        });
+    }
+}
+
+fn recorded_frozen_matmul<I: Backend, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<I, C>, 2>,
+    weight: &FrozenMatrix,
+) -> Tensor<Autodiff<I, C>, 2> {
+    let x = x.into_primitive().tensor();
+    let device = I::float_device(&x.primitive);
+    let widened = weight.tensor::<I>(&device).into_primitive().tensor();
+    let product = I::float_matmul(x.primitive.clone(), widened);
+    let output = match FrozenMatmulBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(weight.clone(), product),
+        OpsKind::UnTracked(prep) => prep.finish(product),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
