@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use qwen2::{FrozenDtype, LoraSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::losses::KdLoss;
@@ -228,6 +229,16 @@ impl Default for TeacherCache {
     }
 }
 
+/// Where memory goes: how frozen weights are stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Memory {
+    /// Storage of the frozen weight matrices (the teacher, and the base under a LoRA student):
+    /// "auto" keeps them in bf16 when the checkpoint is bf16 (as hub checkpoints are), so nothing
+    /// is rounded; products are computed in f32 either way.
+    pub frozen_dtype: FrozenDtype,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -239,6 +250,11 @@ pub struct Recipe {
     pub distillation: Distillation,
     #[serde(default)]
     pub teacher_cache: TeacherCache,
+    /// A LoRA student: the base frozen, adapters trained (absent: every parameter trains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    #[serde(default)]
+    pub memory: Memory,
 }
 
 impl Recipe {
@@ -391,6 +407,13 @@ impl Recipe {
                 "distillation.jsd_beta",
                 format!("{} is out of range (0, 1)", d.jsd_beta),
             ));
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate(None, "[lora]")
+                .map_err(|e| RecipeError::Invalid {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         }
         for (index, matched) in d.intermediate_matches.iter().enumerate() {
             if matched.feature != "hidden" {

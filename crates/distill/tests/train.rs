@@ -503,3 +503,97 @@ qwen2::on_every_cpu_backend!(
     stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run,
     resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run,
 );
+
+/// A LoRA student with its base frozen in bf16 and dropout on: only the adapters change, a
+/// checkpoint holds the adapter alone in PEFT's layout, the run resumes with the uninterrupted
+/// run's losses, and the final student is written merged (Hugging Face layout) and as an
+/// adapter that, put on the base, is the same model.
+#[test]
+fn a_lora_student_resumes_exactly_and_saves_merged_and_adapter_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let mut settings = RESUME_SETTINGS.to_vec();
+    settings.extend([
+        "lora.rank=4",
+        "lora.alpha=8",
+        "lora.dropout=0.1",
+        "lora.target_modules=[\"q_proj\", \"v_proj\", \"up_proj\"]",
+        "memory.frozen_dtype=\"bfloat16\"",
+        "training.learning_rate=1e-2",
+    ]);
+
+    let straight_dir = dir.path().join("straight");
+    let straight = recipe(&setup, &straight_dir, &settings);
+    let summary = train::<Train>(&straight, &options(false, false), &device).unwrap();
+    assert_eq!(summary.steps, 6);
+    let checkpoint = straight_dir.join("checkpoint-3");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(checkpoint.join(file).exists(), "checkpoint holds {file}");
+    }
+    assert!(!checkpoint.join("model.safetensors").exists());
+    let losses = logged_losses(&straight_dir);
+
+    let crashed_dir = dir.path().join("crashed");
+    copy_dir(&straight_dir, &crashed_dir);
+    for gone in ["checkpoint-6", "final", "final-adapter"] {
+        std::fs::remove_dir_all(crashed_dir.join(gone)).unwrap();
+    }
+    let crashed = recipe(&setup, &crashed_dir, &settings);
+    let resumed = train::<Train>(&crashed, &options(true, false), &device).unwrap();
+    assert_eq!(resumed.steps, 6);
+    assert_same_losses(&losses, &logged_losses(&crashed_dir));
+    let adapter = |dir: &Path| std::fs::read(dir.join("final-adapter/adapter_model.safetensors"));
+    assert_eq!(
+        adapter(&straight_dir).unwrap(),
+        adapter(&crashed_dir).unwrap()
+    );
+
+    // The merged student is the base with the adapter on it, and the base is untouched.
+    let (merged, config) = load_model::<Cpu>(&straight_dir.join("final"), &device).unwrap();
+    let (base, _, bf16) =
+        qwen2::load_frozen_model::<Cpu>(&setup.student, &device, qwen2::FrozenDtype::Bfloat16)
+            .unwrap();
+    assert!(bf16);
+    let (adapted, read) =
+        qwen2::load_adapter(base, &config, &straight_dir.join("final-adapter")).unwrap();
+    assert_eq!(read.rank, 4);
+    let rows = vec![(0..24u32).map(|i| (i * 7 + 3) % 250).collect::<Vec<_>>(); 2];
+    let ids = distill::objective::Batch::new(rows, qwen2::AttentionMask::full(2, 24));
+    let logits = |model: &qwen2::Model<Cpu>| {
+        model
+            .forward(ids.ids_tensor(&device), &ids.mask, false)
+            .logits
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(&merged), logits(&adapted));
+    let error = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(error < 1e-4, "merged vs base + adapter: {error}");
+    let (base, _) = load_model::<Cpu>(&setup.student, &device).unwrap();
+    let base_logits = logits(&base);
+    let moved = a
+        .iter()
+        .zip(&base_logits)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "training moved the student by only {moved}");
+    let embeddings = |model: &qwen2::Model<Cpu>| {
+        model
+            .embed_tokens
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(
+        embeddings(&merged),
+        embeddings(&adapted),
+        "the base is frozen"
+    );
+}

@@ -13,7 +13,7 @@ use crate::config::Qwen2Config;
 use crate::error::Result;
 use crate::model::{Attention, DecoderLayer, Linear, Mlp, Model, RmsNorm};
 use crate::safetensors::Checkpoint;
-use crate::weight::Weight;
+use crate::weight::{FrozenDtype, FrozenMatrix, Weight};
 
 /// Where parameter values come from, by Hugging Face name and PyTorch-layout shape.
 pub trait WeightSource {
@@ -63,11 +63,36 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Model<B
     Ok((model, config))
 }
 
+/// Loads a checkpoint as a frozen model (a teacher, a LoRA base): no parameter takes a
+/// gradient, and with bf16 storage each matrix is rounded as it is read, so the f32 model never
+/// exists. Returns the bf16 decision with the model.
+pub fn load_frozen_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: FrozenDtype,
+) -> Result<(Model<B>, Qwen2Config, bool)> {
+    let config = Qwen2Config::from_file(dir)?;
+    let mut checkpoint = Checkpoint::open(dir)?;
+    let bf16 = dtype.stores_bf16(checkpoint.dominant_dtype());
+    let model = build(&config, &mut checkpoint, device, bf16)?;
+    Ok((crate::lora::freeze(model, bf16), config, bf16))
+}
+
 /// Builds the model tensor by tensor from `source`.
 pub fn build_model<B: Backend>(
     config: &Qwen2Config,
     source: &mut dyn WeightSource,
     device: &B::Device,
+) -> Result<Model<B>> {
+    build(config, source, device, false)
+}
+
+/// Builds the model tensor by tensor from `source`, matrices frozen in bf16 with `frozen_bf16`.
+fn build<B: Backend>(
+    config: &Qwen2Config,
+    source: &mut dyn WeightSource,
+    device: &B::Device,
+    frozen_bf16: bool,
 ) -> Result<Model<B>> {
     let h = config.hidden_size;
     let q = config.num_attention_heads * config.head_dim;
@@ -87,22 +112,26 @@ pub fn build_model<B: Backend>(
             device,
         )))
     }
-    /// A PyTorch `[out, in]` matrix, kept as `[in, out]`.
-    fn matrix<B: Backend>(
-        source: &mut dyn WeightSource,
-        name: &str,
-        out_features: usize,
-        in_features: usize,
-        device: &B::Device,
-    ) -> Result<Weight<B>> {
+    // A PyTorch `[out, in]` matrix, kept as `[in, out]`.
+    let matrix = |source: &mut dyn WeightSource,
+                  name: &str,
+                  out_features: usize,
+                  in_features: usize,
+                  device: &B::Device|
+     -> Result<Weight<B>> {
         let values = source.tensor(name, &[out_features, in_features], true)?;
-        Ok(Weight::from_param(Param::from_tensor(Tensor::from_data(
-            TensorData::new(values, [in_features, out_features]),
-            device,
-        ))))
-    }
+        let dims = [in_features, out_features];
+        Ok(if frozen_bf16 {
+            Weight::frozen(FrozenMatrix::from_f32(&values, dims))
+        } else {
+            Weight::from_param(Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, dims),
+                device,
+            )))
+        })
+    };
 
-    let embed_tokens = matrix::<B>(source, "model.embed_tokens.weight", v, h, device)?;
+    let embed_tokens = matrix(source, "model.embed_tokens.weight", v, h, device)?;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for layer in 0..config.num_hidden_layers {
         let p = format!("model.layers.{layer}");
@@ -112,7 +141,7 @@ pub fn build_model<B: Backend>(
                       in_f: usize,
                       bias: bool|
          -> Result<Linear<B>> {
-            let weight = matrix::<B>(source, &format!("{p}.{name}.weight"), out_f, in_f, device)?;
+            let weight = matrix(source, &format!("{p}.{name}.weight"), out_f, in_f, device)?;
             let bias = if bias {
                 Some(vector::<B>(
                     source,
@@ -163,7 +192,7 @@ pub fn build_model<B: Backend>(
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(matrix::<B>(source, "lm_head.weight", v, h, device)?)
+        Some(matrix(source, "lm_head.weight", v, h, device)?)
     };
     Ok(Model {
         embed_tokens,

@@ -81,9 +81,9 @@ impl LoraSettings {
             .collect()
     }
 
-    /// Refuses settings no model of `config`'s shape can take; `origin` names the file and
-    /// section they came from, for the message.
-    pub fn validate(&self, config: &Qwen2Config, origin: &str) -> Result<()> {
+    /// Refuses settings no model can take and, given the model's `config`, settings that model
+    /// cannot take; `origin` names the file and section they came from, for the message.
+    pub fn validate(&self, config: Option<&Qwen2Config>, origin: &str) -> Result<()> {
         let invalid = |field: &str, message: String| {
             Err(ModelError::Invalid(format!(
                 "{origin}: `{field}`: {message}"
@@ -105,15 +105,16 @@ impl LoraSettings {
                 );
             }
         }
-        let narrowest = self
-            .targets()
-            .iter()
-            .map(|name| {
-                let [inputs, outputs] = module_shape(config, name);
-                inputs.min(outputs)
-            })
-            .min()
-            .unwrap_or(0);
+        let narrowest = config.map_or(usize::MAX, |config| {
+            self.targets()
+                .iter()
+                .map(|name| {
+                    let [inputs, outputs] = module_shape(config, name);
+                    inputs.min(outputs)
+                })
+                .min()
+                .unwrap_or(0)
+        });
         if self.rank == 0 || self.rank > narrowest {
             return invalid(
                 "rank",
@@ -459,7 +460,10 @@ pub fn load_adapter<B: Backend>(
 ) -> Result<(Model<B>, LoraSettings)> {
     let settings = read_adapter_settings(dir)?;
     settings
-        .validate(config, &dir.join(ADAPTER_CONFIG).display().to_string())
+        .validate(
+            Some(config),
+            &dir.join(ADAPTER_CONFIG).display().to_string(),
+        )
         .map_err(|e| {
             ModelError::Invalid(format!(
                 "{e} (was this adapter trained on a model of another shape?)"

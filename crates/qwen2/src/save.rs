@@ -8,8 +8,10 @@ use burn::tensor::Tensor;
 
 use crate::config::{GenerationConfig, Qwen2Config};
 use crate::error::{ModelError, Result};
+use crate::lora::Lora;
 use crate::model::Model;
 use crate::safetensors::{write_safetensors, Dtype, TensorToWrite};
+use crate::weight::Weight;
 
 /// The files besides the weights that make a directory loadable by tokenizers and transformers.
 /// `chat_template.jinja` is where transformers 5 keeps the chat template; a source that has
@@ -24,13 +26,17 @@ pub const TOKENIZER_FILES: [&str; 7] = [
     "added_tokens.json",
 ];
 
-/// A parameter by its Hugging Face name. Matrices are held in Burn's layout, the transpose of
-/// the PyTorch `[out, in]` shape in `hf_shape`.
-pub enum NamedTensor<B: Backend> {
+/// A parameter by its Hugging Face name. Matrices are read when asked for, one at a time, so
+/// a model frozen in bf16 (or carrying LoRA adapters, which are merged on the way out) is never
+/// widened to f32 all at once. Matrices are held in Burn's layout, the transpose of the
+/// PyTorch `[out, in]` shape in `hf_shape`.
+pub enum NamedTensor<'a, B: Backend> {
     Matrix {
         name: String,
         hf_shape: [usize; 2],
-        value: Tensor<B, 2>,
+        weight: &'a Weight<B>,
+        /// Folded in as `W + scaling * A B` (crate::lora::merge_lora does the same).
+        lora: Option<&'a Lora<B>>,
     },
     Vector {
         name: String,
@@ -38,7 +44,7 @@ pub enum NamedTensor<B: Backend> {
     },
 }
 
-impl<B: Backend> NamedTensor<B> {
+impl<B: Backend> NamedTensor<'_, B> {
     pub fn name(&self) -> &str {
         match self {
             NamedTensor::Matrix { name, .. } | NamedTensor::Vector { name, .. } => name,
@@ -55,7 +61,13 @@ impl<B: Backend> NamedTensor<B> {
     /// The values in the PyTorch layout, row-major.
     pub fn hf_values(&self) -> Vec<f32> {
         match self {
-            NamedTensor::Matrix { value, .. } => to_f32(value.clone().transpose().into_data()),
+            NamedTensor::Matrix { weight, lora, .. } => {
+                let value = match lora {
+                    Some(lora) => weight.val() + lora.delta(),
+                    None => weight.val(),
+                };
+                to_f32(value.transpose().into_data())
+            }
             NamedTensor::Vector { value, .. } => to_f32(value.clone().into_data()),
         }
     }
@@ -69,20 +81,26 @@ fn to_f32(data: burn::tensor::TensorData) -> Vec<f32> {
 
 impl<B: Backend> Model<B> {
     /// Every parameter under its Hugging Face name (a tied lm_head appears once, as the
-    /// embedding).
-    pub fn named_tensors(&self) -> Vec<NamedTensor<B>> {
-        let matrix = |name: String, value: Tensor<B, 2>| {
-            let [inputs, outputs] = value.dims();
+    /// embedding), LoRA adapters merged into their layers.
+    pub fn named_tensors(&self) -> Vec<NamedTensor<'_, B>> {
+        fn matrix<'a, B: Backend>(
+            name: String,
+            weight: &'a Weight<B>,
+            lora: Option<&'a Lora<B>>,
+        ) -> NamedTensor<'a, B> {
+            let [inputs, outputs] = weight.dims();
             NamedTensor::Matrix {
                 name,
                 hf_shape: [outputs, inputs],
-                value,
+                weight,
+                lora,
             }
-        };
+        }
         let vector = |name: String, value: Tensor<B, 1>| NamedTensor::Vector { name, value };
         let mut tensors = vec![matrix(
             "model.embed_tokens.weight".into(),
-            self.embed_tokens.val(),
+            &self.embed_tokens,
+            None,
         )];
         for (index, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{index}");
@@ -96,7 +114,11 @@ impl<B: Backend> Model<B> {
                 ("mlp.up_proj", &layer.mlp.up_proj),
                 ("mlp.down_proj", &layer.mlp.down_proj),
             ] {
-                tensors.push(matrix(format!("{p}.{part}.weight"), linear.weight.val()));
+                tensors.push(matrix(
+                    format!("{p}.{part}.weight"),
+                    &linear.weight,
+                    linear.lora.as_ref(),
+                ));
                 if let Some(bias) = &linear.bias {
                     tensors.push(vector(format!("{p}.{part}.bias"), bias.val()));
                 }
@@ -112,7 +134,7 @@ impl<B: Backend> Model<B> {
         }
         tensors.push(vector("model.norm.weight".into(), self.norm.weight.val()));
         if let Some(lm_head) = &self.lm_head {
-            tensors.push(matrix("lm_head.weight".into(), lm_head.val()));
+            tensors.push(matrix("lm_head.weight".into(), lm_head, None));
         }
         tensors
     }

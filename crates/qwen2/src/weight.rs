@@ -25,6 +25,29 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+/// How a frozen model (teacher, LoRA base) stores its weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrozenDtype {
+    /// bf16 when the checkpoint is stored in bf16 (nothing is rounded), f32 otherwise.
+    #[default]
+    Auto,
+    /// bf16 always: an f32 or f16 checkpoint is rounded to bf16 as it loads.
+    Bfloat16,
+    Float32,
+}
+
+impl FrozenDtype {
+    /// Whether matrices are stored in bf16, for a checkpoint whose tensors are mostly `stored`.
+    pub fn stores_bf16(self, stored: Option<crate::safetensors::Dtype>) -> bool {
+        match self {
+            FrozenDtype::Auto => stored == Some(crate::safetensors::Dtype::BF16),
+            FrozenDtype::Bfloat16 => true,
+            FrozenDtype::Float32 => false,
+        }
+    }
+}
+
 /// A frozen matrix in bf16 on the host, in Burn's `[in, out]` layout.
 #[derive(Clone)]
 pub struct FrozenMatrix {

@@ -195,7 +195,7 @@ fn bad_settings_are_refused() {
     let config = tiny();
     let origin = "configs/x.toml [lora]";
     let error = settings(4, &["qkv_proj"])
-        .validate(&config, origin)
+        .validate(Some(&config), origin)
         .unwrap_err()
         .to_string();
     assert!(
@@ -203,15 +203,17 @@ fn bad_settings_are_refused() {
         "{error}"
     );
     let error = settings(0, &["q_proj"])
-        .validate(&config, origin)
+        .validate(Some(&config), origin)
         .unwrap_err();
     assert!(error.to_string().contains("`rank`"), "{error}");
     // tiny's k_proj is 64 -> 32 wide: rank 33 cannot fit it.
     let error = settings(33, &["k_proj"])
-        .validate(&config, origin)
+        .validate(Some(&config), origin)
         .unwrap_err();
     assert!(error.to_string().contains("between 1 and 32"), "{error}");
-    assert!(settings(33, &["q_proj"]).validate(&config, origin).is_ok());
+    assert!(settings(33, &["q_proj"])
+        .validate(Some(&config), origin)
+        .is_ok());
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! - the student in the Hugging Face layout (config.json, generation_config.json,
 //!   model.safetensors, tokenizer files; loadable by transformers as it is), always in float32
 //!   so that a resumed run continues from bit-identical weights (the final student in
-//!   `output_dir/final` uses `save_dtype`);
+//!   `output_dir/final` uses `save_dtype`); for a LoRA student, the adapter alone in PEFT's
+//!   layout (adapter_config.json, adapter_model.safetensors in f32), the base being the
+//!   recipe's student;
 //! - `projections.safetensors`: the learned projections of intermediate matches
 //!   ([`projections`]);
 //! - the optimizer's moments, one Burn record per parameter group (see `optimizer`);
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
 use qwen2::safetensors::Dtype;
-use qwen2::{save_model, GenerationConfig, Qwen2Config, SaveOptions};
+use qwen2::{save_adapter, save_model, GenerationConfig, LoraSettings, Qwen2Config, SaveOptions};
 use serde::{Deserialize, Serialize};
 
 pub use positional_ids::PositionalIds;
@@ -105,6 +107,10 @@ pub struct CheckpointParts<'a, B: AutodiffBackend> {
     pub generation: &'a GenerationConfig,
     pub tokenizer_dir: &'a Path,
     pub optimizer: &'a GroupedAdamW<B>,
+    /// The adapter's settings when the student is a LoRA student.
+    pub lora: Option<&'a LoraSettings>,
+    /// The base model's name as an adapter records it (`base_model_name_or_path`).
+    pub base_model: &'a str,
 }
 
 pub fn checkpoint_name(step: usize) -> String {
@@ -165,16 +171,19 @@ pub fn write_checkpoint<B: AutodiffBackend>(
         std::fs::remove_dir_all(&staging).map_err(TrainError::io(&staging))?;
     }
     let inference = inference_copy(parts.student);
-    save_model(
-        &inference.model,
-        parts.student_config,
-        &staging,
-        &SaveOptions {
-            dtype: Dtype::F32,
-            tokenizer_dir: Some(parts.tokenizer_dir),
-            generation: Some(parts.generation),
-        },
-    )?;
+    match parts.lora {
+        Some(settings) => save_adapter(&inference.model, settings, parts.base_model, &staging)?,
+        None => save_model(
+            &inference.model,
+            parts.student_config,
+            &staging,
+            &SaveOptions {
+                dtype: Dtype::F32,
+                tokenizer_dir: Some(parts.tokenizer_dir),
+                generation: Some(parts.generation),
+            },
+        )?,
+    }
     write_projections(&inference.projections, &staging.join(PROJECTIONS_FILE))?;
     parts
         .optimizer

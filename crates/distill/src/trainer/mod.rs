@@ -32,6 +32,11 @@ use crate::teacher::TeacherSource;
 /// The file in `output_dir` that records the recipe of the run (rewritten on each start).
 pub const RECIPE_FILE: &str = "recipe.json";
 
+/// Where a LoRA run writes its final adapter alone (PEFT's layout), beside the merged `final`.
+/// Not inside `final`: transformers loads a directory holding adapter_config.json as an
+/// adapter (when peft is installed), not as the merged model.
+pub const FINAL_ADAPTER_DIR: &str = "final-adapter";
+
 /// One optimizer update, as the phases after it see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Update {
@@ -116,6 +121,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 .teacher
                 .outputs(&batch, self.train_data.split(), &blocks, &self.objective)?
                 .unwrap_or_else(TeacherOutputs::absent);
+            if self.recipe.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+                // LoRA dropout draws from the backend's generator: seeded by the position in
+                // the run, a resumed run draws the masks the uninterrupted one would have.
+                let seed = t.seed ^ ((step as u64) << 20) ^ k as u64;
+                B::seed(&self.student().model.device(), seed);
+            }
             let pass = gradient_pass(self.student(), &outputs, &batch, &self.objective);
             loss_sum += pass.losses.total;
             step_tokens += pass.losses.real_tokens as u64;
@@ -291,6 +302,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             generation: &self.generation,
             tokenizer_dir: &self.recipe.student.local_dir,
             optimizer: &self.optimizer,
+            lora: self.recipe.lora.as_ref(),
+            base_model: &self.base_model_name(),
         };
         let dir = write_checkpoint(&self.output_dir, &parts, &self.state)?;
         let keep = match t.save_strategy {
@@ -338,11 +351,37 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         Ok(self.summary)
     }
 
-    /// The student in `save_dtype`, as the hub ships models, in `output_dir/final`.
+    /// How an adapter names its base: the hub repository when the recipe names one, else the
+    /// local directory.
+    fn base_model_name(&self) -> String {
+        let student = &self.recipe.student;
+        student
+            .repo
+            .clone()
+            .unwrap_or_else(|| student.local_dir.display().to_string())
+    }
+
+    /// The student in `save_dtype`, as the hub ships models, in `output_dir/final` (a LoRA
+    /// student merged into its base), and a LoRA student's adapter alone, in PEFT's layout, in
+    /// `output_dir/final-adapter`.
     fn save_final_student(&self) -> Result<PathBuf, TrainError> {
         let final_dir = self.output_dir.join("final");
+        let student = inference_copy(self.student());
+        if let Some(settings) = &self.recipe.lora {
+            let adapter_dir = self.output_dir.join(FINAL_ADAPTER_DIR);
+            let staging = self.output_dir.join(format!(".{FINAL_ADAPTER_DIR}.tmp"));
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(TrainError::io(&staging))?;
+            }
+            qwen2::save_adapter(&student.model, settings, &self.base_model_name(), &staging)?;
+            if adapter_dir.exists() {
+                std::fs::remove_dir_all(&adapter_dir).map_err(TrainError::io(&adapter_dir))?;
+            }
+            fsio::sync_dir(&staging);
+            fsio::commit(&staging, &adapter_dir)?;
+        }
         qwen2::save_model(
-            &inference_copy(self.student()).model,
+            &student.model,
             &self.student_config,
             &final_dir,
             &SaveOptions {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use qwen2::{load_model, GenerationConfig, Qwen2Config};
+use qwen2::lora::ADAPTER_CONFIG;
+use qwen2::{
+    attach_lora, load_adapter, load_frozen_model, load_model, GenerationConfig, Model, Qwen2Config,
+};
 
 use super::{Trainer, RECIPE_FILE};
 use crate::checkpoint::{
@@ -58,8 +61,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let (teacher, objective, teacher_width, cache_summary) =
             open_teacher::<B>(recipe, &student_config, options, device)?;
 
-        let weights_dir = resume_from.as_deref().unwrap_or(student_dir);
-        let (model, _) = load_model::<B>(weights_dir, device)?;
+        let model = load_student::<B>(recipe, &student_config, resume_from.as_deref(), device)?;
         let mut projections = new_projections::<B>(
             &objective.intermediate_matches,
             student_config.hidden_size,
@@ -154,6 +156,56 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             run_tokens: 0,
             window_started: Instant::now(),
         })
+    }
+}
+
+/// The student: the recipe's model (or, resuming, the checkpoint's) with every parameter
+/// trainable; or with `[lora]`, the recipe's model frozen (stored as `memory.frozen_dtype` says)
+/// under fresh adapters (or the checkpoint's).
+fn load_student<B: AutodiffBackend>(
+    recipe: &Recipe,
+    config: &Qwen2Config,
+    resume_from: Option<&Path>,
+    device: &B::Device,
+) -> Result<Model<B>, TrainError> {
+    let student_dir = &recipe.student.local_dir;
+    let checkpoint_has_adapter = resume_from.map(|dir| dir.join(ADAPTER_CONFIG).exists());
+    let Some(lora) = &recipe.lora else {
+        if let (Some(dir), Some(true)) = (resume_from, checkpoint_has_adapter) {
+            return Err(TrainError::Invalid(format!(
+                "--resume: {} holds a LoRA adapter but the recipe has no [lora] section: \
+                 resume with the recipe the run was started with",
+                dir.display()
+            )));
+        }
+        let (model, _) = load_model::<B>(resume_from.unwrap_or(student_dir), device)?;
+        return Ok(model);
+    };
+    lora.validate(
+        Some(config),
+        &format!("recipe [lora] for the student {}", student_dir.display()),
+    )?;
+    if let (Some(dir), Some(false)) = (resume_from, checkpoint_has_adapter) {
+        return Err(TrainError::Invalid(format!(
+            "--resume: {} holds a full-parameter student but the recipe has a [lora] section: \
+             resume with the recipe the run was started with",
+            dir.display()
+        )));
+    }
+    let (base, _, _) = load_frozen_model::<B>(student_dir, device, recipe.memory.frozen_dtype)?;
+    match resume_from {
+        Some(dir) => {
+            let (model, saved) = load_adapter(base, config, dir)?;
+            if saved != *lora {
+                return Err(TrainError::Invalid(format!(
+                    "--resume: the adapter in {} was trained with {saved:?}, the recipe's [lora] \
+                     says {lora:?}",
+                    dir.display()
+                )));
+            }
+            Ok(model)
+        }
+        None => Ok(attach_lora(base, lora, false, recipe.training.seed)),
     }
 }
 
@@ -265,7 +317,11 @@ fn open_teacher<B: AutodiffBackend>(
             Some(prepared.summary),
         ));
     }
-    let (model, config) = load_model::<B::InnerBackend>(&recipe.teacher.local_dir, device)?;
+    let (model, config, _) = load_frozen_model::<B::InnerBackend>(
+        &recipe.teacher.local_dir,
+        device,
+        recipe.memory.frozen_dtype,
+    )?;
     recipe.check_layers(
         Path::new("recipe"),
         config.num_hidden_layers,
