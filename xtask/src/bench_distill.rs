@@ -1,8 +1,9 @@
 //! `cargo xtask bench distill-step --shape qwen2.5-0.5b [--teacher-shape S] [--batch B]
-//! [--seq-len T] [--steps N] [--backend flex|ndarray|cuda]`: one distillation update at published
+//! [--seq-len T] [--steps N] [--lora-rank R] [--frozen-dtype bfloat16|float32]
+//! [--cache-teacher] [--backend flex|ndarray|cuda]`: one distillation update at published
 //! shapes with random weights, phase by phase (teacher forward, student forward + loss,
-//! backward, global-norm clipping + AdamW), with tokens/s, achieved
-//! GFLOP/s and peak RSS; a text table and one JSON line.
+//! backward, global-norm clipping + AdamW), with tokens/s, achieved GFLOP/s and peak RSS beside
+//! the memory plan; a text table and one JSON line.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,16 +12,22 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
 use distill::memory_plan::{MemoryPlan, RunShape};
-use distill::objective::{gradient_pass, Batch, Projection, Student, TeacherOutputs};
+use distill::objective::{
+    gradient_pass, Batch, Projection, Student, TeacherOutputs, TeacherSignal,
+};
 use distill::objective_for;
 use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
-use qwen2::{build_model, AttentionMask, Qwen2Config, RandomWeights};
+use qwen2::{
+    attach_lora, build_frozen_model, build_model, AttentionMask, LoraSettings, Qwen2Config,
+    RandomWeights,
+};
 use serde_json::json;
 
 #[derive(ClapArgs, Debug)]
@@ -45,6 +52,18 @@ pub struct Args {
     /// Run even when the memory plan exceeds the memory available now.
     #[arg(long)]
     ignore_memory_plan: bool,
+    /// A LoRA student of this rank on every linear layer (alpha = 2 x rank), its base frozen;
+    /// 0 trains every parameter.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// Storage of frozen matrices (the teacher, a LoRA base): bfloat16 as hub checkpoints ship,
+    /// or float32 (the default, as PyTorch's reference update holds its teacher).
+    #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
+    frozen_dtype: String,
+    /// The student alone, reading the teacher's top-64 rows as `--cache-teacher` training
+    /// does (random rows; no teacher is built, and no hidden-state match is possible).
+    #[arg(long)]
+    cache_teacher: bool,
     /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
     #[arg(long, default_value = "flex")]
     backend: BackendKind,
@@ -91,7 +110,20 @@ impl BackendTask for Step {
         // The seed recipe's training and distillation settings (no tokenizer check: random ids),
         // plus one middle-layer hidden-state MSE where the widths match, as PyTorch's reference
         // update has (tests/python/bench_torch.py), so the two do the same work.
-        let hidden_mse = student_config.hidden_size == teacher_config.hidden_size;
+        let hidden_mse =
+            student_config.hidden_size == teacher_config.hidden_size && !args.cache_teacher;
+        let frozen_bf16 = args.frozen_dtype == "bfloat16";
+        let lora = (args.lora_rank > 0).then(|| LoraSettings {
+            rank: args.lora_rank,
+            alpha: 2.0 * args.lora_rank as f64,
+            dropout: 0.0,
+            target_modules: vec!["all-linear".into()],
+            use_rslora: false,
+        });
+        if let Some(lora) = &lora {
+            lora.validate(Some(&student_config), "--lora-rank")?;
+        }
+        const CACHE_TOP_K: usize = 64;
         let matches = if hidden_mse {
             format!(
                 "intermediate_matches = [{{ layer_T = {}, layer_S = {}, feature = \"hidden\", \
@@ -113,12 +145,15 @@ impl BackendTask for Step {
         let objective = objective_for(&recipe, None, student_config.vocab_size)?;
         let plan = MemoryPlan::estimate(&RunShape {
             student: &student_config,
-            teacher: Some(&teacher_config),
-            cache_top_k: 0,
+            teacher: (!args.cache_teacher).then_some(&teacher_config),
+            cache_top_k: CACHE_TOP_K,
             batch: args.batch,
             seq_len: args.seq_len,
             chunk_positions: objective.chunk_positions,
             baseline_bytes,
+            lora: lora.as_ref(),
+            teacher_bf16: frozen_bf16,
+            student_base_bf16: frozen_bf16,
         });
         eprintln!("memory plan:\n{}", plan.table());
         // A GPU holds the tensors in its own memory, which this plan does not describe.
@@ -132,13 +167,29 @@ impl BackendTask for Step {
                 );
             }
         }
-        let teacher = Arc::new(build_model::<B>(
-            &teacher_config,
-            &mut RandomWeights::new(1),
-            &device,
-        )?);
-        let model =
-            build_model::<Autodiff<B>>(&student_config, &mut RandomWeights::new(2), &device)?;
+        let teacher = match args.cache_teacher {
+            true => None,
+            false => Some(Arc::new(build_frozen_model::<B>(
+                &teacher_config,
+                &mut RandomWeights::new(1),
+                &device,
+                frozen_bf16,
+            )?)),
+        };
+        let model = match &lora {
+            None => {
+                build_model::<Autodiff<B>>(&student_config, &mut RandomWeights::new(2), &device)?
+            }
+            Some(lora) => {
+                let base = build_frozen_model::<Autodiff<B>>(
+                    &student_config,
+                    &mut RandomWeights::new(2),
+                    &device,
+                    frozen_bf16,
+                )?;
+                attach_lora(base, lora, frozen_bf16, 3)
+            }
+        };
         // Equal widths: the hidden-state match needs no learned projection.
         let projections = objective
             .intermediate_matches
@@ -161,12 +212,16 @@ impl BackendTask for Step {
             .collect();
         let batch = Batch::new(ids, AttentionMask::full(args.batch, args.seq_len));
         let tokens = args.batch * args.seq_len;
+        let cached_rows = || cached_top_k::<B>(tokens, CACHE_TOP_K, vocab as usize, &device);
 
         let mut updates: Vec<Phases> = Vec::new();
         for update in 0..args.warmup + args.steps.max(1) {
             let mut phases = Phases::default();
             let started = Instant::now();
-            let outputs = TeacherOutputs::from_model(&teacher, &batch, &objective);
+            let outputs = match &teacher {
+                Some(teacher) => TeacherOutputs::from_model(teacher, &batch, &objective),
+                None => cached_rows(),
+            };
             B::sync(&device)?;
             phases.teacher_forward = started.elapsed().as_secs_f64();
 
@@ -207,10 +262,23 @@ impl BackendTask for Step {
         let median = updates[updates.len() / 2];
 
         let context = args.seq_len;
-        let teacher_flops = teacher_config.forward_flops_per_token(context) * tokens as f64;
+        let teacher_flops = match args.cache_teacher {
+            true => 0.0,
+            false => teacher_config.forward_flops_per_token(context) * tokens as f64,
+        };
         let student_forward_flops = student_config.forward_flops_per_token(context) * tokens as f64;
-        // The backward pass costs twice the forward (input and weight gradients).
-        let backward_flops = 2.0 * student_forward_flops;
+        // The backward pass costs twice the forward (input and weight gradients); a frozen
+        // base needs no weight gradients, so its matrices cost once, attention's twice.
+        let attention_flops = (4
+            * student_config.num_hidden_layers
+            * context
+            * student_config.num_attention_heads
+            * student_config.head_dim
+            * tokens) as f64;
+        let backward_flops = match &lora {
+            None => 2.0 * student_forward_flops,
+            Some(_) => student_forward_flops + attention_flops,
+        };
         let student_flops = student_forward_flops + backward_flops;
         let gflops = |flops: f64, seconds: f64| flops / seconds / 1e9;
         let peak_rss = peak_rss_bytes();
@@ -224,6 +292,9 @@ impl BackendTask for Step {
             "batch": args.batch,
             "seq_len": args.seq_len,
             "hidden_mse": hidden_mse,
+            "lora_rank": args.lora_rank,
+            "frozen_dtype": args.frozen_dtype,
+            "cache_teacher": args.cache_teacher,
             "updates_timed": updates.len(),
             "seconds_per_update": median.total(),
             "seconds_teacher_forward": median.teacher_forward,
@@ -241,8 +312,17 @@ impl BackendTask for Step {
             "memory_plan": plan.parts,
         });
         println!(
-            "distill step: {teacher_shape} -> {}, batch {} x {} tokens, {} backend (median of {} updates)",
+            "distill step: {} -> {}{}, batch {} x {} tokens, {} backend (median of {} updates)",
+            if args.cache_teacher {
+                "teacher cache (top-64)".to_string()
+            } else {
+                format!("{teacher_shape} ({})", args.frozen_dtype)
+            },
             args.shape,
+            match &lora {
+                Some(lora) => format!(" LoRA rank {} (base {})", lora.rank, args.frozen_dtype),
+                None => " (full-parameter)".to_string(),
+            },
             args.batch,
             args.seq_len,
             args.backend,
@@ -280,5 +360,30 @@ impl BackendTask for Step {
         );
         println!("{report}");
         Ok(())
+    }
+}
+
+/// Teacher rows as the offline cache serves them: `top_k` distinct ids per position with
+/// descending logits, and the log-sum-exp of the rest.
+fn cached_top_k<B: Backend>(
+    positions: usize,
+    top_k: usize,
+    vocab: usize,
+    device: &B::Device,
+) -> TeacherOutputs<B> {
+    let stride = vocab / top_k;
+    let ids: Vec<i64> = (0..positions)
+        .flat_map(|p| (0..top_k).map(move |k| ((k * stride + p) % vocab) as i64))
+        .collect();
+    let logits: Vec<f32> = (0..positions)
+        .flat_map(|_| (0..top_k).map(|k| 8.0 - 0.1 * k as f32))
+        .collect();
+    TeacherOutputs {
+        signal: TeacherSignal::TopK {
+            ids: Tensor::from_data(TensorData::new(ids, [positions, top_k]), device),
+            logits: Tensor::from_data(TensorData::new(logits, [positions, top_k]), device),
+            rest_lse: Tensor::full([positions], 4.0, device),
+        },
+        states: Vec::new(),
     }
 }

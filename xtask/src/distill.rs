@@ -152,7 +152,9 @@ fn check_memory(recipe: &Recipe, args: &Args) -> Result<()> {
     if let Some(available) = plan.shortfall() {
         bail!(
             "this run needs about {} at its peak but the machine has {} available:\n{}\
-             Ways to fit: --cache-teacher (the teacher is not held while training), a smaller \
+             Ways to fit: a LoRA student ([lora] in the recipe: the base frozen, in bf16 with \
+             memory.frozen_dtype), --cache-teacher (the teacher is not held while training), \
+             memory.frozen_dtype = \"bfloat16\" (the teacher in half the memory), a smaller \
              training.per_device_train_batch_size (with gradient_accumulation_steps for the same \
              batch), shorter blocks (cargo xtask preprocess --seq-len), a smaller \
              distillation.chunk_positions, or a GPU (--backend cuda). --ignore-memory-plan starts \
@@ -183,6 +185,24 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
             recipe.dataset.shards.display()
         )
     })?;
+    // Whether `memory.frozen_dtype` stores a checkpoint's matrices in bf16 ("auto" follows the
+    // checkpoint's own dtype, read from the safetensors headers alone).
+    let stores_bf16 = |dir: &Path| -> Result<bool> {
+        let checkpoint = qwen2::safetensors::Checkpoint::open(dir)
+            .with_context(|| format!("memory plan: the weights in {}", dir.display()))?;
+        Ok(recipe
+            .memory
+            .frozen_dtype
+            .stores_bf16(checkpoint.dominant_dtype()))
+    };
+    let teacher_bf16 = match &teacher {
+        Some(_) => stores_bf16(teacher_dir)?,
+        None => false,
+    };
+    let student_base_bf16 = match &recipe.lora {
+        Some(_) => stores_bf16(&recipe.student.local_dir)?,
+        None => false,
+    };
     Ok(MemoryPlan::estimate(&RunShape {
         student: &student,
         teacher: teacher.as_ref(),
@@ -191,6 +211,9 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
         seq_len: manifest.seq_len,
         chunk_positions: recipe.distillation.chunk_positions,
         baseline_bytes: current_rss_bytes().unwrap_or(0),
+        lora: recipe.lora.as_ref(),
+        teacher_bf16,
+        student_base_bf16,
     }))
 }
 

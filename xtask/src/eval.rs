@@ -2,24 +2,31 @@
 //! (report.json, report.md, and curves.png when training metrics are given). The work is in
 //! the `eval` crate; this module parses flags and chooses the backend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
-use eval::{evaluate_loaded, evaluate_model, plot_training_curves, EvalOptions, Report};
+use eval::{
+    evaluate_adapter, evaluate_loaded, evaluate_model, plot_training_curves, EvalOptions, Report,
+};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::load_model;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// A model directory (Hugging Face layout) to evaluate, or a repo id in the Hugging Face
-    /// cache (ORG/NAME[@REVISION]); repeat for several rows.
+    /// cache (ORG/NAME[@REVISION]), or a LoRA adapter directory (PEFT's layout, e.g. a LoRA
+    /// run's final-adapter), evaluated merged into its base; repeat for several rows.
     #[arg(long = "model", required = true, value_name = "DIR")]
     models: Vec<PathBuf>,
     /// Row name of each --model, in order (default: the directory's name).
     #[arg(long = "label", value_name = "NAME")]
     labels: Vec<String>,
+    /// The base of every adapter given with --model (default: each adapter's
+    /// base_model_name_or_path, a directory or a repo id in the Hugging Face cache).
+    #[arg(long, value_name = "DIR")]
+    adapter_base: Option<PathBuf>,
     /// The teacher: adds its own row first and the KL/top-1 agreement columns for the others.
     #[arg(long, value_name = "DIR")]
     teacher: Option<PathBuf>,
@@ -108,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|teacher| hub::resolve_model_dir(&teacher.to_string_lossy()))
             .transpose()?,
         models,
+        adapter_base: args.adapter_base.clone(),
         data: args.data.clone(),
         options,
         metrics,
@@ -132,6 +140,8 @@ pub struct Plan {
     pub teacher: Option<PathBuf>,
     /// (row label, model directory)
     pub models: Vec<(String, PathBuf)>,
+    /// The base of the adapters among `models` (`None`: each adapter's own record of it).
+    pub adapter_base: Option<PathBuf>,
     pub data: PathBuf,
     pub options: EvalOptions,
     /// (run label, metrics.jsonl or a distill output dir)
@@ -151,6 +161,22 @@ impl BackendTask for Evaluate<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         evaluate_to_report::<B>(self.plan, &self.backend.to_string(), &device)
     }
+}
+
+/// The base model directory of the adapter in `adapter_dir`: `given`, or the adapter's
+/// `base_model_name_or_path` (a directory, or a repo id in the Hugging Face cache).
+pub fn adapter_base_dir(adapter_dir: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let named = qwen2::adapter_base(adapter_dir)?;
+    hub::resolve_model_dir(&named).with_context(|| {
+        format!(
+            "{}: the adapter's base `{named}` (base_model_name_or_path) is neither a model \
+             directory nor in the Hugging Face cache: pass the base with --adapter-base DIR",
+            adapter_dir.join(qwen2::lora::ADAPTER_CONFIG).display()
+        )
+    })
 }
 
 /// Measures every model of `plan` on backend `B` and plots the curves; the report is not yet
@@ -181,14 +207,22 @@ pub fn evaluate_to_report<B: Backend>(
     };
     for (label, dir) in &plan.models {
         eprintln!("evaluating {label} ({})", dir.display());
-        report.models.push(evaluate_model::<B>(
-            dir,
-            label,
-            teacher.as_ref(),
-            &plan.data,
-            &options,
-            device,
-        )?);
+        let row = if dir.join(qwen2::lora::ADAPTER_CONFIG).exists() {
+            let base = adapter_base_dir(dir, plan.adapter_base.as_deref())?;
+            eprintln!("  a LoRA adapter: merged into its base {}", base.display());
+            evaluate_adapter::<B>(
+                &base,
+                dir,
+                label,
+                teacher.as_ref(),
+                &plan.data,
+                &options,
+                device,
+            )?
+        } else {
+            evaluate_model::<B>(dir, label, teacher.as_ref(), &plan.data, &options, device)?
+        };
+        report.models.push(row);
     }
     if !plan.metrics.is_empty() {
         std::fs::create_dir_all(&plan.out)

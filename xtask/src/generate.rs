@@ -11,7 +11,7 @@ use clap::Args as ClapArgs;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::generate::{generate, GenerateOptions, Sampling};
 use qwen2::tokenizer::{render_chat, TextStream, Tokenizer};
-use qwen2::{load_model, GenerationConfig};
+use qwen2::{load_merged, load_model, GenerationConfig};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -19,6 +19,10 @@ pub struct Args {
     /// or a repo id in the Hugging Face cache (ORG/NAME[@REVISION]).
     #[arg(long, value_parser = hub::resolve_model_dir)]
     model: PathBuf,
+    /// A LoRA adapter (PEFT's layout, e.g. a LoRA run's final-adapter) to merge into --model,
+    /// its base, before generating.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -68,7 +72,20 @@ impl BackendTask for Generate {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let started = Instant::now();
-        let (model, config) = load_model::<B>(&args.model, &device)?;
+        let (model, config) = match &args.adapter {
+            Some(adapter) => {
+                let (model, config, lora) = load_merged::<B>(&args.model, adapter, &device)?;
+                eprintln!(
+                    "merged the LoRA adapter {} (rank {}, {:?}) into {}",
+                    adapter.display(),
+                    lora.rank,
+                    lora.targets(),
+                    args.model.display()
+                );
+                (model, config)
+            }
+            None => load_model::<B>(&args.model, &device)?,
+        };
         let tokenizer = Tokenizer::from_dir(&args.model)?;
         let load_time = started.elapsed();
         let generation_config = GenerationConfig::from_dir(&args.model, &config)?;

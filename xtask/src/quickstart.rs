@@ -179,6 +179,7 @@ impl BackendTask for Pipeline<'_> {
         let plan = crate::eval::Plan {
             teacher: Some(teacher),
             models: rows,
+            adapter_base: None,
             data: shards.to_path_buf(),
             options: EvalOptions {
                 split: "test".into(),

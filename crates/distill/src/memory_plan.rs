@@ -8,10 +8,11 @@
 //! `ACTIVATION_FLOATS_PER_TOKEN_LAYER`) and checked against measured peaks (README, "what to
 //! expect"; `cargo xtask bench distill-step` prints the plan beside the measured peak).
 
-use qwen2::Qwen2Config;
+use qwen2::{LoraSettings, Qwen2Config};
 use serde::Serialize;
 
 const F32: u64 = 4;
+const BF16: u64 = 2;
 
 /// One line of the plan.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -42,6 +43,12 @@ pub struct RunShape<'a> {
     pub chunk_positions: usize,
     /// What the process holds before any model is loaded (its current RSS).
     pub baseline_bytes: u64,
+    /// The adapters of a LoRA student (its base frozen); `None`: every parameter trains.
+    pub lora: Option<&'a LoraSettings>,
+    /// Whether the teacher's matrices are stored in bf16 (`memory.frozen_dtype`).
+    pub teacher_bf16: bool,
+    /// Whether a LoRA student's base matrices are stored in bf16.
+    pub student_base_bf16: bool,
 }
 
 /// Floats autodiff keeps per token per decoder layer: the MLP's gate, SiLU, up and product
@@ -70,25 +77,48 @@ impl MemoryPlan {
         let student_params = student.num_parameters() as u64;
         let tokens = (shape.batch * shape.seq_len) as u64;
         let vocab = student.vocab_size as u64;
-        let mut parts = vec![
-            MemoryPart {
-                name: "student weights (f32)",
-                bytes: student_params * F32,
-            },
-            MemoryPart {
-                name: "student gradients (f32)",
-                bytes: student_params * F32,
-            },
-            MemoryPart {
-                name: "AdamW moments (2 x f32)",
-                bytes: 2 * student_params * F32,
-            },
-        ];
+        let mut parts = match shape.lora {
+            None => vec![
+                MemoryPart {
+                    name: "student weights (f32)",
+                    bytes: student_params * F32,
+                },
+                MemoryPart {
+                    name: "student gradients (f32)",
+                    bytes: student_params * F32,
+                },
+                MemoryPart {
+                    name: "AdamW moments (2 x f32)",
+                    bytes: 2 * student_params * F32,
+                },
+            ],
+            Some(lora) => {
+                let adapters = lora.parameters(student) as u64;
+                vec![
+                    MemoryPart {
+                        name: if shape.student_base_bf16 {
+                            "student base weights (bf16, frozen)"
+                        } else {
+                            "student base weights (f32, frozen)"
+                        },
+                        bytes: frozen_bytes(student, shape.student_base_bf16),
+                    },
+                    MemoryPart {
+                        name: "LoRA adapters, gradients, AdamW moments",
+                        bytes: 4 * adapters * F32,
+                    },
+                ]
+            }
+        };
         match shape.teacher {
             Some(teacher) => {
                 parts.push(MemoryPart {
-                    name: "teacher weights (f32)",
-                    bytes: teacher.num_parameters() as u64 * F32,
+                    name: if shape.teacher_bf16 {
+                        "teacher weights (bf16)"
+                    } else {
+                        "teacher weights (f32)"
+                    },
+                    bytes: frozen_bytes(teacher, shape.teacher_bf16),
                 });
                 parts.push(MemoryPart {
                     name: "teacher logits of a micro-batch",
@@ -112,10 +142,33 @@ impl MemoryPlan {
             name: "loss chunk (vocabulary-sized transients)",
             bytes: chunk.min(tokens) * vocab * VOCAB_TRANSIENTS * F32,
         });
-        parts.push(MemoryPart {
-            name: "embedding-sized gradient transients",
-            bytes: EMBEDDING_TRANSIENTS * vocab * student.hidden_size as u64 * F32,
-        });
+        if let Some(lora) = shape.lora.filter(|lora| lora.dropout > 0.0) {
+            // Dropout keeps its output, one copy of each targeted layer's input.
+            let inputs: u64 = lora
+                .targets()
+                .iter()
+                .map(|name| if *name == "down_proj" { student.intermediate_size } else { student.hidden_size } as u64)
+                .sum();
+            parts.push(MemoryPart {
+                name: "LoRA dropout copies kept for backward",
+                bytes: tokens * student.num_hidden_layers as u64 * inputs * F32,
+            });
+        }
+        let embedding = vocab * student.hidden_size as u64 * F32;
+        if shape.lora.is_none() {
+            parts.push(MemoryPart {
+                name: "embedding-sized gradient transients",
+                bytes: EMBEDDING_TRANSIENTS * embedding,
+            });
+        }
+        if shape.teacher_bf16 || (shape.lora.is_some() && shape.student_base_bf16) {
+            // A bf16 matrix is widened to f32 for the one product that reads it: the largest,
+            // the lm_head over the vocabulary, sets the peak.
+            parts.push(MemoryPart {
+                name: "f32 widening of the largest bf16 matrix",
+                bytes: embedding,
+            });
+        }
         parts.push(MemoryPart {
             name: "this process before loading",
             bytes: shape.baseline_bytes,
@@ -147,6 +200,17 @@ impl MemoryPlan {
     }
 }
 
+/// Bytes of a frozen model: matrices in bf16 or f32, norms and biases in f32.
+fn frozen_bytes(config: &Qwen2Config, bf16: bool) -> u64 {
+    let vectors: u64 = qwen2::model::parameter_shapes(config)
+        .iter()
+        .filter(|(_, shape)| shape.len() == 1)
+        .map(|(_, shape)| shape[0] as u64)
+        .sum();
+    let matrices = config.num_parameters() as u64 - vectors;
+    matrices * if bf16 { BF16 } else { F32 } + vectors * F32
+}
+
 /// The machine's memory from /proc/meminfo: (total, available now), in bytes.
 pub fn machine_memory() -> Option<(u64, u64)> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -176,6 +240,9 @@ mod tests {
             seq_len: 256,
             chunk_positions: 256,
             baseline_bytes: 0,
+            lora: None,
+            teacher_bf16: false,
+            student_base_bf16: false,
         });
         let states: u64 = live.parts[..3].iter().map(|p| p.bytes).sum();
         assert_eq!(states, 16 * student.num_parameters() as u64);
@@ -187,6 +254,9 @@ mod tests {
             seq_len: 256,
             chunk_positions: 256,
             baseline_bytes: 0,
+            lora: None,
+            teacher_bf16: false,
+            student_base_bf16: false,
         });
         assert!(live.total() - cached.total() >= 4 * student.num_parameters() as u64);
         assert!(live.table().contains("total"));

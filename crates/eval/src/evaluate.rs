@@ -140,12 +140,41 @@ pub fn evaluate_model<B: Backend>(
     options: &EvalOptions,
     device: &B::Device,
 ) -> Result<ModelReport, EvalError> {
+    let load = || Ok(load_model::<B>(model_dir, device)?.0);
+    load_and_evaluate(load, model_dir, label, teacher, shards, options)
+}
+
+/// [`evaluate_model`] for a LoRA adapter (PEFT's layout) on its base: the adapter is merged
+/// into the base as it loads, so the row measures the model the adapter makes. The base
+/// provides config.json, generation_config.json and the tokenizer.
+pub fn evaluate_adapter<B: Backend>(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    label: &str,
+    teacher: Option<&Model<B>>,
+    shards: &Path,
+    options: &EvalOptions,
+    device: &B::Device,
+) -> Result<ModelReport, EvalError> {
+    let load = || Ok(qwen2::load_merged::<B>(base_dir, adapter_dir, device)?.0);
+    load_and_evaluate(load, base_dir, label, teacher, shards, options)
+}
+
+/// Checks the options and the data, then loads (timed) and evaluates.
+fn load_and_evaluate<B: Backend>(
+    load: impl FnOnce() -> Result<Model<B>, EvalError>,
+    model_dir: &Path,
+    label: &str,
+    teacher: Option<&Model<B>>,
+    shards: &Path,
+    options: &EvalOptions,
+) -> Result<ModelReport, EvalError> {
     options.validate()?;
     // Fail on the data before spending time on a load.
     ShardReader::open(shards, &options.split)?;
     reset_peak_rss();
     let started = Instant::now();
-    let (model, _) = load_model::<B>(model_dir, device)?;
+    let model = load()?;
     let load_seconds = started.elapsed().as_secs_f64();
     let mut report = evaluate_loaded(&model, model_dir, label, teacher, shards, options)?;
     report.load_seconds = Some(load_seconds);

@@ -32,7 +32,9 @@ mod speed;
 
 pub use curves::plot_training_curves;
 pub use error::EvalError;
-pub use evaluate::{default_prompts, evaluate_loaded, evaluate_model, EvalOptions, ModelReport};
+pub use evaluate::{
+    default_prompts, evaluate_adapter, evaluate_loaded, evaluate_model, EvalOptions, ModelReport,
+};
 pub use provenance::Machine;
 pub use quality::{score_batch, score_batch_compared, Comparison, QualitySums};
 pub use report::Report;

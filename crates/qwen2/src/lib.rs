@@ -18,8 +18,13 @@ pub mod weight;
 pub use config::{GenerationConfig, Qwen2Config};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Sampling};
-pub use load::{build_model, load_frozen_model, load_model, RandomWeights, WeightSource};
-pub use lora::{attach_lora, freeze, load_adapter, merge_lora, save_adapter, LoraSettings};
+pub use load::{
+    build_frozen_model, build_model, load_frozen_model, load_model, RandomWeights, WeightSource,
+};
+pub use lora::{
+    adapter_base, attach_lora, freeze, load_adapter, load_merged, merge_lora, save_adapter,
+    LoraSettings,
+};
 pub use model::{AttentionMask, KvCache, Model, ModelOutput};
 pub use save::{save_model, SaveOptions};
 pub use weight::FrozenDtype;

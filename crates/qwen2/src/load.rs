@@ -74,8 +74,8 @@ pub fn load_frozen_model<B: Backend>(
     let config = Qwen2Config::from_file(dir)?;
     let mut checkpoint = Checkpoint::open(dir)?;
     let bf16 = dtype.stores_bf16(checkpoint.dominant_dtype());
-    let model = build(&config, &mut checkpoint, device, bf16)?;
-    Ok((crate::lora::freeze(model, bf16), config, bf16))
+    let model = build_frozen_model(&config, &mut checkpoint, device, bf16)?;
+    Ok((model, config, bf16))
 }
 
 /// Builds the model tensor by tensor from `source`.
@@ -85,6 +85,19 @@ pub fn build_model<B: Backend>(
     device: &B::Device,
 ) -> Result<Model<B>> {
     build(config, source, device, false)
+}
+
+/// Builds a frozen model (see [`load_frozen_model`]) tensor by tensor from `source`.
+pub fn build_frozen_model<B: Backend>(
+    config: &Qwen2Config,
+    source: &mut dyn WeightSource,
+    device: &B::Device,
+    bf16: bool,
+) -> Result<Model<B>> {
+    Ok(crate::lora::freeze(
+        build(config, source, device, bf16)?,
+        bf16,
+    ))
 }
 
 /// Builds the model tensor by tensor from `source`, matrices frozen in bf16 with `frozen_bf16`.

@@ -509,3 +509,30 @@ pub fn load_adapter<B: Backend>(
     }
     Ok((model, settings))
 }
+
+/// The base an adapter names (`base_model_name_or_path`): a directory or a hub repository id.
+pub fn adapter_base(dir: &Path) -> Result<String> {
+    let path = dir.join(ADAPTER_CONFIG);
+    read_json(&path)?
+        .get("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ModelError::Config {
+            path,
+            field: "base_model_name_or_path".into(),
+            message: "missing: name the base model explicitly".into(),
+        })
+}
+
+/// The base model in `base_dir` with the adapter in `adapter_dir` merged into it: a plain model
+/// to evaluate or generate with, at the speed of one without adapters.
+pub fn load_merged<B: Backend>(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    device: &B::Device,
+) -> Result<(Model<B>, Qwen2Config, LoraSettings)> {
+    let (base, config) = crate::load::load_model::<B>(base_dir, device)?;
+    let (adapted, settings) = load_adapter(freeze(base, false), &config, adapter_dir)?;
+    Ok((merge_lora(adapted), config, settings))
+}
