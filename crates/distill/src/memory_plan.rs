@@ -52,14 +52,15 @@ pub struct RunShape<'a> {
 }
 
 /// Floats autodiff keeps per token per decoder layer: the MLP's gate, SiLU, up and product
-/// (about 5 x intermediate), the attention probabilities (heads x keys) and a few hidden-width
-/// tensors (norm inputs, q/k/v/o, the residual stream; about 4 x hidden). Calibrated on
-/// Qwen2.5-0.5B shapes at 128, 256 and 512 tokens (README, "what to expect").
+/// (about 5 x intermediate), the attention scores, masked scores and probabilities
+/// (3 x heads x keys) and a few hidden-width tensors (norm inputs, q/k/v/o, the residual stream;
+/// about 4 x hidden). Fitted to measured peaks: Qwen2.5-0.5B full-parameter at 128, 256 and 512
+/// tokens and Qwen2.5-1.5B LoRA at 256 and 512 (README, "what to expect").
 fn activation_floats_per_token_layer(config: &Qwen2Config, keys: usize) -> u64 {
     let h = config.hidden_size as u64;
     let i = config.intermediate_size as u64;
     let heads = config.num_attention_heads as u64;
-    4 * h + 5 * i + heads * keys as u64
+    4 * h + 5 * i + 3 * heads * keys as u64
 }
 
 /// Vocabulary-sized tensors alive at once per position of a loss chunk (the student's logits
@@ -67,9 +68,9 @@ fn activation_floats_per_token_layer(config: &Qwen2Config, keys: usize) -> u64 {
 const VOCAB_TRANSIENTS: u64 = 2;
 
 /// Embedding-sized tensors alive at once at the end of the backward pass, beside the
-/// gradients: the embedding lookup's and the lm_head's contributions to the tied matrix's
-/// gradient before they are summed.
-const EMBEDDING_TRANSIENTS: u64 = 2;
+/// gradients: one contribution (the embedding lookup's or the lm_head's) to the tied matrix's
+/// gradient before it is summed into the other.
+const EMBEDDING_TRANSIENTS: u64 = 1;
 
 impl MemoryPlan {
     pub fn estimate(shape: &RunShape) -> Self {
@@ -162,11 +163,21 @@ impl MemoryPlan {
             });
         }
         if shape.teacher_bf16 || (shape.lora.is_some() && shape.student_base_bf16) {
-            // A bf16 matrix is widened to f32 for the one product that reads it: the largest,
-            // the lm_head over the vocabulary, sets the peak.
+            // A bf16 matrix is widened to f32 for the one product that reads it, at most
+            // `qwen2::weight::BLOCK_COLUMNS` columns at a time; the widest block of the
+            // vocabulary-sized lm_head sets the peak, with the product's blocks beside it.
+            let block = qwen2::weight::BLOCK_COLUMNS;
+            let widest_block = [Some(student), shape.teacher]
+                .into_iter()
+                .flatten()
+                .flat_map(qwen2::model::parameter_shapes)
+                .filter(|(_, hf_shape)| hf_shape.len() == 2)
+                .map(|(_, hf_shape)| (hf_shape[1] * hf_shape[0].min(block)) as u64)
+                .max()
+                .unwrap_or(0);
             parts.push(MemoryPart {
-                name: "f32 widening of the largest bf16 matrix",
-                bytes: embedding,
+                name: "f32 widening of a bf16 matrix block",
+                bytes: widest_block * F32,
             });
         }
         parts.push(MemoryPart {

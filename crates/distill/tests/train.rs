@@ -462,6 +462,26 @@ fn the_shipped_recipes_load() {
     assert_eq!(seed.distillation.temperature, 2.0);
     let small = Recipe::load(&configs.join("small.toml"), &[]).unwrap();
     assert_eq!(small.distillation.intermediate_matches.len(), 1);
+    let seed_lora = Recipe::load(
+        &configs.join("deepseek-r1-distill-qwen-1.5b-to-qwen2.5-1.5b-lora.toml"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(seed_lora.lora.as_ref().map(|l| l.rank), Some(16));
+    let small_lora = Recipe::load(&configs.join("small-lora.toml"), &[]).unwrap();
+    assert_eq!(small_lora.lora.map(|l| l.targets().len()), Some(7));
+    // Bad [lora] settings are refused naming the field.
+    let error = Recipe::load(&configs.join("small-lora.toml"), &["lora.rank=0".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("small-lora.toml") && error.contains("`rank`"), "{error}");
+    let error = Recipe::load(
+        &configs.join("small-lora.toml"),
+        &["lora.target_modules=[\"qkv\"]".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("target_modules") && error.contains("qkv"), "{error}");
 }
 
 /// `--resume` with a recipe that changed since the run started: a change that leaves the

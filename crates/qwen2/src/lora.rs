@@ -43,22 +43,33 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The prefix PEFT puts before a module's name in `adapter_model.safetensors`.
 const PEFT_PREFIX: &str = "base_model.model.";
 
-/// What an adapter is: PEFT's `LoraConfig` fields this crate implements.
+/// What an adapter is: PEFT's `LoraConfig` fields this crate implements. The defaults are
+/// QLoRA's (every linear layer) at rank 16, alpha 32, dropout 0.05.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoraSettings {
     /// `r`: the adapters' inner width.
     pub rank: usize,
     /// `lora_alpha`: the update is scaled by alpha / rank (alpha / sqrt(rank) with rsLoRA).
     pub alpha: f64,
     /// `lora_dropout`: dropout on the adapter's input, in training only.
-    #[serde(default)]
     pub dropout: f64,
     /// `target_modules`: names from [`TARGET_MODULES`], or `["all-linear"]` for all of them.
     pub target_modules: Vec<String>,
     /// `use_rslora`: scale by alpha / sqrt(rank) (Kalajdzievski 2023).
-    #[serde(default)]
     pub use_rslora: bool,
+}
+
+impl Default for LoraSettings {
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            target_modules: vec!["all-linear".into()],
+            use_rslora: false,
+        }
+    }
 }
 
 impl LoraSettings {
