@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::losses::{
     cross_entropy_per_position, divergence_per_position, hidden_loss, top_k_kl_per_position,
-    HiddenLoss, KdLoss,
+    DivergenceParams, HiddenLoss, KdLoss,
 };
 
 /// One intermediate-layer match, layer indices in the transformers `hidden_states` convention.
@@ -57,7 +57,8 @@ pub struct Objective {
     pub temperature: f64,
     pub hard_label_weight: f64,
     pub kd_loss: KdLoss,
-    pub jsd_beta: f64,
+    /// The generalized JSD's beta and the skew KLs' alpha.
+    pub divergence: DivergenceParams,
     pub intermediate_matches: Vec<IntermediateMatch>,
     /// Positions per chunk of the vocabulary-sized computation.
     pub chunk_positions: usize,
@@ -334,7 +335,7 @@ pub(crate) fn chunk_terms<B: Backend>(
                 student_logits,
                 teacher_logits,
                 t,
-                objective.jsd_beta,
+                objective.divergence,
             )
         }
         ChunkTeacher::TopK {

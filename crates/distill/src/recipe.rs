@@ -188,9 +188,14 @@ pub struct Distillation {
     pub temperature: f64,
     pub hard_label_weight: f64,
     /// kl (forward KL; the seed's "ce" and "forward_kl" are accepted as aliases), reverse_kl,
-    /// jsd, mse.
+    /// jsd (the generalized JSD), skew_kl, skew_reverse_kl, mse.
     pub kd_loss_type: KdLoss,
+    /// The generalized JSD's interpolation, in [0, 1]: 0 forward KL, 1 reverse KL (TRL's GKD
+    /// convention).
     pub jsd_beta: f64,
+    /// The skew KLs' mixing weight, in [0, 1): skew KL = KL(p_t || alpha p_t + (1 - alpha) p_s),
+    /// skew reverse KL = KL(p_s || alpha p_s + (1 - alpha) p_t) (DistiLLM's default 0.1).
+    pub skew_alpha: f64,
     pub intermediate_matches: Vec<IntermediateMatch>,
     /// Positions per chunk of the vocabulary-sized losses (memory vs speed).
     pub chunk_positions: usize,
@@ -203,6 +208,7 @@ impl Default for Distillation {
             hard_label_weight: 0.5,
             kd_loss_type: KdLoss::Kl,
             jsd_beta: 0.5,
+            skew_alpha: 0.1,
             intermediate_matches: Vec::new(),
             chunk_positions: 256,
         }
@@ -386,10 +392,22 @@ impl Recipe {
                 format!("{} is out of range [0, 1]", d.hard_label_weight),
             ));
         }
-        if !(d.jsd_beta > 0.0 && d.jsd_beta < 1.0) {
+        if !(0.0..=1.0).contains(&d.jsd_beta) {
             return Err(field(
                 "distillation.jsd_beta",
-                format!("{} is out of range (0, 1)", d.jsd_beta),
+                format!(
+                    "{} is out of range [0, 1] (0 = forward KL, 1 = reverse KL)",
+                    d.jsd_beta
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&d.skew_alpha) {
+            return Err(field(
+                "distillation.skew_alpha",
+                format!(
+                    "{} is out of range [0, 1) (0 = plain KL; at 1 the mixture is the distribution itself)",
+                    d.skew_alpha
+                ),
             ));
         }
         for (index, matched) in d.intermediate_matches.iter().enumerate() {

@@ -175,7 +175,10 @@ fn objective(temperature: f64, layers_t: &[usize]) -> Objective {
         temperature,
         hard_label_weight: 0.0,
         kd_loss: KdLoss::Kl,
-        jsd_beta: 0.5,
+        divergence: DivergenceParams {
+            jsd_beta: 0.5,
+            skew_alpha: 0.1,
+        },
         intermediate_matches: layers_t
             .iter()
             .map(|&layer_t| IntermediateMatch {
