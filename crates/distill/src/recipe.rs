@@ -234,6 +234,59 @@ impl Default for TeacherCache {
     }
 }
 
+/// On-policy and sequence-level distillation (GKD, Agarwal et al. 2024, as TRL's GKDTrainer):
+/// which micro-batches train on continuations generated from prompts instead of the data's
+/// text. Each micro-batch draws once: with probability `lmbda` the student continues its
+/// prompts (on-policy); otherwise, with `seq_kd`, the teacher does (sequence-level KD);
+/// otherwise it is the data's block, as without this section. Prompts are the first
+/// `prompt_len` tokens of the micro-batch's blocks; the losses score the generated tokens only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnPolicy {
+    /// The share of micro-batches whose continuations the student samples, in [0, 1].
+    pub lmbda: f64,
+    /// The other micro-batches' continuations are sampled by the teacher.
+    pub seq_kd: bool,
+    /// Tokens of each block kept as the prompt.
+    pub prompt_len: usize,
+    /// Tokens generated after each prompt at most (a row stops at an eos).
+    pub max_new_tokens: usize,
+    /// Sampling: temperature, then top-k (0 = off), then top-p (1 = off).
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    /// Seed of the draws; a micro-batch's draws depend only on (seed, update, micro-batch), so
+    /// a resumed run samples what the uninterrupted one would have.
+    pub seed: u64,
+}
+
+/// Off: every micro-batch trains on the data (word-level distillation).
+impl Default for OnPolicy {
+    fn default() -> Self {
+        Self {
+            lmbda: 0.0,
+            seq_kd: false,
+            prompt_len: 32,
+            max_new_tokens: 32,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 42,
+        }
+    }
+}
+
+impl OnPolicy {
+    /// Whether any micro-batch trains on generated text.
+    pub fn generates(&self) -> bool {
+        self.lmbda > 0.0 || self.seq_kd
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -245,6 +298,10 @@ pub struct Recipe {
     pub distillation: Distillation,
     #[serde(default)]
     pub teacher_cache: TeacherCache,
+    /// Left out of `recipe.json` when it is the default, so the recipes of earlier runs
+    /// compare equal on `--resume`.
+    #[serde(default, skip_serializing_if = "OnPolicy::is_default")]
+    pub on_policy: OnPolicy,
 }
 
 impl Recipe {
@@ -410,6 +467,7 @@ impl Recipe {
                 ),
             ));
         }
+        self.validate_on_policy(path)?;
         for (index, matched) in d.intermediate_matches.iter().enumerate() {
             if matched.feature != "hidden" {
                 return Err(field(
@@ -423,6 +481,54 @@ impl Recipe {
                     "must be a finite number >= 0".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_on_policy(&self, path: &Path) -> Result<(), RecipeError> {
+        let field = |name: &str, message: String| RecipeError::Field {
+            path: path.to_path_buf(),
+            field: format!("on_policy.{name}"),
+            message,
+        };
+        let o = &self.on_policy;
+        if !(0.0..=1.0).contains(&o.lmbda) {
+            return Err(field(
+                "lmbda",
+                format!(
+                    "{} is out of range [0, 1] (the share of on-policy micro-batches)",
+                    o.lmbda
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("prompt_len", o.prompt_len),
+            ("max_new_tokens", o.max_new_tokens),
+        ] {
+            if value == 0 {
+                return Err(field(name, "must be at least 1".into()));
+            }
+        }
+        if !(o.temperature > 0.0 && o.temperature <= 100.0) {
+            return Err(field(
+                "temperature",
+                format!("{} is out of range (0, 100]", o.temperature),
+            ));
+        }
+        if !(o.top_p > 0.0 && o.top_p <= 1.0) {
+            return Err(field(
+                "top_p",
+                format!("{} is out of range (0, 1] (1 = off)", o.top_p),
+            ));
+        }
+        if o.generates() && !crate::teacher::needs_teacher(self) {
+            return Err(field(
+                if o.lmbda > 0.0 { "lmbda" } else { "seq_kd" },
+                "generated text is scored by the teacher, but this recipe trains on hard labels \
+                 only (distillation.hard_label_weight = 1, no intermediate matches): lower \
+                 hard_label_weight, or set on_policy.lmbda = 0 and seq_kd = false"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::tensor::{Int, Tensor};
-use distill::losses::KdLoss;
+use distill::losses::{DivergenceParams, KdLoss};
 use distill::objective::{
     loss_and_gradients, loss_only, Batch, IntermediateMatch, Objective, Student, TeacherOutputs,
     TeacherSignal,
