@@ -150,6 +150,7 @@ fn on_policy_distillation_trains_and_its_continuations_are_scored(root: &Path, w
         ])
         .args(["--set", "on_policy.max_new_tokens=16"])
         .args(["--set", "training.max_eval_batches=2"])
+        .args(["--set", "training.logging_steps=1"])
         .output()
         .expect("xtask runs");
     assert!(

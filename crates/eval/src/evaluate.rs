@@ -279,9 +279,12 @@ pub fn evaluate_loaded<B: Backend>(
     let continuations = match (&options.continuations, &generation_setup) {
         (Some(continuation), Some((tokenizer, eos))) => {
             let prompts = held_out_prompts(&mut reader, continuation)?;
+            // The teacher's own row (its directory is the teacher's) is scored by itself.
+            let is_teacher = options.teacher_dir.as_deref() == Some(model_dir);
+            let scorer = teacher.or(is_teacher.then_some(model));
             Some(continuation_report(
                 model,
-                teacher,
+                scorer,
                 tokenizer,
                 eos,
                 &prompts,
