@@ -462,6 +462,12 @@ fn the_shipped_recipes_load() {
     assert_eq!(seed.distillation.temperature, 2.0);
     let small = Recipe::load(&configs.join("small.toml"), &[]).unwrap();
     assert_eq!(small.distillation.intermediate_matches.len(), 1);
+    let on_policy = Recipe::load(&configs.join("quickstart-on-policy.toml"), &[]).unwrap();
+    assert_eq!(on_policy.on_policy.lmbda, 0.5);
+    assert_eq!(
+        on_policy.distillation.kd_loss_type,
+        distill::losses::KdLoss::Jsd
+    );
 }
 
 /// `--resume` with a recipe that changed since the run started: a change that leaves the
