@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use eval::{
-    evaluate_adapter, evaluate_loaded, evaluate_model, plot_training_curves, EvalOptions, Report,
+    evaluate_adapter, evaluate_loaded, evaluate_model, plot_training_curves, ContinuationOptions,
+    EvalOptions, Report,
 };
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::load_model;
@@ -53,8 +54,19 @@ pub struct Args {
     /// Skip generation (then no tokenizer.json is needed in the model directories).
     #[arg(long, conflicts_with = "prompts")]
     no_generate: bool,
+    /// New tokens per generation (greedy prompts and --continuations).
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
+    /// Also continue N held-out prompts (the first --continuation-prompt-len tokens of the
+    /// split's first N blocks) by sampling at temperature 1, and report the teacher's
+    /// cross-entropy on each model's own continuations (with --teacher). Needs tokenizer.json.
+    #[arg(long, value_name = "N")]
+    continuations: Option<usize>,
+    #[arg(long, default_value_t = 32, value_name = "TOKENS")]
+    continuation_prompt_len: usize,
+    /// Seed of the continuations' sampling (the same for every model).
+    #[arg(long, default_value_t = 0)]
+    continuation_seed: u64,
     /// Training metrics to plot: LABEL=PATH, PATH a metrics.jsonl or a distill output dir.
     #[arg(long = "metrics", value_name = "LABEL=PATH")]
     metrics: Vec<String>,
@@ -94,6 +106,12 @@ pub fn run(args: Args) -> Result<()> {
             args.prompts.clone()
         },
         max_new_tokens: args.max_new_tokens,
+        continuations: args.continuations.map(|prompts| ContinuationOptions {
+            prompts,
+            prompt_len: args.continuation_prompt_len,
+            max_new_tokens: args.max_new_tokens,
+            seed: args.continuation_seed,
+        }),
         ..EvalOptions::default()
     };
     options.validate()?;
@@ -130,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
     )??;
     let (json, markdown) = report.write(&args.out)?;
     print!("{}", report.render_table());
+    print!("{}", report.continuations_markdown());
     eprintln!("wrote {} and {}", json.display(), markdown.display());
     Ok(())
 }

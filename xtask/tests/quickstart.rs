@@ -120,4 +120,101 @@ fn quickstart_runs_offline_end_to_end() {
         !work.path().join("runs/planned").exists(),
         "a refused run writes nothing"
     );
+
+    on_policy_distillation_trains_and_its_continuations_are_scored(&root, work.path());
+}
+
+/// configs/quickstart-on-policy.toml on the quickstart's shards and student, a few updates with
+/// every micro-batch continued by the student; then `cargo xtask eval --continuations` scores
+/// the student's own continuations of held-out prompts with the teacher.
+fn on_policy_distillation_trains_and_its_continuations_are_scored(root: &Path, work: &Path) {
+    let run = work.join("runs/on-policy");
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root)
+        .args(["distill", "--config", "configs/quickstart-on-policy.toml"])
+        .args(["--max-steps", "3", "--quiet"])
+        .arg("--set")
+        .arg(format!(
+            "student.local_dir={}",
+            work.join("student-init").display()
+        ))
+        .arg("--set")
+        .arg(format!("dataset.shards={}", work.join("shards").display()))
+        .arg("--set")
+        .arg(format!("training.output_dir={}", run.display()))
+        .args([
+            "--set",
+            "on_policy.lmbda=1.0",
+            "--set",
+            "on_policy.prompt_len=16",
+        ])
+        .args(["--set", "on_policy.max_new_tokens=16"])
+        .args(["--set", "training.max_eval_batches=2"])
+        .args(["--set", "training.logging_steps=1"])
+        .output()
+        .expect("xtask runs");
+    assert!(
+        output.status.success(),
+        "on-policy distill failed\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let train_lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|v: &serde_json::Value| v["split"] == "train")
+        .collect();
+    let last = train_lines.last().expect("a train line");
+    assert_eq!(last["on_policy_fraction"].as_f64(), Some(1.0), "{last}");
+    assert!(last["generated_length"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(run.join("final/model.safetensors").exists());
+
+    let report_dir = work.join("on-policy-report");
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root)
+        .args(["eval", "--teacher", "data/tiny-teacher", "--model"])
+        .arg(run.join("final"))
+        .arg("--data")
+        .arg(work.join("shards"))
+        .args([
+            "--split",
+            "test",
+            "--max-blocks",
+            "2",
+            "--latency-repeats",
+            "1",
+        ])
+        .args(["--no-generate", "--continuations", "4"])
+        .args([
+            "--continuation-prompt-len",
+            "16",
+            "--max-new-tokens",
+            "8",
+            "--out",
+        ])
+        .arg(&report_dir)
+        .output()
+        .expect("xtask runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "eval failed\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("teacher CE on own continuations"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
+            .unwrap();
+    for model in report["models"].as_array().unwrap() {
+        let continuations = &model["continuations"];
+        assert_eq!(continuations["prompts"], 4, "{model}");
+        let ce = continuations["teacher_cross_entropy"].as_f64().unwrap();
+        assert!(ce.is_finite() && ce > 0.0, "{model}");
+        let length = continuations["mean_new_tokens"].as_f64().unwrap();
+        assert!(length > 0.0 && length <= 8.0, "{model}");
+    }
 }

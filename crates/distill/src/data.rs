@@ -99,26 +99,32 @@ pub fn batch_of(blocks: &[Block]) -> Batch {
     Batch::new(input_ids, AttentionMask { rows })
 }
 
-/// Positions of `batch` that carry a next-token label (the hard loss's token count).
+/// Scored positions of `batch` that carry a next-token label (the hard loss's token count).
 pub fn label_count(batch: &Batch) -> usize {
     batch
         .mask
         .rows
         .iter()
-        .map(|row| row.iter().skip(1).filter(|&&real| real).count())
+        .enumerate()
+        .map(|(b, row)| {
+            (0..row.len().saturating_sub(1))
+                .filter(|&t| row[t] && row[t + 1] && batch.is_scored(b, t))
+                .count()
+        })
         .sum()
 }
 
-/// Real positions of `batch` whose input token is not masked (the soft loss's token count).
+/// Scored real positions of `batch` whose input token is not masked (the soft loss's token
+/// count).
 pub fn soft_count(batch: &Batch, masked_token_ids: &[u32]) -> usize {
     batch
         .input_ids
         .iter()
         .zip(&batch.mask.rows)
-        .map(|(ids, row)| {
-            ids.iter()
-                .zip(row)
-                .filter(|(id, &real)| real && !masked_token_ids.contains(id))
+        .enumerate()
+        .map(|(b, (ids, row))| {
+            (0..ids.len())
+                .filter(|&t| row[t] && batch.is_scored(b, t) && !masked_token_ids.contains(&ids[t]))
                 .count()
         })
         .sum()

@@ -4,8 +4,8 @@
 //! loop), as torchtune does. Dependencies run one way:
 //!
 //! losses -> objective -> measure (the evaluation metrics) -> verdict (a recipe's objective)
-//! -> teacher_cache (and its `prepare`) -> teacher, data -> evaluate -> checkpoint ->
-//! trainer (the phases of an update) -> train (the loop).
+//! -> teacher_cache (and its `prepare`) -> teacher, data -> on_policy (generated text) ->
+//! evaluate -> checkpoint -> trainer (the phases of an update) -> train (the loop).
 //!
 //! Public: what a caller configures and runs ([`Recipe`], [`train`], [`TrainOptions`],
 //! [`TrainSummary`]), and the components tools and tests build on (losses, the objective, the
@@ -23,6 +23,7 @@ pub mod measure;
 pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
+pub mod on_policy;
 pub mod optimizer;
 mod options;
 mod progress;

@@ -7,9 +7,15 @@
 //!
 //! - forward KL:  sum_v p_t (log p_t - log p_s), p = softmax(logits / T)
 //! - reverse KL:  sum_v p_s (log p_s - log p_t)
-//! - JSD(beta):   beta KL(p_t || m) + (1 - beta) KL(p_s || m), m = beta p_t + (1 - beta) p_s
+//! - generalized JSD(beta), as TRL's GKDTrainer.generalized_jsd_loss (Agarwal et al. 2024):
+//!   beta KL(p_t || m) + (1 - beta) KL(p_s || m), m = beta p_t + (1 - beta) p_s, for 0 < beta < 1;
+//!   beta = 0 is forward KL and beta = 1 reverse KL (TRL's end cases: the mixture form itself
+//!   tends to 0 at both ends, the end cases are its limits divided by beta and 1 - beta)
+//! - skew KL(alpha):         KL(p_t || alpha p_t + (1 - alpha) p_s)   (DistiLLM, Ko et al. 2024)
+//! - skew reverse KL(alpha): KL(p_s || alpha p_s + (1 - alpha) p_t); both are KL / reverse KL
+//!   at alpha = 0
 //! - MSE:         mean_v (s - t)^2 on raw logits
-//! - soft loss = T^2 x token mean of the divergence (KL, reverse KL, JSD), over real tokens;
+//! - soft loss = T^2 x token mean of the divergence (every one but MSE), over real tokens;
 //!   MSE is not scaled by T^2 (it does not soften the distributions).
 //! - hard loss = next-token cross-entropy, mean over valid labels.
 
@@ -26,7 +32,12 @@ pub enum KdLoss {
     #[serde(alias = "ce", alias = "forward_kl")]
     Kl,
     ReverseKl,
+    /// The generalized JSD with `jsd_beta`.
     Jsd,
+    /// Skew KL with `skew_alpha`.
+    SkewKl,
+    /// Skew reverse KL with `skew_alpha`.
+    SkewReverseKl,
     Mse,
 }
 
@@ -37,6 +48,8 @@ impl KdLoss {
             KdLoss::Kl => "kl",
             KdLoss::ReverseKl => "reverse_kl",
             KdLoss::Jsd => "jsd",
+            KdLoss::SkewKl => "skew_kl",
+            KdLoss::SkewReverseKl => "skew_reverse_kl",
             KdLoss::Mse => "mse",
         }
     }
@@ -47,41 +60,74 @@ impl KdLoss {
     }
 }
 
+/// The parameters of the parametrised divergences.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DivergenceParams {
+    /// The generalized JSD's interpolation: 0 forward KL, 1 reverse KL.
+    pub jsd_beta: f64,
+    /// The skew KLs' share of the distribution itself in the mixture (0: plain KL).
+    pub skew_alpha: f64,
+}
+
 /// `[N, V]` logits -> `[N]` divergence per position (no T^2 factor), at temperature `t`.
 pub fn divergence_per_position<B: Backend>(
     kind: KdLoss,
     student_logits: Tensor<B, 2>,
     teacher_logits: Tensor<B, 2>,
     temperature: f64,
-    jsd_beta: f64,
+    params: DivergenceParams,
 ) -> Tensor<B, 1> {
     let [n, vocab] = student_logits.dims();
+    if kind == KdLoss::Mse {
+        let per_position = (student_logits - teacher_logits).square().sum_dim(1) / vocab as f64;
+        return per_position.reshape([n]);
+    }
+    let log_p_student = log_softmax(student_logits / temperature, 1);
+    let log_p_teacher = log_softmax(teacher_logits / temperature, 1);
     let per_position = match kind {
-        KdLoss::Mse => (student_logits - teacher_logits).square().sum_dim(1) / vocab as f64,
-        _ => {
-            let log_p_student = log_softmax(student_logits / temperature, 1);
-            let log_p_teacher = log_softmax(teacher_logits / temperature, 1);
-            match kind {
-                KdLoss::Kl => {
-                    (log_p_teacher.clone().exp() * (log_p_teacher - log_p_student)).sum_dim(1)
-                }
-                KdLoss::ReverseKl => {
-                    (log_p_student.clone().exp() * (log_p_student - log_p_teacher)).sum_dim(1)
-                }
-                KdLoss::Jsd => {
-                    let p_teacher = log_p_teacher.clone().exp();
-                    let p_student = log_p_student.clone().exp();
-                    let log_m =
-                        (p_teacher.clone() * jsd_beta + p_student.clone() * (1.0 - jsd_beta)).log();
-                    let to_teacher = (p_teacher * (log_p_teacher - log_m.clone())).sum_dim(1);
-                    let to_student = (p_student * (log_p_student - log_m)).sum_dim(1);
-                    to_teacher * jsd_beta + to_student * (1.0 - jsd_beta)
-                }
-                KdLoss::Mse => unreachable!(),
+        KdLoss::Kl => kl(log_p_teacher, log_p_student),
+        KdLoss::ReverseKl => kl(log_p_student, log_p_teacher),
+        KdLoss::Jsd => {
+            let beta = params.jsd_beta;
+            if beta <= 0.0 {
+                kl(log_p_teacher, log_p_student)
+            } else if beta >= 1.0 {
+                kl(log_p_student, log_p_teacher)
+            } else {
+                let log_m = log_mixture(log_p_teacher.clone(), log_p_student.clone(), beta);
+                kl(log_p_teacher, log_m.clone()) * beta + kl(log_p_student, log_m) * (1.0 - beta)
             }
         }
+        KdLoss::SkewKl => {
+            let log_m = log_mixture(log_p_teacher.clone(), log_p_student, params.skew_alpha);
+            kl(log_p_teacher, log_m)
+        }
+        KdLoss::SkewReverseKl => {
+            let log_m = log_mixture(log_p_student.clone(), log_p_teacher, params.skew_alpha);
+            kl(log_p_student, log_m)
+        }
+        KdLoss::Mse => unreachable!("returned above"),
     };
     per_position.reshape([n])
+}
+
+/// KL(p || q) per row, from log-probabilities `[N, V]` -> `[N, 1]`.
+fn kl<B: Backend>(log_p: Tensor<B, 2>, log_q: Tensor<B, 2>) -> Tensor<B, 2> {
+    (log_p.clone().exp() * (log_p - log_q)).sum_dim(1)
+}
+
+/// log(w p + (1 - w) q) from log-probabilities, without leaving log space (as TRL's
+/// logsumexp), so that probabilities too small for a float never make a log(0); `w = 0` is
+/// `log_q` itself.
+fn log_mixture<B: Backend>(log_p: Tensor<B, 2>, log_q: Tensor<B, 2>, w: f64) -> Tensor<B, 2> {
+    if w <= 0.0 {
+        return log_q;
+    }
+    let a = log_p + w.ln();
+    let b = log_q + (-w).ln_1p();
+    // Any shift gives the same value; the larger term keeps the exponentials in range.
+    let shift = a.clone().max_pair(b.clone()).detach();
+    ((a - shift.clone()).exp() + (b - shift.clone()).exp()).log() + shift
 }
 
 /// Next-token cross-entropy per position: `[N, V]` logits, `[N]` label ids -> `[N]`.

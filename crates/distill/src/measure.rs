@@ -28,7 +28,7 @@ use burn::tensor::{Int, Tensor};
 use qwen2::Model;
 
 use crate::data::{label_count, soft_count};
-use crate::losses::KdLoss;
+use crate::losses::{DivergenceParams, KdLoss};
 use crate::objective::{
     chunk_logits, chunk_terms, chunked_terms, flatten, row_indices, Batch, ChunkTeacher, Objective,
     PositionWeights, TeacherOutputs, TeacherSignal,
@@ -93,7 +93,11 @@ pub fn measurement_objective(
         temperature,
         hard_label_weight: 0.5,
         kd_loss: KdLoss::Kl,
-        jsd_beta: 0.5,
+        // Unused by the forward KL.
+        divergence: DivergenceParams {
+            jsd_beta: 0.5,
+            skew_alpha: 0.0,
+        },
         intermediate_matches: Vec::new(),
         chunk_positions,
         vocab_rows: comparison.vocab_rows.clone(),

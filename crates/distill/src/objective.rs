@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::losses::{
     cross_entropy_per_position, divergence_per_position, hidden_loss, top_k_kl_per_position,
-    HiddenLoss, KdLoss,
+    DivergenceParams, HiddenLoss, KdLoss,
 };
 
 /// One intermediate-layer match, layer indices in the transformers `hidden_states` convention.
@@ -57,7 +57,8 @@ pub struct Objective {
     pub temperature: f64,
     pub hard_label_weight: f64,
     pub kd_loss: KdLoss,
-    pub jsd_beta: f64,
+    /// The generalized JSD's beta and the skew KLs' alpha.
+    pub divergence: DivergenceParams,
     pub intermediate_matches: Vec<IntermediateMatch>,
     /// Positions per chunk of the vocabulary-sized computation.
     pub chunk_positions: usize,
@@ -82,16 +83,30 @@ pub struct Projection<B: Backend> {
     pub linear: Option<Linear<B>>,
 }
 
-/// A batch on the host: token rows and which tokens are real.
+/// A batch on the host: token rows, which tokens are real, and which positions the losses
+/// score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub input_ids: Vec<Vec<u32>>,
     pub mask: AttentionMask,
+    /// `scored[b][t]`: position t of row b counts in the losses. `None`: every real position
+    /// (text from the data). A generated sequence scores only the positions that predict a
+    /// generated token, so its prompt is masked out (crate::on_policy).
+    pub scored: Option<Vec<Vec<bool>>>,
 }
 
 impl Batch {
     pub fn new(input_ids: Vec<Vec<u32>>, mask: AttentionMask) -> Self {
-        Self { input_ids, mask }
+        Self {
+            input_ids,
+            mask,
+            scored: None,
+        }
+    }
+
+    /// Whether position `t` of row `row` counts in the losses (real positions only).
+    pub fn is_scored(&self, row: usize, t: usize) -> bool {
+        self.scored.as_ref().is_none_or(|scored| scored[row][t])
     }
 
     pub fn batch_size(&self) -> usize {
@@ -266,13 +281,14 @@ impl PositionWeights {
         let mut real = Vec::new();
         let mut hard = Vec::new();
         let mut labels = Vec::new();
-        for (ids, mask) in batch.input_ids.iter().zip(&batch.mask.rows) {
+        for (row, (ids, mask)) in batch.input_ids.iter().zip(&batch.mask.rows).enumerate() {
             for t in 0..seq {
-                real.push(f32::from(mask[t]));
+                let scored = mask[t] && batch.is_scored(row, t);
+                real.push(f32::from(scored));
                 soft.push(f32::from(
-                    mask[t] && !objective.masked_token_ids.contains(&ids[t]),
+                    scored && !objective.masked_token_ids.contains(&ids[t]),
                 ));
-                let has_label = t + 1 < seq && mask[t + 1];
+                let has_label = scored && t + 1 < seq && mask[t + 1];
                 hard.push(f32::from(has_label));
                 labels.push(if has_label { ids[t + 1] as i64 } else { 0 });
             }
@@ -334,7 +350,7 @@ pub(crate) fn chunk_terms<B: Backend>(
                 student_logits,
                 teacher_logits,
                 t,
-                objective.jsd_beta,
+                objective.divergence,
             )
         }
         ChunkTeacher::TopK {

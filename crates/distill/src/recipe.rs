@@ -189,9 +189,14 @@ pub struct Distillation {
     pub temperature: f64,
     pub hard_label_weight: f64,
     /// kl (forward KL; the seed's "ce" and "forward_kl" are accepted as aliases), reverse_kl,
-    /// jsd, mse.
+    /// jsd (the generalized JSD), skew_kl, skew_reverse_kl, mse.
     pub kd_loss_type: KdLoss,
+    /// The generalized JSD's interpolation, in [0, 1]: 0 forward KL, 1 reverse KL (TRL's GKD
+    /// convention).
     pub jsd_beta: f64,
+    /// The skew KLs' mixing weight, in [0, 1): skew KL = KL(p_t || alpha p_t + (1 - alpha) p_s),
+    /// skew reverse KL = KL(p_s || alpha p_s + (1 - alpha) p_t) (DistiLLM's default 0.1).
+    pub skew_alpha: f64,
     pub intermediate_matches: Vec<IntermediateMatch>,
     /// Positions per chunk of the vocabulary-sized losses (memory vs speed).
     pub chunk_positions: usize,
@@ -204,6 +209,7 @@ impl Default for Distillation {
             hard_label_weight: 0.5,
             kd_loss_type: KdLoss::Kl,
             jsd_beta: 0.5,
+            skew_alpha: 0.1,
             intermediate_matches: Vec::new(),
             chunk_positions: 256,
         }
@@ -239,6 +245,65 @@ pub struct Memory {
     pub frozen_dtype: FrozenDtype,
 }
 
+impl Memory {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// On-policy and sequence-level distillation (GKD, Agarwal et al. 2024, as TRL's GKDTrainer):
+/// which micro-batches train on continuations generated from prompts instead of the data's
+/// text. Each micro-batch draws once: with probability `lmbda` the student continues its
+/// prompts (on-policy); otherwise, with `seq_kd`, the teacher does (sequence-level KD);
+/// otherwise it is the data's block, as without this section. Prompts are the first
+/// `prompt_len` tokens of the micro-batch's blocks; the losses score the generated tokens only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnPolicy {
+    /// The share of micro-batches whose continuations the student samples, in [0, 1].
+    pub lmbda: f64,
+    /// The other micro-batches' continuations are sampled by the teacher.
+    pub seq_kd: bool,
+    /// Tokens of each block kept as the prompt.
+    pub prompt_len: usize,
+    /// Tokens generated after each prompt at most (a row stops at an eos).
+    pub max_new_tokens: usize,
+    /// Sampling: temperature, then top-k (0 = off), then top-p (1 = off).
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    /// Seed of the draws; a micro-batch's draws depend only on (seed, update, micro-batch), so
+    /// a resumed run samples what the uninterrupted one would have.
+    pub seed: u64,
+}
+
+/// Off: every micro-batch trains on the data (word-level distillation).
+impl Default for OnPolicy {
+    fn default() -> Self {
+        Self {
+            lmbda: 0.0,
+            seq_kd: false,
+            prompt_len: 32,
+            max_new_tokens: 32,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 42,
+        }
+    }
+}
+
+impl OnPolicy {
+    /// Whether any micro-batch trains on generated text.
+    pub fn generates(&self) -> bool {
+        self.lmbda > 0.0 || self.seq_kd
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -253,8 +318,13 @@ pub struct Recipe {
     /// A LoRA student: the base frozen, adapters trained (absent: every parameter trains).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSettings>,
-    #[serde(default)]
+    /// Left out of `recipe.json` when it is the default, as `on_policy`.
+    #[serde(default, skip_serializing_if = "Memory::is_default")]
     pub memory: Memory,
+    /// Left out of `recipe.json` when it is the default, so the recipes of earlier runs
+    /// compare equal on `--resume`.
+    #[serde(default, skip_serializing_if = "OnPolicy::is_default")]
+    pub on_policy: OnPolicy,
 }
 
 impl Recipe {
@@ -402,10 +472,13 @@ impl Recipe {
                 format!("{} is out of range [0, 1]", d.hard_label_weight),
             ));
         }
-        if !(d.jsd_beta > 0.0 && d.jsd_beta < 1.0) {
+        if !(0.0..=1.0).contains(&d.jsd_beta) {
             return Err(field(
                 "distillation.jsd_beta",
-                format!("{} is out of range (0, 1)", d.jsd_beta),
+                format!(
+                    "{} is out of range [0, 1] (0 = forward KL, 1 = reverse KL)",
+                    d.jsd_beta
+                ),
             ));
         }
         if let Some(lora) = &self.lora {
@@ -415,6 +488,16 @@ impl Recipe {
                     message: e.to_string(),
                 })?;
         }
+        if !(0.0..1.0).contains(&d.skew_alpha) {
+            return Err(field(
+                "distillation.skew_alpha",
+                format!(
+                    "{} is out of range [0, 1) (0 = plain KL; at 1 the mixture is the distribution itself)",
+                    d.skew_alpha
+                ),
+            ));
+        }
+        self.validate_on_policy(path)?;
         for (index, matched) in d.intermediate_matches.iter().enumerate() {
             if matched.feature != "hidden" {
                 return Err(field(
@@ -428,6 +511,54 @@ impl Recipe {
                     "must be a finite number >= 0".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_on_policy(&self, path: &Path) -> Result<(), RecipeError> {
+        let field = |name: &str, message: String| RecipeError::Field {
+            path: path.to_path_buf(),
+            field: format!("on_policy.{name}"),
+            message,
+        };
+        let o = &self.on_policy;
+        if !(0.0..=1.0).contains(&o.lmbda) {
+            return Err(field(
+                "lmbda",
+                format!(
+                    "{} is out of range [0, 1] (the share of on-policy micro-batches)",
+                    o.lmbda
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("prompt_len", o.prompt_len),
+            ("max_new_tokens", o.max_new_tokens),
+        ] {
+            if value == 0 {
+                return Err(field(name, "must be at least 1".into()));
+            }
+        }
+        if !(o.temperature > 0.0 && o.temperature <= 100.0) {
+            return Err(field(
+                "temperature",
+                format!("{} is out of range (0, 100]", o.temperature),
+            ));
+        }
+        if !(o.top_p > 0.0 && o.top_p <= 1.0) {
+            return Err(field(
+                "top_p",
+                format!("{} is out of range (0, 1] (1 = off)", o.top_p),
+            ));
+        }
+        if o.generates() && !crate::teacher::needs_teacher(self) {
+            return Err(field(
+                if o.lmbda > 0.0 { "lmbda" } else { "seq_kd" },
+                "generated text is scored by the teacher, but this recipe trains on hard labels \
+                 only (distillation.hard_label_weight = 1, no intermediate matches): lower \
+                 hard_label_weight, or set on_policy.lmbda = 0 and seq_kd = false"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -64,6 +64,7 @@ fn effect(field: &str) -> &'static str {
             "the teacher's signal"
         }
         f if f.starts_with("student.") => "the student the checkpoint belongs to",
+        f if f.starts_with("on_policy.") => "which text the micro-batches train on",
         f if f.starts_with("dataset.") => "the training data",
         _ => "the training run",
     }

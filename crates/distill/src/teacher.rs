@@ -26,6 +26,14 @@ impl<B: Backend> TeacherSource<B> {
         !matches!(self, TeacherSource::Absent)
     }
 
+    /// The teacher model, when it runs live.
+    pub fn live(&self) -> Option<&Arc<Model<B>>> {
+        match self {
+            TeacherSource::Live(model) => Some(model),
+            _ => None,
+        }
+    }
+
     /// The teacher's outputs for `batch`, whose blocks are `blocks` of `split`; `None` without
     /// a teacher.
     pub fn outputs(

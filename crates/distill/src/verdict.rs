@@ -2,6 +2,7 @@
 //! vocabulary rows the two models compare and which input ids are left out of the soft loss.
 
 use crate::error::TrainError;
+use crate::losses::DivergenceParams;
 use crate::measure::Comparison;
 use crate::objective::Objective;
 use crate::recipe::Recipe;
@@ -41,7 +42,10 @@ pub fn objective_with_verdict(
         temperature: d.temperature,
         hard_label_weight: d.hard_label_weight,
         kd_loss: recipe.kd_loss(),
-        jsd_beta: d.jsd_beta,
+        divergence: DivergenceParams {
+            jsd_beta: d.jsd_beta,
+            skew_alpha: d.skew_alpha,
+        },
         intermediate_matches: d.intermediate_matches.clone(),
         chunk_positions: d.chunk_positions,
         vocab_rows,

@@ -12,7 +12,7 @@ use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use distill::losses::{divergence_per_position, HiddenLoss, KdLoss};
+use distill::losses::{divergence_per_position, DivergenceParams, HiddenLoss, KdLoss};
 use distill::objective::{
     loss_and_gradients, loss_only, Batch, IntermediateMatch, Objective, Projection, Student,
     TeacherOutputs,
@@ -97,7 +97,10 @@ fn objective(chunk_positions: usize) -> Objective {
         temperature: 2.0,
         hard_label_weight: 0.5,
         kd_loss: KdLoss::Kl,
-        jsd_beta: 0.5,
+        divergence: DivergenceParams {
+            jsd_beta: 0.5,
+            skew_alpha: 0.1,
+        },
         intermediate_matches: vec![IntermediateMatch {
             layer_t: 2,
             layer_s: 1,
@@ -267,7 +270,10 @@ fn every_divergence_matches_its_formula_per_token<Cpu: Backend>() {
             student_logits.clone(),
             teacher_logits.clone(),
             2.0,
-            0.5,
+            DivergenceParams {
+                jsd_beta: 0.5,
+                skew_alpha: 0.1,
+            },
         ));
         let expected = reference.f32(name);
         for (position, (a, e)) in actual.iter().zip(&expected).enumerate() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::tensor::{Int, Tensor};
-use distill::losses::KdLoss;
+use distill::losses::{DivergenceParams, KdLoss};
 use distill::objective::{
     loss_and_gradients, loss_only, Batch, IntermediateMatch, Objective, Student, TeacherOutputs,
     TeacherSignal,
@@ -177,7 +177,10 @@ fn objective(temperature: f64, layers_t: &[usize]) -> Objective {
         temperature,
         hard_label_weight: 0.0,
         kd_loss: KdLoss::Kl,
-        jsd_beta: 0.5,
+        divergence: DivergenceParams {
+            jsd_beta: 0.5,
+            skew_alpha: 0.1,
+        },
         intermediate_matches: layers_t
             .iter()
             .map(|&layer_t| IntermediateMatch {

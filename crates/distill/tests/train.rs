@@ -474,14 +474,26 @@ fn the_shipped_recipes_load() {
     let error = Recipe::load(&configs.join("small-lora.toml"), &["lora.rank=0".into()])
         .unwrap_err()
         .to_string();
-    assert!(error.contains("small-lora.toml") && error.contains("`rank`"), "{error}");
+    assert!(
+        error.contains("small-lora.toml") && error.contains("`rank`"),
+        "{error}"
+    );
     let error = Recipe::load(
         &configs.join("small-lora.toml"),
         &["lora.target_modules=[\"qkv\"]".into()],
     )
     .unwrap_err()
     .to_string();
-    assert!(error.contains("target_modules") && error.contains("qkv"), "{error}");
+    assert!(
+        error.contains("target_modules") && error.contains("qkv"),
+        "{error}"
+    );
+    let on_policy = Recipe::load(&configs.join("quickstart-on-policy.toml"), &[]).unwrap();
+    assert_eq!(on_policy.on_policy.lmbda, 0.5);
+    assert_eq!(
+        on_policy.distillation.kd_loss_type,
+        distill::losses::KdLoss::Jsd
+    );
 }
 
 /// `--resume` with a recipe that changed since the run started: a change that leaves the
@@ -518,10 +530,149 @@ fn resuming_with_a_changed_recipe_names_the_change_and_needs_a_confirmation() {
     assert_eq!((summary.steps, summary.stopped_early), (4, false));
 }
 
+/// Every train line of `output/metrics.jsonl` without its timing, which varies from run to run.
+fn train_lines_without_timing(output: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|mut v| {
+            let line = v.as_object_mut().unwrap();
+            line.remove("tokens_per_s");
+            line.remove("generation_tokens_per_s");
+            v
+        })
+        .collect()
+}
+
+/// `[on_policy]` with `lmbda = 0` and no `seq_kd` is word-level distillation: the very losses,
+/// logs and final weights of the recipe without the section, whatever its sampling settings.
+#[test]
+fn on_policy_with_lmbda_0_is_the_word_level_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let word_level_dir = dir.path().join("word-level");
+    let word_level = recipe(&setup, &word_level_dir, &RESUME_SETTINGS);
+    train::<Train>(&word_level, &options(false, false), &device).unwrap();
+    let off_dir = dir.path().join("lmbda-0");
+    let mut off_settings = RESUME_SETTINGS.to_vec();
+    off_settings.extend([
+        "on_policy.lmbda=0.0",
+        "on_policy.seq_kd=false",
+        "on_policy.prompt_len=8",
+        "on_policy.max_new_tokens=8",
+        "on_policy.temperature=0.7",
+        "on_policy.seed=3",
+    ]);
+    let off = recipe(&setup, &off_dir, &off_settings);
+    train::<Train>(&off, &options(false, false), &device).unwrap();
+    let lines = train_lines_without_timing(&word_level_dir);
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines, train_lines_without_timing(&off_dir));
+    assert!(lines[0].get("on_policy_fraction").is_none());
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert_eq!(weights(&word_level_dir), weights(&off_dir));
+}
+
+/// On-policy (half of the micro-batches continued by the student) with sequence-level KD (the
+/// other half by the teacher): it trains, logs what it generated, and a run resumed from its
+/// mid-run checkpoint generates and trains exactly as the uninterrupted one (the sampling
+/// generators derive from the seed, the update and the micro-batch).
+fn on_policy_resumes_exactly<Cpu: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let mut settings = RESUME_SETTINGS.to_vec();
+    settings.extend([
+        "on_policy.lmbda=0.5",
+        "on_policy.seq_kd=true",
+        "on_policy.prompt_len=8",
+        "on_policy.max_new_tokens=16",
+        "on_policy.temperature=0.9",
+        "on_policy.top_k=50",
+    ]);
+    let straight_dir = dir.path().join("straight");
+    let straight = recipe(&setup, &straight_dir, &settings);
+    let summary = train::<Autodiff<Cpu>>(&straight, &options(false, false), &device).unwrap();
+    assert_eq!(summary.steps, 6);
+    let lines = train_lines_without_timing(&straight_dir);
+    let sum = |key: &str| lines.iter().map(|l| l[key].as_f64().unwrap()).sum::<f64>();
+    // 18 micro-batches, each continued by one of the two models.
+    let by_student = sum("on_policy_fraction") * 3.0;
+    let by_teacher = sum("seq_kd_fraction") * 3.0;
+    assert!((by_student + by_teacher - 18.0).abs() < 1e-9, "{lines:?}");
+    assert!(by_student >= 1.0 && by_teacher >= 1.0, "{lines:?}");
+    for line in &lines {
+        let length = line["generated_length"].as_f64().unwrap();
+        assert!(length > 0.0 && length <= 16.0, "{line}");
+    }
+
+    let crashed_dir = dir.path().join("crashed");
+    copy_dir(&straight_dir, &crashed_dir);
+    std::fs::remove_dir_all(crashed_dir.join("checkpoint-6")).unwrap();
+    std::fs::remove_dir_all(crashed_dir.join("final")).unwrap();
+    let crashed = recipe(&setup, &crashed_dir, &settings);
+    let resumed = train::<Autodiff<Cpu>>(&crashed, &options(true, false), &device).unwrap();
+    assert_eq!(resumed.steps, 6);
+    assert_same_losses(&logged_losses(&straight_dir), &logged_losses(&crashed_dir));
+    assert_eq!(lines, train_lines_without_timing(&crashed_dir));
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert_eq!(weights(&straight_dir), weights(&crashed_dir));
+}
+
+/// What an on-policy recipe cannot do is refused before anything is loaded, naming the field.
+#[test]
+fn on_policy_refuses_the_teacher_cache_hard_labels_only_and_prompts_longer_than_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 4 * 32);
+    let device = Default::default();
+    let on = [
+        "on_policy.lmbda=0.5",
+        "on_policy.prompt_len=8",
+        "on_policy.max_new_tokens=8",
+    ];
+
+    let cached_run = recipe(&setup, &dir.path().join("cached"), &on);
+    let error = train::<Train>(&cached_run, &cached(options(false, false)), &device).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("--cache-teacher") && message.contains("on_policy.lmbda"),
+        "{message}"
+    );
+    assert!(!setup.shards.join("teacher-cache").exists());
+
+    let mut long = on.to_vec();
+    long.push("on_policy.max_new_tokens=30");
+    let long_run = recipe(&setup, &dir.path().join("long"), &long);
+    let message = train::<Train>(&long_run, &options(false, false), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("on_policy.prompt_len + on_policy.max_new_tokens"),
+        "{message}"
+    );
+
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/small.toml");
+    let hard_only = [
+        "distillation.hard_label_weight=1.0",
+        "distillation.intermediate_matches=[]",
+        "on_policy.lmbda=0.5",
+    ]
+    .map(String::from);
+    let message = Recipe::load(&config, &hard_only).unwrap_err().to_string();
+    assert!(
+        message.contains("small.toml") && message.contains("`on_policy.lmbda`"),
+        "{message}"
+    );
+}
+
 // Resuming must give the uninterrupted run's losses on each CPU backend the toolkit ships.
 qwen2::on_every_cpu_backend!(
     stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run,
     resuming_from_the_teacher_cache_gives_the_losses_of_an_uninterrupted_run,
+    on_policy_resumes_exactly,
 );
 
 /// A LoRA student with its base frozen in bf16 and dropout on: only the adapters change, a

@@ -12,6 +12,7 @@ use qwen2::tokenizer::Tokenizer;
 use qwen2::{load_model, AttentionMask, GenerationConfig, Model, Qwen2Config};
 use serde::{Deserialize, Serialize};
 
+use crate::continuations::{continuation_report, ContinuationOptions, ContinuationReport};
 use crate::error::EvalError;
 use crate::quality::{score_batch_compared, Comparison, QualitySums};
 use crate::speed::{forward_latency_ms, greedy_generations, GenerationSample};
@@ -37,6 +38,9 @@ pub struct EvalOptions {
     /// are taken to share one tokenizer (the leading shared rows, every real position).
     #[serde(skip)]
     pub teacher_dir: Option<PathBuf>,
+    /// Sampled continuations of held-out prompts, scored by the teacher (None: not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuations: Option<ContinuationOptions>,
 }
 
 impl Default for EvalOptions {
@@ -50,6 +54,7 @@ impl Default for EvalOptions {
             max_new_tokens: 32,
             logit_chunk: 128,
             teacher_dir: None,
+            continuations: None,
         }
     }
 }
@@ -82,6 +87,14 @@ impl EvalOptions {
             return invalid(
                 "max_blocks (--max-blocks) must be at least 1, or left out for the whole split",
             );
+        }
+        if let Some(c) = &self.continuations {
+            if c.prompts == 0 || c.prompt_len == 0 || c.max_new_tokens == 0 {
+                return invalid(
+                    "continuations (--continuations), their prompt length \
+                     (--continuation-prompt-len) and --max-new-tokens must be at least 1",
+                );
+            }
         }
         if !self.generation_prompts.is_empty() && self.max_new_tokens == 0 {
             return invalid(
@@ -127,6 +140,9 @@ pub struct ModelReport {
     /// Time of the loss/KL pass over the split.
     pub scoring_seconds: f64,
     pub generations: Vec<GenerationSample>,
+    /// Sampled continuations of held-out prompts and the teacher's cross-entropy on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuations: Option<ContinuationReport>,
 }
 
 /// Loads `model_dir` and evaluates it (see [`evaluate_loaded`]). The peak RSS is reset first
@@ -268,19 +284,43 @@ pub fn evaluate_loaded<B: Backend>(
     let latency_ms_per_sample =
         forward_latency_ms(model, &first_block_ids, options.latency_repeats);
 
-    let (generations, generation_tokens_per_second) = if options.generation_prompts.is_empty() {
-        (Vec::new(), None)
-    } else {
+    let generates = !options.generation_prompts.is_empty() || options.continuations.is_some();
+    let generation_setup = if generates {
         let config = Qwen2Config::from_file(model_dir)?;
         let generation_config = GenerationConfig::from_dir(model_dir, &config)?;
-        let tokenizer = Tokenizer::from_dir(model_dir)?;
-        greedy_generations(
+        Some((
+            Tokenizer::from_dir(model_dir)?,
+            generation_config.eos_token_ids,
+        ))
+    } else {
+        None
+    };
+    let (generations, generation_tokens_per_second) = match &generation_setup {
+        Some((tokenizer, eos)) if !options.generation_prompts.is_empty() => greedy_generations(
             model,
-            &tokenizer,
-            &generation_config.eos_token_ids,
+            tokenizer,
+            eos,
             &options.generation_prompts,
             options.max_new_tokens,
-        )?
+        )?,
+        _ => (Vec::new(), None),
+    };
+    let continuations = match (&options.continuations, &generation_setup) {
+        (Some(continuation), Some((tokenizer, eos))) => {
+            let prompts = held_out_prompts(&mut reader, continuation)?;
+            // The teacher's own row (its directory is the teacher's) is scored by itself.
+            let is_teacher = options.teacher_dir.as_deref() == Some(model_dir);
+            let scorer = teacher.or(is_teacher.then_some(model));
+            Some(continuation_report(
+                model,
+                scorer,
+                tokenizer,
+                eos,
+                &prompts,
+                continuation,
+            )?)
+        }
+        _ => None,
     };
 
     Ok(ModelReport {
@@ -303,7 +343,23 @@ pub fn evaluate_loaded<B: Backend>(
         load_seconds: None,
         scoring_seconds,
         generations,
+        continuations,
     })
+}
+
+/// The first `prompt_len` real tokens of the split's first `prompts` blocks (fewer when the
+/// split is shorter).
+fn held_out_prompts(
+    reader: &mut ShardReader,
+    options: &ContinuationOptions,
+) -> Result<Vec<Vec<u32>>, EvalError> {
+    (0..options.prompts.min(reader.len()))
+        .map(|index| {
+            let block = reader.block(index)?;
+            let real = block.real_ids();
+            Ok(real[..options.prompt_len.min(real.len())].to_vec())
+        })
+        .collect()
 }
 
 /// A token id past the model's embedding rows would index out of bounds: refuse it with the

@@ -22,6 +22,7 @@
 
 // Public: the two components tests and tools reach into (curve panels, per-batch scoring);
 // the rest is used through the re-exports below.
+mod continuations;
 pub mod curves;
 mod error;
 mod evaluate;
@@ -30,6 +31,7 @@ pub mod quality;
 mod report;
 mod speed;
 
+pub use continuations::{ContinuationOptions, ContinuationReport};
 pub use curves::plot_training_curves;
 pub use error::EvalError;
 pub use evaluate::{

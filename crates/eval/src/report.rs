@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::continuations::ContinuationReport;
 use crate::error::EvalError;
 use crate::evaluate::{EvalOptions, ModelReport};
 use crate::provenance::{utc_now_iso8601, Machine};
@@ -207,6 +208,71 @@ impl Report {
                 }
                 md.push('\n');
             }
+        }
+        md.push_str(&self.continuations_markdown());
+        md
+    }
+
+    /// The continuations of held-out prompts, as a table (one line per model) and the first
+    /// few side by side; empty when they were not measured.
+    pub fn continuations_markdown(&self) -> String {
+        let Some(options) = &self.options.continuations else {
+            return String::new();
+        };
+        let measured: Vec<(&ModelReport, &ContinuationReport)> = self
+            .models
+            .iter()
+            .filter_map(|m| m.continuations.as_ref().map(|c| (m, c)))
+            .collect();
+        if measured.is_empty() {
+            return String::new();
+        }
+        let mut md = format!(
+            "## Continuations of held-out prompts\n\nEach model continues the first {} tokens \
+             of the split's first {} blocks, sampling at temperature 1 (seed {}), up to {} new \
+             tokens. Teacher CE: the teacher's mean cross-entropy on those generated tokens \
+             (nats; lower = the teacher finds the model's own text more likely; the teacher's \
+             row is its own samples).\n\n| model | teacher CE on own continuations | mean new \
+             tokens | gen tokens/s (batched) |\n|---|---:|---:|---:|\n",
+            options.prompt_len, options.prompts, options.seed, options.max_new_tokens
+        );
+        for (model, c) in &measured {
+            md.push_str(&format!(
+                "| {} | {} | {:.1} | {:.1} |\n",
+                markdown_cell(&model.label),
+                c.teacher_cross_entropy
+                    .map_or("-".into(), |ce| format!("{ce:.4}")),
+                c.mean_new_tokens,
+                c.generation_tokens_per_second
+            ));
+        }
+        md.push('\n');
+        let shown = measured
+            .iter()
+            .map(|(_, c)| c.samples.len())
+            .max()
+            .unwrap_or(0);
+        for index in 0..shown {
+            let Some(prompt) = measured
+                .iter()
+                .find_map(|(_, c)| c.samples.get(index).map(|s| s.prompt.clone()))
+            else {
+                continue;
+            };
+            md.push_str(&format!(
+                "**{}**\n\n| model | continuation |\n|---|---|\n",
+                markdown_cell(&prompt)
+            ));
+            for (model, c) in &measured {
+                if let Some(sample) = c.samples.get(index) {
+                    md.push_str(&format!(
+                        "| {} | {} |\n",
+                        markdown_cell(&model.label),
+                        continuation_cell(sample)
+                    ));
+                }
+            }
+            md.push('\n');
         }
         md
     }

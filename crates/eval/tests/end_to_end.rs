@@ -22,6 +22,7 @@ fn options() -> EvalOptions {
         max_new_tokens: 5,
         logit_chunk: 5,
         teacher_dir: None,
+        continuations: None,
     }
 }
 

@@ -133,6 +133,101 @@ pub fn generate<B: Backend>(
     generation
 }
 
+/// Continuations of a batch of prompts, one row each.
+#[derive(Debug, Clone, Default)]
+pub struct BatchGeneration {
+    /// New tokens of each row (the eos that stopped the row included).
+    pub tokens: Vec<Vec<u32>>,
+    pub stopped_at_eos: Vec<bool>,
+    /// Prefill and decoding together.
+    pub time: Duration,
+}
+
+impl BatchGeneration {
+    /// New tokens of every row.
+    pub fn new_tokens(&self) -> usize {
+        self.tokens.iter().map(Vec::len).sum()
+    }
+}
+
+/// Continues every prompt of a batch at once with one KV cache: the prompts are left-padded
+/// to the longest (positions count real tokens only, so each row is computed as it would be
+/// alone), each step decodes one token per row, and a row that emits an eos stops (it is fed
+/// masked pads until the others end). Tokens are drawn row by row in order from `sampler`, so
+/// a seeded sampler gives the same continuations every time. `B` should be an inference
+/// backend: nothing here needs an autodiff graph.
+pub fn generate_batch<B: Backend>(
+    model: &Model<B>,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    eos_token_ids: &[u32],
+    sampler: &mut Sampler,
+) -> BatchGeneration {
+    assert!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "generation needs at least one prompt token per row"
+    );
+    let started = Instant::now();
+    let rows = prompts.len();
+    let mut generation = BatchGeneration {
+        tokens: vec![Vec::new(); rows],
+        stopped_at_eos: vec![false; rows],
+        time: Duration::ZERO,
+    };
+    if rows == 0 || max_new_tokens == 0 {
+        return generation;
+    }
+    let device = model.device();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows * longest);
+    let mut mask = AttentionMask {
+        rows: Vec::with_capacity(rows),
+    };
+    for prompt in prompts {
+        let pads = longest - prompt.len();
+        ids.extend(std::iter::repeat_n(0i64, pads));
+        ids.extend(prompt.iter().map(|&t| t as i64));
+        mask.rows
+            .push((0..longest).map(|position| position >= pads).collect());
+    }
+    let mut cache = KvCache::new(model.num_layers());
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, longest]), &device);
+    let mut logits = model.forward_cached(input, &mask, &mut cache);
+    let mut active = vec![true; rows];
+    for step in 0..max_new_tokens {
+        let vocab = logits.dims()[2];
+        let host = logits
+            .reshape([rows * vocab])
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("float logits");
+        let mut next = vec![0i64; rows];
+        for (row, row_logits) in host.chunks(vocab).enumerate() {
+            if !active[row] {
+                continue;
+            }
+            let token = sampler.next(row_logits);
+            generation.tokens[row].push(token);
+            next[row] = token as i64;
+            if eos_token_ids.contains(&token) {
+                generation.stopped_at_eos[row] = true;
+                active[row] = false;
+            }
+        }
+        if step + 1 == max_new_tokens || !active.contains(&true) {
+            break;
+        }
+        let step_mask = AttentionMask {
+            rows: active.iter().map(|&a| vec![a]).collect(),
+        };
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), &device);
+        logits = model.forward_cached(input, &step_mask, &mut cache);
+    }
+    generation.time = started.elapsed();
+    generation
+}
+
 /// The logits of the last position of a `[1, T, V]` tensor, on the host.
 fn last_position<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
     let [_, seq, vocab] = logits.dims();

@@ -96,7 +96,12 @@ impl FrozenMatrix {
     }
 
     /// Columns `start..end` widened to an f32 `[in, end - start]` tensor.
-    fn column_block<B: Backend>(&self, start: usize, end: usize, device: &B::Device) -> Tensor<B, 2> {
+    fn column_block<B: Backend>(
+        &self,
+        start: usize,
+        end: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 2> {
         let [rows, cols] = self.dims;
         let width = end - start;
         let mut out = vec![0f32; rows * width];
@@ -129,7 +134,10 @@ impl FrozenMatrix {
         let products: Vec<Tensor<B, 2>> = self
             .column_blocks()
             .into_iter()
-            .map(|(start, end)| x.clone().matmul(self.column_block::<B>(start, end, &device)))
+            .map(|(start, end)| {
+                x.clone()
+                    .matmul(self.column_block::<B>(start, end, &device))
+            })
             .collect();
         match products.len() {
             1 => products.into_iter().next().expect("one block"),
@@ -144,7 +152,10 @@ impl FrozenMatrix {
         let mut sum: Option<Tensor<B, 2>> = None;
         for (start, end) in self.column_blocks() {
             let block = self.column_block::<B>(start, end, &device);
-            let part = g.clone().narrow(1, start, end - start).matmul(block.transpose());
+            let part = g
+                .clone()
+                .narrow(1, start, end - start)
+                .matmul(block.transpose());
             sum = Some(match sum {
                 Some(sum) => sum + part,
                 None => part,
@@ -346,17 +357,24 @@ mod tests {
     fn blocked_products_equal_the_whole_product() {
         let device = Default::default();
         let (rows, cols) = (8, 2 * BLOCK_COLUMNS + 123);
-        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect();
         let frozen = FrozenMatrix::from_f32(&values, [rows, cols]);
         assert_eq!(frozen.column_blocks().len(), 3);
         let whole = frozen.tensor::<FlexCpu>(&device);
         let x = Tensor::<FlexCpu, 2>::from_data(
-            TensorData::new((0..3 * rows).map(|i| i as f32 / 7.0).collect::<Vec<_>>(), [3, rows]),
+            TensorData::new(
+                (0..3 * rows).map(|i| i as f32 / 7.0).collect::<Vec<_>>(),
+                [3, rows],
+            ),
             &device,
         );
         let blocked = frozen.right_product(x.clone());
         let expected = x.matmul(whole.clone());
-        blocked.into_data().assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+        blocked
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
         let g = Tensor::<FlexCpu, 2>::ones([3, cols], &device);
         let blocked = frozen.transposed_product(g.clone());
         let expected = g.matmul(whole.transpose());

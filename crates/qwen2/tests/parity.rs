@@ -7,7 +7,7 @@ mod common;
 
 use burn::tensor::backend::Backend;
 use common::*;
-use qwen2::generate::{generate, GenerateOptions, Sampling};
+use qwen2::generate::{generate, generate_batch, GenerateOptions, Sampler, Sampling};
 use qwen2::loss::next_token_cross_entropy;
 use qwen2::{load_model, Model};
 
@@ -165,7 +165,49 @@ fn generation_stops_at_eos<B: Backend>() {
     assert!(generation.stopped_at_eos);
 }
 
+/// Batched generation (left-padded prompts of different lengths, one KV cache, rows stopping
+/// at their own eos) continues each prompt exactly as generating it alone does.
+fn batched_generation_equals_each_row_alone<B: Backend>() {
+    let model = load::<B>("teacher");
+    let reference = Reference::open(model_dir("teacher").join("reference.safetensors"));
+    let prompt = reference.rows("gen_prompt")[0].clone();
+    let prompts = vec![
+        prompt.clone(),
+        prompt[2..].to_vec(),
+        prompt.iter().rev().copied().collect(),
+    ];
+    let alone = |prompt: &[u32], eos: &[u32]| {
+        let options = GenerateOptions {
+            max_new_tokens: 12,
+            sampling: Sampling::Greedy,
+            eos_token_ids: eos.to_vec(),
+            keep_step_logits: false,
+        };
+        generate(&model, prompt, &options, |_| {})
+    };
+    // An eos that the first row emits at its 4th token: that row stops early, the others not
+    // necessarily.
+    let eos = vec![alone(&prompts[0], &[]).tokens[3]];
+    let batch = generate_batch(
+        &model,
+        &prompts,
+        12,
+        &eos,
+        &mut Sampler::new(&Sampling::Greedy),
+    );
+    for (row, prompt) in prompts.iter().enumerate() {
+        let single = alone(prompt, &eos);
+        assert_eq!(batch.tokens[row], single.tokens, "row {row}");
+        assert_eq!(
+            batch.stopped_at_eos[row], single.stopped_at_eos,
+            "row {row}"
+        );
+    }
+    assert!(batch.stopped_at_eos[0] && batch.tokens[0].len() <= 4);
+}
+
 qwen2::on_every_cpu_backend!(
+    batched_generation_equals_each_row_alone,
     logits_and_hidden_states_equal_transformers,
     right_padded_row_equals_its_unpadded_run,
     cross_entropy_equals_transformers_loss,

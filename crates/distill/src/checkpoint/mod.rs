@@ -31,6 +31,7 @@ pub use projections::{new_projections, read_projections, write_projections};
 
 use crate::error::TrainError;
 use crate::objective::{inference_copy, Student};
+use crate::on_policy::RolloutWindow;
 use crate::optimizer::GroupedAdamW;
 
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -70,6 +71,9 @@ pub struct LogWindow {
     pub loss_sum: f64,
     pub steps: usize,
     pub tokens: u64,
+    /// On-policy generation in the window (absent from word-level runs' files).
+    #[serde(default, skip_serializing_if = "RolloutWindow::is_empty")]
+    pub rollouts: RolloutWindow,
 }
 
 /// The content of `trainer_state.json`.

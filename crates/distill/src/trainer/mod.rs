@@ -20,7 +20,8 @@ use crate::error::TrainError;
 use crate::evaluate::{evaluate, EvalMetrics};
 use crate::gradients::{global_norm, scale};
 use crate::metrics::{MetricsLog, Split};
-use crate::objective::{gradient_pass, inference_copy, Objective, Student, TeacherOutputs};
+use crate::objective::{gradient_pass, inference_copy, Batch, Objective, Student, TeacherOutputs};
+use crate::on_policy::{self, roll_out, TextSource};
 use crate::optimizer::GroupedAdamW;
 use crate::options::TrainOptions;
 use crate::progress::Progress;
@@ -117,6 +118,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             let SourceBatch { batch, blocks } = self
                 .train_data
                 .batch(&self.order, self.state.trainer.batches_in_epoch + k)?;
+            let (batch, blocks) = self.text_of(batch, blocks, step, k)?;
             let outputs = self
                 .teacher
                 .outputs(&batch, self.train_data.split(), &blocks, &self.objective)?
@@ -186,6 +188,49 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         })
     }
 
+    /// The text micro-batch `k` of update `step` trains on (crate::on_policy): the data's
+    /// `batch` of `blocks`, or its prompts continued by the student or the teacher (then no
+    /// blocks: the teacher scores the new text live).
+    fn text_of(
+        &mut self,
+        batch: Batch,
+        blocks: Vec<usize>,
+        step: usize,
+        k: usize,
+    ) -> Result<(Batch, Vec<usize>), TrainError> {
+        let on_policy = &self.recipe.on_policy;
+        if !on_policy.generates() {
+            return Ok((batch, blocks));
+        }
+        let source = on_policy::draw(on_policy, step, k);
+        let eos = &self.generation.eos_token_ids;
+        let rollout = match source {
+            TextSource::Data => None,
+            TextSource::Student => {
+                let student = inference_copy(self.student());
+                Some(roll_out(&student.model, &batch, on_policy, eos, step, k))
+            }
+            TextSource::Teacher => {
+                let teacher = self.teacher.live().ok_or_else(|| {
+                    TrainError::Invalid(
+                        "on_policy.seq_kd needs the live teacher to generate; train without \
+                         --cache-teacher"
+                            .into(),
+                    )
+                })?;
+                Some(roll_out(teacher, &batch, on_policy, eos, step, k))
+            }
+        };
+        self.state
+            .log_window
+            .rollouts
+            .record(source, rollout.as_ref());
+        Ok(match rollout {
+            Some(rollout) => (rollout.batch, Vec::new()),
+            None => (batch, blocks),
+        })
+    }
+
     /// Epochs done, fractional (e.g. 1.25 a quarter into the second epoch).
     fn epoch_position(&self) -> f64 {
         let position = &self.state.trainer;
@@ -206,17 +251,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             let seconds = self.window_started.elapsed().as_secs_f64().max(1e-9);
             let mean_loss = window.loss_sum / window.steps as f64;
             let tokens_per_second = window.tokens as f64 / seconds;
-            self.metrics.log(
-                update.step as u64,
-                epoch,
-                Split::Train,
-                &[
-                    ("loss", mean_loss),
-                    ("lr", update.lr),
-                    ("grad_norm", update.grad_norm),
-                    ("tokens_per_s", tokens_per_second),
-                ],
-            )?;
+            let mut values = vec![
+                ("loss", mean_loss),
+                ("lr", update.lr),
+                ("grad_norm", update.grad_norm),
+                ("tokens_per_s", tokens_per_second),
+            ];
+            let on_policy = &self.recipe.on_policy;
+            if on_policy.generates() {
+                values.extend(window.rollouts.metrics(on_policy.seq_kd));
+            }
+            self.metrics
+                .log(update.step as u64, epoch, Split::Train, &values)?;
             self.progress
                 .logging_step(update.step, epoch, mean_loss, tokens_per_second);
             self.window_started = Instant::now();

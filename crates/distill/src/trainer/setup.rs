@@ -20,6 +20,7 @@ use crate::data::{epoch_order, BatchSource};
 use crate::error::TrainError;
 use crate::metrics::MetricsLog;
 use crate::objective::{Objective, Student};
+use crate::on_policy::check_run as check_on_policy_run;
 use crate::optimizer::GroupedAdamW;
 use crate::options::TrainOptions;
 use crate::progress::Progress;
@@ -54,6 +55,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         }
 
         let (train_data, eval_data) = open_data(recipe)?;
+        check_on_policy_run(recipe, train_data.seq_len(), options.cache_teacher)?;
         let student_dir = &recipe.student.local_dir;
         let student_config = Qwen2Config::from_file(student_dir)?;
         let generation = GenerationConfig::from_dir(student_dir, &student_config)?;
