@@ -1,25 +1,20 @@
-"""Checks a LoRA run's outputs with the Python stack, both ways:
-
-1. transformers loads RUN/final (the merged student) unchanged, and PEFT loads RUN/final-adapter
-   on the base; their logits agree (the merge is the adapter's function).
-2. An adapter written by PEFT itself (random, nonzero lora_B) is saved with its logits on fixed
-   ids, for the Rust side to load (`cargo xtask generate --adapter`, `qwen2::load_adapter`):
-   written to OUT_DIR when given.
+"""Checks a LoRA run's outputs with the Python stack: transformers loads RUN/final (the merged
+student) unchanged, PEFT loads RUN/final-adapter on the base, and their logits agree (the merge
+is the adapter's function). The other way round (an adapter PEFT writes, loaded here) is
+tests/fixtures/peft-adapter, made by its make_fixture.py.
 
     cargo xtask distill --config configs/small-lora.toml
-    python3 tests/python/peft_loads_lora_run.py runs/small-lora data/quickstart-test/small/student [OUT_DIR]
+    python3 tests/python/peft_loads_lora_run.py runs/small-lora data/quickstart-test/small/student
 
 Needs torch, transformers, peft and safetensors (checks only; not a dependency of the product).
 """
 import sys
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import save_file
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 run_dir, base_dir = sys.argv[1], sys.argv[2]
-out_dir = sys.argv[3] if len(sys.argv) > 3 else None
 tolerance = 1e-4
 
 config = AutoModelForCausalLM.from_pretrained(base_dir).config
@@ -47,22 +42,5 @@ moved = (merged_logits - base_logits).abs().max().item()
 print(f"transformers(final) vs PEFT(base + final-adapter): max |logit diff| = {error:.3e}")
 print(f"the adapter moves the base's logits by up to {moved:.3e}")
 ok = error <= tolerance and moved > 1e-3
-
-if out_dir:
-    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
-    peft_config = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]
-    )
-    model = get_peft_model(base, peft_config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.05)
-    model.save_pretrained(out_dir)
-    save_file(
-        {"input_ids": ids.contiguous(), "logits": logits(model).contiguous()},
-        f"{out_dir}/peft_reference.safetensors",
-    )
-    print(f"wrote a PEFT adapter and its logits to {out_dir}")
 
 sys.exit(0 if ok else 1)

@@ -23,7 +23,7 @@ use distill::recipe::Recipe;
 use distill::{TrainOptions, TrainSummary};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{current_rss_bytes, gib};
-use qwen2::Qwen2Config;
+use qwen2::{FrozenDtype, Qwen2Config};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -73,6 +73,15 @@ pub fn run(args: Args) -> Result<()> {
         if let Ok(snapshot) = hub::resolve_model_dir_at(&written, model.revision.as_deref()) {
             model.local_dir = snapshot;
         }
+    }
+    if args.backend == BackendKind::Cuda && recipe.memory.frozen_dtype != FrozenDtype::Float32 {
+        // bf16 storage keeps frozen matrices in host memory and widens them per product: a
+        // memory saving for CPU runs, a host-to-device copy per product on a GPU.
+        eprintln!(
+            "note: on the GPU the frozen weights stay float32 (memory.frozen_dtype = {:?} is a CPU setting)",
+            recipe.memory.frozen_dtype
+        );
+        recipe.memory.frozen_dtype = FrozenDtype::Float32;
     }
     check_memory(&recipe, &args)?;
     if args.dry_run {

@@ -427,6 +427,18 @@ pub fn read_adapter_settings(dir: &Path) -> Result<LoraSettings> {
     unsupported("alpha_pattern", &empty)?;
     unsupported("layers_to_transform", &Value::is_null)?;
     unsupported("modules_to_save", &Value::is_null)?;
+    // Options of newer PEFT versions that change the adapted model's function.
+    unsupported("lora_bias", &|v| v == &json!(false))?;
+    unsupported("use_qalora", &|v| v == &json!(false))?;
+    for name in [
+        "exclude_modules",
+        "layer_replication",
+        "trainable_token_indices",
+        "target_parameters",
+        "alora_invocation_tokens",
+    ] {
+        unsupported(name, &Value::is_null)?;
+    }
     let rank = config
         .get("r")
         .and_then(Value::as_u64)

@@ -183,12 +183,15 @@ fn only_the_adapters_train<Bk: Backend>() {
     assert!(count.1 > 0);
 }
 
-qwen2::on_every_cpu_backend!(
-    adapters_start_at_the_base_and_merge_exactly,
-    adapters_round_trip_in_peft_layout,
-    bf16_base_gives_the_f32_forward_and_gradients,
-    only_the_adapters_train,
-);
+mod trained {
+    use super::*;
+    qwen2::on_every_cpu_backend!(
+        adapters_start_at_the_base_and_merge_exactly,
+        adapters_round_trip_in_peft_layout,
+        bf16_base_gives_the_f32_forward_and_gradients,
+        only_the_adapters_train,
+    );
+}
 
 #[test]
 fn bad_settings_are_refused() {
@@ -253,3 +256,30 @@ fn an_adapter_of_another_base_is_refused() {
         .to_string();
     assert!(error.contains("layers.2"), "{error}");
 }
+
+/// An adapter PEFT itself wrote (tests/fixtures/peft-adapter) gives PEFT's logits on its base,
+/// merged or not.
+fn a_peft_written_adapter_gives_peft_logits<Bk: Backend>() {
+    let base_dir = model_dir("teacher");
+    let adapter_dir = fixtures().join("../peft-adapter");
+    let reference = Reference::open(adapter_dir.join("reference.safetensors"));
+    let rows = reference.rows("input_ids");
+    let mask = AttentionMask::full(rows.len(), rows[0].len());
+    let expected = reference.f32("logits");
+    let device = Default::default();
+
+    let (base, config) = qwen2::load_model::<Bk>(&base_dir, &device).unwrap();
+    let (adapted, settings) = load_adapter(freeze(base, false), &config, &adapter_dir).unwrap();
+    assert_eq!((settings.rank, settings.alpha), (4, 8.0));
+    let logits = to_vec(adapted.forward(ids_tensor(&rows), &mask, false).logits);
+    let error = max_abs_diff(&logits, &expected);
+    assert!(error < 1e-4, "adapter logits differ from PEFT's by {error}");
+
+    let (merged, _, _) = qwen2::load_merged::<Bk>(&base_dir, &adapter_dir, &device).unwrap();
+    assert!(!merged.has_lora());
+    let logits = to_vec(merged.forward(ids_tensor(&rows), &mask, false).logits);
+    let error = max_abs_diff(&logits, &expected);
+    assert!(error < 1e-4, "merged logits differ from PEFT's by {error}");
+}
+
+qwen2::on_every_cpu_backend!(a_peft_written_adapter_gives_peft_logits);
