@@ -8,6 +8,7 @@ tests/fixtures/peft-adapter, made by its make_fixture.py.
 
 Needs torch, transformers, peft and safetensors (checks only; not a dependency of the product).
 """
+import json
 import sys
 
 import torch
@@ -30,6 +31,12 @@ def logits(model):
 
 merged = AutoModelForCausalLM.from_pretrained(f"{run_dir}/final", torch_dtype=torch.float32)
 base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+# A run whose recipe froze the base in bf16 trained its adapter on the bf16-rounded base (for hub
+# checkpoints, stored in bf16, that is the base itself): PEFT gets the same base.
+recipe = json.load(open(f"{run_dir}/recipe.json"))
+if recipe.get("memory", {}).get("frozen_dtype") == "bfloat16":
+    base = base.to(torch.bfloat16).to(torch.float32)
+    print("base rounded to bf16, as the run's memory.frozen_dtype = \"bfloat16\" froze it")
 base_logits = logits(base)
 adapted = PeftModel.from_pretrained(base, f"{run_dir}/final-adapter")
 print(

@@ -306,6 +306,7 @@ fn print_summary(summary: &TrainSummary) {
     }
     for (what, path) in [
         ("final student", &summary.final_model),
+        ("final adapter (PEFT)", &summary.final_adapter),
         ("best checkpoint", &summary.best_checkpoint),
         ("last checkpoint", &summary.last_checkpoint),
     ] {

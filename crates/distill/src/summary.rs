@@ -32,6 +32,8 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     /// The final student (`output_dir/final`), absent when the run was stopped early.
     pub final_model: Option<PathBuf>,
+    /// A LoRA run's final adapter alone, in PEFT's layout.
+    pub final_adapter: Option<PathBuf>,
     /// The run ended because `TrainOptions::stop` was set.
     pub stopped_early: bool,
     /// What `cache_teacher` built or reused. With a cache, `kl_to_teacher` of the evaluations

@@ -379,6 +379,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 self.evaluate()?;
             }
             self.summary.final_model = Some(self.save_final_student()?);
+            self.summary.final_adapter = self
+                .recipe
+                .lora
+                .as_ref()
+                .map(|_| self.output_dir.join(FINAL_ADAPTER_DIR));
         }
         self.progress.finish();
         let trainer = &self.state.trainer;

@@ -128,6 +128,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 .map(|name| output_dir.join(name)),
             last_checkpoint: resume_from,
             final_model: None,
+            final_adapter: None,
             stopped_early: false,
             teacher_cache: cache_summary,
         };
