@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args as ClapArgs;
 use distill::gradients::{global_norm, scale};
 use distill::memory_plan::{MemoryPlan, RunShape};
 use distill::objective::{
-    gradient_pass, Batch, Projection, Student, TeacherOutputs, TeacherSignal,
+    gradient_pass, Batch, Objective, Projection, Student, TeacherOutputs, TeacherSignal,
 };
 use distill::objective_for;
 use distill::optimizer::GroupedAdamW;
@@ -25,7 +27,7 @@ use distill::recipe::Recipe;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
 use qwen2::{
-    attach_lora, build_frozen_model, build_model, AttentionMask, LoraSettings, Qwen2Config,
+    attach_lora, build_frozen_model, build_model, AttentionMask, LoraSettings, Model, Qwen2Config,
     RandomWeights,
 };
 use serde_json::json;
@@ -60,6 +62,10 @@ pub struct Args {
     /// or float32 (the default, as PyTorch's reference update holds its teacher).
     #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
     frozen_dtype: String,
+    /// Burn's balanced activation checkpointing: element-wise results are recomputed in the
+    /// backward pass instead of kept (`memory.activation_checkpointing` in a recipe).
+    #[arg(long)]
+    activation_checkpointing: bool,
     /// The student alone, reading the teacher's top-64 rows as `--cache-teacher` training
     /// does (random rows; no teacher is built, and no hidden-state match is possible).
     #[arg(long)]
@@ -74,6 +80,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 struct Step(Args);
+
+/// Top-k rows per position of `--cache-teacher`, as `teacher_cache.top_k` defaults to.
+const CACHE_TOP_K: usize = 64;
 
 fn preset(name: &str) -> Result<Qwen2Config> {
     Qwen2Config::preset(name)
@@ -123,7 +132,6 @@ impl BackendTask for Step {
         if let Some(lora) = &lora {
             lora.validate(Some(&student_config), "--lora-rank")?;
         }
-        const CACHE_TOP_K: usize = 64;
         let matches = if hidden_mse {
             format!(
                 "intermediate_matches = [{{ layer_T = {}, layer_S = {}, feature = \"hidden\", \
@@ -176,28 +184,6 @@ impl BackendTask for Step {
                 frozen_bf16,
             )?)),
         };
-        let model = match &lora {
-            None => {
-                build_model::<Autodiff<B>>(&student_config, &mut RandomWeights::new(2), &device)?
-            }
-            Some(lora) => {
-                let base = build_frozen_model::<Autodiff<B>>(
-                    &student_config,
-                    &mut RandomWeights::new(2),
-                    &device,
-                    frozen_bf16,
-                )?;
-                attach_lora(base, lora, frozen_bf16, 3)
-            }
-        };
-        // Equal widths: the hidden-state match needs no learned projection.
-        let projections = objective
-            .intermediate_matches
-            .iter()
-            .map(|_| Projection { linear: None })
-            .collect();
-        let mut student = Student { model, projections };
-        let mut optimizer = GroupedAdamW::<Autodiff<B>>::new(&recipe.training);
         let vocab = student_config.vocab_size.min(teacher_config.vocab_size) as u64;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let ids: Vec<Vec<u32>> = (0..args.batch)
@@ -212,52 +198,33 @@ impl BackendTask for Step {
             .collect();
         let batch = Batch::new(ids, AttentionMask::full(args.batch, args.seq_len));
         let tokens = args.batch * args.seq_len;
-        let cached_rows = || cached_top_k::<B>(tokens, CACHE_TOP_K, vocab as usize, &device);
 
-        let mut updates: Vec<Phases> = Vec::new();
-        for update in 0..args.warmup + args.steps.max(1) {
-            let mut phases = Phases::default();
-            let started = Instant::now();
-            let outputs = match &teacher {
-                Some(teacher) => TeacherOutputs::from_model(teacher, &batch, &objective),
-                None => cached_rows(),
-            };
-            B::sync(&device)?;
-            phases.teacher_forward = started.elapsed().as_secs_f64();
-
-            let pass = gradient_pass(&student, &outputs, &batch, &objective);
-            B::sync(&device)?;
-            phases.student_forward_and_loss = pass.times.student_forward_and_loss;
-            phases.backward = pass.times.backward;
-            let (mut grads, losses) = (pass.gradients, pass.losses);
-
-            let started = Instant::now();
-            let norm = global_norm(&student, &grads);
-            if norm > 1.0 {
-                scale(&student, &mut grads, 1.0 / (norm + 1e-6));
-            }
-            student = optimizer.step(5e-5, student, grads);
-            B::sync(&device)?;
-            phases.optimizer = started.elapsed().as_secs_f64();
-            eprintln!(
-                "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss {:.2}, \
-                 backward {:.2}, clip + AdamW {:.2}; loss {:.4})",
-                if update < args.warmup {
-                    " (warm-up)"
-                } else {
-                    ""
-                },
-                phases.total(),
-                phases.teacher_forward,
-                phases.student_forward_and_loss,
-                phases.backward,
-                phases.optimizer,
-                losses.total
-            );
-            if update >= args.warmup {
-                updates.push(phases);
-            }
-        }
+        let updates = if args.activation_checkpointing {
+            timed_updates::<Autodiff<B, BalancedCheckpointing>>(
+                &args,
+                &student_config,
+                lora.as_ref(),
+                frozen_bf16,
+                &recipe,
+                &objective,
+                teacher.as_ref(),
+                &batch,
+                &device,
+            )?
+        } else {
+            timed_updates::<Autodiff<B>>(
+                &args,
+                &student_config,
+                lora.as_ref(),
+                frozen_bf16,
+                &recipe,
+                &objective,
+                teacher.as_ref(),
+                &batch,
+                &device,
+            )?
+        };
+        let mut updates = updates;
         updates.sort_by(|a, b| a.total().total_cmp(&b.total()));
         let median = updates[updates.len() / 2];
 
@@ -295,6 +262,7 @@ impl BackendTask for Step {
             "lora_rank": args.lora_rank,
             "frozen_dtype": args.frozen_dtype,
             "cache_teacher": args.cache_teacher,
+            "activation_checkpointing": args.activation_checkpointing,
             "updates_timed": updates.len(),
             "seconds_per_update": median.total(),
             "seconds_teacher_forward": median.teacher_forward,
@@ -361,6 +329,90 @@ impl BackendTask for Step {
         println!("{report}");
         Ok(())
     }
+}
+
+/// Builds the student on the autodiff backend `A` (with or without activation checkpointing)
+/// and runs `warmup + steps` updates, returning the timed ones' phases.
+#[allow(clippy::too_many_arguments)]
+fn timed_updates<A: AutodiffBackend>(
+    args: &Args,
+    student_config: &Qwen2Config,
+    lora: Option<&LoraSettings>,
+    frozen_bf16: bool,
+    recipe: &Recipe,
+    objective: &Objective,
+    teacher: Option<&Arc<Model<A::InnerBackend>>>,
+    batch: &Batch,
+    device: &A::Device,
+) -> Result<Vec<Phases>> {
+    let tokens = batch.batch_size() * batch.seq_len();
+    let vocab = student_config.vocab_size;
+    let cached_rows = || cached_top_k::<A::InnerBackend>(tokens, CACHE_TOP_K, vocab, device);
+    let model = match lora {
+        None => build_model::<A>(&student_config, &mut RandomWeights::new(2), device)?,
+        Some(lora) => {
+            let base = build_frozen_model::<A>(
+                &student_config,
+                &mut RandomWeights::new(2),
+                device,
+                frozen_bf16,
+            )?;
+            attach_lora(base, lora, frozen_bf16, 3)
+        }
+    };
+    // Equal widths: the hidden-state match needs no learned projection.
+    let projections = objective
+        .intermediate_matches
+        .iter()
+        .map(|_| Projection { linear: None })
+        .collect();
+    let mut student = Student { model, projections };
+    let mut optimizer = GroupedAdamW::<A>::new(&recipe.training);
+    let mut updates: Vec<Phases> = Vec::new();
+    for update in 0..args.warmup + args.steps.max(1) {
+        let mut phases = Phases::default();
+        let started = Instant::now();
+        let outputs = match teacher {
+            Some(teacher) => TeacherOutputs::from_model(teacher, batch, objective),
+            None => cached_rows(),
+        };
+        A::sync(device)?;
+        phases.teacher_forward = started.elapsed().as_secs_f64();
+
+        let pass = gradient_pass(&student, &outputs, batch, objective);
+        A::sync(device)?;
+        phases.student_forward_and_loss = pass.times.student_forward_and_loss;
+        phases.backward = pass.times.backward;
+        let (mut grads, losses) = (pass.gradients, pass.losses);
+
+        let started = Instant::now();
+        let norm = global_norm(&student, &grads);
+        if norm > 1.0 {
+            scale(&student, &mut grads, 1.0 / (norm + 1e-6));
+        }
+        student = optimizer.step(5e-5, student, grads);
+        A::sync(device)?;
+        phases.optimizer = started.elapsed().as_secs_f64();
+        eprintln!(
+            "update {update}{}: {:.2} s (teacher forward {:.2}, student forward + loss {:.2}, \
+                 backward {:.2}, clip + AdamW {:.2}; loss {:.4})",
+            if update < args.warmup {
+                " (warm-up)"
+            } else {
+                ""
+            },
+            phases.total(),
+            phases.teacher_forward,
+            phases.student_forward_and_loss,
+            phases.backward,
+            phases.optimizer,
+            losses.total
+        );
+        if update >= args.warmup {
+            updates.push(phases);
+        }
+    }
+    Ok(updates)
 }
 
 /// Teacher rows as the offline cache serves them: `top_k` distinct ids per position with
