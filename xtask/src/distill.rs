@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
@@ -235,11 +236,11 @@ impl BackendTask for Train {
     type Output = Result<TrainSummary>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<TrainSummary> {
-        Ok(distill::train::<Autodiff<B>>(
-            &self.recipe,
-            &self.options,
-            &device,
-        )?)
+        let (recipe, options) = (&self.recipe, &self.options);
+        Ok(match recipe.memory.activation_checkpointing {
+            true => distill::train::<Autodiff<B, BalancedCheckpointing>>(recipe, options, &device)?,
+            false => distill::train::<Autodiff<B>>(recipe, options, &device)?,
+        })
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use distill::cached_teacher::{self, TEACHER_RECORD_FILE};
@@ -754,6 +755,15 @@ fn a_lora_student_resumes_exactly_and_saves_merged_and_adapter_layouts() {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(moved > 1e-3, "training moved the student by only {moved}");
+    // Activation checkpointing recomputes what it dropped: the same run, the same losses.
+    let checkpointed_dir = dir.path().join("checkpointed");
+    let mut with_checkpointing = settings.clone();
+    with_checkpointing.push("memory.activation_checkpointing=true");
+    let checkpointed = recipe(&setup, &checkpointed_dir, &with_checkpointing);
+    let options = options(false, false);
+    train::<Autodiff<Cpu, BalancedCheckpointing>>(&checkpointed, &options, &device).unwrap();
+    assert_same_losses(&losses, &logged_losses(&checkpointed_dir));
+
     let embeddings = |model: &qwen2::Model<Cpu>| {
         model
             .embed_tokens
