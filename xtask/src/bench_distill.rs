@@ -349,10 +349,10 @@ fn timed_updates<A: AutodiffBackend>(
     let vocab = student_config.vocab_size;
     let cached_rows = || cached_top_k::<A::InnerBackend>(tokens, CACHE_TOP_K, vocab, device);
     let model = match lora {
-        None => build_model::<A>(&student_config, &mut RandomWeights::new(2), device)?,
+        None => build_model::<A>(student_config, &mut RandomWeights::new(2), device)?,
         Some(lora) => {
             let base = build_frozen_model::<A>(
-                &student_config,
+                student_config,
                 &mut RandomWeights::new(2),
                 device,
                 frozen_bf16,

@@ -239,8 +239,7 @@ fn an_adapter_of_another_base_is_refused() {
     other.head_dim = 8;
     let base = build_model::<B>(&other, &mut RandomWeights::new(1), &device).unwrap();
     let error = load_adapter(freeze(base, false), &other, dir.path())
-        .err()
-        .expect("a mismatched adapter must be refused")
+        .expect_err("a mismatched adapter must be refused")
         .to_string();
     assert!(
         error.contains("adapter_model.safetensors") && error.contains("lora_A"),
@@ -251,8 +250,7 @@ fn an_adapter_of_another_base_is_refused() {
     fewer_layers.num_hidden_layers = 2;
     let base = build_model::<B>(&fewer_layers, &mut RandomWeights::new(1), &device).unwrap();
     let error = load_adapter(freeze(base, false), &fewer_layers, dir.path())
-        .err()
-        .expect("an adapter with extra layers must be refused")
+        .expect_err("an adapter with extra layers must be refused")
         .to_string();
     assert!(error.contains("layers.2"), "{error}");
 }
