@@ -162,6 +162,7 @@ impl BackendTask for Step {
             lora: lora.as_ref(),
             teacher_bf16: frozen_bf16,
             student_base_bf16: frozen_bf16,
+            generated_len: 0,
         });
         eprintln!("memory plan:\n{}", plan.table());
         // A GPU holds the tensors in its own memory, which this plan does not describe.

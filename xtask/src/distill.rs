@@ -224,6 +224,10 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
         lora: recipe.lora.as_ref(),
         teacher_bf16,
         student_base_bf16,
+        generated_len: match recipe.on_policy.generates() {
+            true => recipe.on_policy.prompt_len + recipe.on_policy.max_new_tokens,
+            false => 0,
+        },
     }))
 }
 

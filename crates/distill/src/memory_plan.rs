@@ -49,6 +49,9 @@ pub struct RunShape<'a> {
     pub teacher_bf16: bool,
     /// Whether a LoRA student's base matrices are stored in bf16.
     pub student_base_bf16: bool,
+    /// Tokens per generated sequence (prompt + continuation) when micro-batches are generated
+    /// (`[on_policy]`); 0 when none are.
+    pub generated_len: usize,
 }
 
 /// Floats autodiff keeps per token per decoder layer: the MLP's gate, SiLU, up and product
@@ -155,6 +158,18 @@ impl MemoryPlan {
                 bytes: tokens * student.num_hidden_layers as u64 * inputs * F32,
             });
         }
+        if shape.generated_len > 0 {
+            // Keys and values of every layer, of the student and the teacher (which may
+            // continue the prompts instead), for the micro-batch's rows.
+            let kv = |config: &Qwen2Config| {
+                (2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim) as u64
+            };
+            let models = kv(student) + shape.teacher.map_or(0, kv);
+            parts.push(MemoryPart {
+                name: "KV caches of on-policy generation",
+                bytes: models * (shape.batch * shape.generated_len) as u64 * F32,
+            });
+        }
         let embedding = vocab * student.hidden_size as u64 * F32;
         if shape.lora.is_none() {
             parts.push(MemoryPart {
@@ -254,6 +269,7 @@ mod tests {
             lora: None,
             teacher_bf16: false,
             student_base_bf16: false,
+            generated_len: 0,
         });
         let states: u64 = live.parts[..3].iter().map(|p| p.bytes).sum();
         assert_eq!(states, 16 * student.num_parameters() as u64);
@@ -268,6 +284,7 @@ mod tests {
             lora: None,
             teacher_bf16: false,
             student_base_bf16: false,
+            generated_len: 0,
         });
         assert!(live.total() - cached.total() >= 4 * student.num_parameters() as u64);
         assert!(live.table().contains("total"));
