@@ -263,6 +263,19 @@ fn print_summary(summary: &TrainSummary) {
         summary.tokens_per_second,
         summary.peak_rss_bytes.map_or("unknown".into(), gib)
     );
+    if let Some(rollouts) = &summary.rollouts {
+        let share = |count: usize| 100.0 * count as f64 / rollouts.micro_batches.max(1) as f64;
+        println!(
+            "  on-policy: {:.0}% of {} micro-batches continued by the student, {:.0}% by the teacher | \
+             {} tokens generated at {:.0} tokens/s, mean length {:.1}",
+            share(rollouts.by_student),
+            rollouts.micro_batches,
+            share(rollouts.by_teacher),
+            rollouts.generated_tokens,
+            rollouts.generated_tokens as f64 / rollouts.generation_seconds.max(1e-9),
+            rollouts.generated_tokens as f64 / rollouts.generated_rows.max(1) as f64,
+        );
+    }
     if let Some(cache) = &summary.teacher_cache {
         let built = if cache.blocks_computed == 0 {
             "reused".to_string()

@@ -107,6 +107,17 @@ fn quickstart_runs_offline_end_to_end() {
         !work.path().join("runs/planned").exists(),
         "a dry run trains nothing"
     );
+    // A LoRA student: the plan holds the frozen base and the adapters' states instead.
+    let lora = distill(&["--dry-run", "--set", "lora.rank=4"]);
+    let stdout = String::from_utf8_lossy(&lora.stdout);
+    assert!(lora.status.success(), "{stdout}");
+    for part in ["student base weights (f32, frozen)", "LoRA adapters"] {
+        assert!(
+            stdout.contains(part),
+            "{part} missing from the plan:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("AdamW moments (2 x f32)"), "{stdout}");
     let too_big = distill(&[
         "--set",
         "training.per_device_train_batch_size=1000000",

@@ -34,6 +34,8 @@ pub struct TrainSummary {
     pub final_model: Option<PathBuf>,
     /// A LoRA run's final adapter alone, in PEFT's layout.
     pub final_adapter: Option<PathBuf>,
+    /// What `[on_policy]` generated in this process (none without generation).
+    pub rollouts: Option<crate::on_policy::RolloutWindow>,
     /// The run ended because `TrainOptions::stop` was set.
     pub stopped_early: bool,
     /// What `cache_teacher` built or reused. With a cache, `kl_to_teacher` of the evaluations

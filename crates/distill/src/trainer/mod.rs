@@ -225,6 +225,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             .log_window
             .rollouts
             .record(source, rollout.as_ref());
+        self.summary
+            .rollouts
+            .get_or_insert_with(Default::default)
+            .record(source, rollout.as_ref());
         Ok(match rollout {
             Some(rollout) => (rollout.batch, Vec::new()),
             None => (batch, blocks),

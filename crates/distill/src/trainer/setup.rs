@@ -129,6 +129,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             last_checkpoint: resume_from,
             final_model: None,
             final_adapter: None,
+            rollouts: None,
             stopped_early: false,
             teacher_cache: cache_summary,
         };
