@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
@@ -62,8 +61,8 @@ pub struct Args {
     /// or float32 (the default, as PyTorch's reference update holds its teacher).
     #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
     frozen_dtype: String,
-    /// Burn's balanced activation checkpointing: element-wise results are recomputed in the
-    /// backward pass instead of kept (`memory.activation_checkpointing` in a recipe).
+    /// Activation checkpointing by layer: the body runs forward without a graph and each layer
+    /// again in the backward pass (`memory.activation_checkpointing` in a recipe).
     #[arg(long)]
     activation_checkpointing: bool,
     /// The student alone, reading the teacher's top-64 rows as `--cache-teacher` training
@@ -163,6 +162,7 @@ impl BackendTask for Step {
             teacher_bf16: frozen_bf16,
             student_base_bf16: frozen_bf16,
             generated_len: 0,
+            recompute_layers: args.activation_checkpointing,
         });
         eprintln!("memory plan:\n{}", plan.table());
         // A GPU holds the tensors in its own memory, which this plan does not describe.
@@ -200,31 +200,17 @@ impl BackendTask for Step {
         let batch = Batch::new(ids, AttentionMask::full(args.batch, args.seq_len));
         let tokens = args.batch * args.seq_len;
 
-        let updates = if args.activation_checkpointing {
-            timed_updates::<Autodiff<B, BalancedCheckpointing>>(
-                &args,
-                &student_config,
-                lora.as_ref(),
-                frozen_bf16,
-                &recipe,
-                &objective,
-                teacher.as_ref(),
-                &batch,
-                &device,
-            )?
-        } else {
-            timed_updates::<Autodiff<B>>(
-                &args,
-                &student_config,
-                lora.as_ref(),
-                frozen_bf16,
-                &recipe,
-                &objective,
-                teacher.as_ref(),
-                &batch,
-                &device,
-            )?
-        };
+        let updates = timed_updates::<Autodiff<B>>(
+            &args,
+            &student_config,
+            lora.as_ref(),
+            frozen_bf16,
+            &recipe,
+            &objective,
+            teacher.as_ref(),
+            &batch,
+            &device,
+        )?;
         let mut updates = updates;
         updates.sort_by(|a, b| a.total().total_cmp(&b.total()));
         let median = updates[updates.len() / 2];
@@ -332,8 +318,7 @@ impl BackendTask for Step {
     }
 }
 
-/// Builds the student on the autodiff backend `A` (with or without activation checkpointing)
-/// and runs `warmup + steps` updates, returning the timed ones' phases.
+/// Builds the student on the autodiff backend `A` and runs `warmup + steps` updates, returning the timed ones' phases.
 #[allow(clippy::too_many_arguments)]
 fn timed_updates<A: AutodiffBackend>(
     args: &Args,
@@ -380,7 +365,13 @@ fn timed_updates<A: AutodiffBackend>(
         A::sync(device)?;
         phases.teacher_forward = started.elapsed().as_secs_f64();
 
-        let pass = gradient_pass(&student, &outputs, batch, objective);
+        let pass = gradient_pass(
+            &student,
+            &outputs,
+            batch,
+            objective,
+            args.activation_checkpointing,
+        );
         A::sync(device)?;
         phases.student_forward_and_loss = pass.times.student_forward_and_loss;
         phases.backward = pass.times.backward;

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
@@ -228,6 +227,7 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
             true => recipe.on_policy.prompt_len + recipe.on_policy.max_new_tokens,
             false => 0,
         },
+        recompute_layers: recipe.memory.activation_checkpointing,
     }))
 }
 
@@ -240,11 +240,11 @@ impl BackendTask for Train {
     type Output = Result<TrainSummary>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<TrainSummary> {
-        let (recipe, options) = (&self.recipe, &self.options);
-        Ok(match recipe.memory.activation_checkpointing {
-            true => distill::train::<Autodiff<B, BalancedCheckpointing>>(recipe, options, &device)?,
-            false => distill::train::<Autodiff<B>>(recipe, options, &device)?,
-        })
+        Ok(distill::train::<Autodiff<B>>(
+            &self.recipe,
+            &self.options,
+            &device,
+        )?)
     }
 }
 

@@ -29,6 +29,7 @@ mod options;
 mod progress;
 pub mod recipe;
 mod recipe_change;
+mod recompute;
 mod schedule;
 mod summary;
 mod teacher;

@@ -52,6 +52,9 @@ pub struct RunShape<'a> {
     /// Tokens per generated sequence (prompt + continuation) when micro-batches are generated
     /// (`[on_policy]`); 0 when none are.
     pub generated_len: usize,
+    /// Activation checkpointing by layer: one layer's activations at a time, plus every
+    /// layer's input.
+    pub recompute_layers: bool,
 }
 
 /// Floats autodiff keeps per token per decoder layer: the MLP's gate, SiLU, up and product
@@ -134,12 +137,18 @@ impl MemoryPlan {
                 bytes: tokens * (shape.cache_top_k as u64 * 2 + 1) * F32,
             }),
         }
-        parts.push(MemoryPart {
-            name: "student activations kept for backward",
-            bytes: tokens
-                * student.num_hidden_layers as u64
-                * activation_floats_per_token_layer(student, shape.seq_len)
-                * F32,
+        let layer_activations =
+            tokens * activation_floats_per_token_layer(student, shape.seq_len) * F32;
+        let layers = student.num_hidden_layers as u64;
+        parts.push(match shape.recompute_layers {
+            false => MemoryPart {
+                name: "student activations kept for backward",
+                bytes: layers * layer_activations,
+            },
+            true => MemoryPart {
+                name: "one layer's activations + every layer's input",
+                bytes: layer_activations + layers * tokens * student.hidden_size as u64 * F32,
+            },
         });
         let chunk = shape.chunk_positions.min(shape.seq_len).max(1) as u64 * shape.batch as u64;
         parts.push(MemoryPart {
@@ -270,6 +279,7 @@ mod tests {
             teacher_bf16: false,
             student_base_bf16: false,
             generated_len: 0,
+            recompute_layers: false,
         });
         let states: u64 = live.parts[..3].iter().map(|p| p.bytes).sum();
         assert_eq!(states, 16 * student.num_parameters() as u64);
@@ -285,6 +295,7 @@ mod tests {
             teacher_bf16: false,
             student_base_bf16: false,
             generated_len: 0,
+            recompute_layers: false,
         });
         assert!(live.total() - cached.total() >= 4 * student.num_parameters() as u64);
         assert!(live.table().contains("total"));

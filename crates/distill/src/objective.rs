@@ -24,6 +24,7 @@ use crate::losses::{
     cross_entropy_per_position, divergence_per_position, hidden_loss, top_k_kl_per_position,
     DivergenceParams, HiddenLoss, KdLoss,
 };
+use crate::recompute::BodyInputs;
 
 /// One intermediate-layer match, layer indices in the transformers `hidden_states` convention.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,7 +269,7 @@ pub(crate) struct PositionWeights {
     /// 1/real count at positions counted by the soft loss.
     pub(crate) soft: Vec<f32>,
     /// 1/real count at real positions (intermediate losses).
-    real: Vec<f32>,
+    pub(crate) real: Vec<f32>,
     /// 1/valid-label count where position t has a real label t+1.
     hard: Vec<f32>,
     labels: Vec<i64>,
@@ -400,16 +401,17 @@ pub(crate) fn row_indices<B: Backend>(rows: &[u32], device: &B::Device) -> Tenso
     Tensor::from_data(TensorData::new(rows, [len]), device)
 }
 
-/// The weighted intermediate-layer loss of match `index`.
-fn intermediate_loss<B: Backend>(
+/// The intermediate-layer loss of match `index` (weight-free), `student_state` being the
+/// student's hidden state `matched.layer_s`.
+pub(crate) fn intermediate_loss<B: Backend>(
     student: &Student<B>,
-    student_states: &[Tensor<B, 3>],
+    student_state: Tensor<B, 3>,
     teacher_state: Tensor<B, 2>,
     index: usize,
     matched: &IntermediateMatch,
     real_weights: Tensor<B, 1>,
 ) -> Tensor<B, 1> {
-    let student_state = flatten(student_states[matched.layer_s].clone());
+    let student_state = flatten(student_state);
     let student_state = match &student.projections[index].linear {
         Some(linear) => linear.forward(student_state),
         None => student_state,
@@ -417,7 +419,7 @@ fn intermediate_loss<B: Backend>(
     hidden_loss(matched.loss, student_state, teacher_state, real_weights)
 }
 
-fn scalar<B: Backend>(x: Tensor<B, 1>) -> f64 {
+pub(crate) fn scalar<B: Backend>(x: Tensor<B, 1>) -> f64 {
     x.into_data()
         .convert::<f64>()
         .to_vec::<f64>()
@@ -443,6 +445,13 @@ fn student_forward<B: Backend>(
     let ids = batch.ids_tensor(&student.model.device());
     let (final_hidden, states) = student.model.forward_hidden(ids, &batch.mask, needs_states);
     (flatten(final_hidden), states)
+}
+
+/// The student's body as the backward pass will need it: its recorded graph (with every hidden
+/// state when intermediate matches read them), or the layers' inputs to run again.
+enum Body<B: AutodiffBackend> {
+    Recorded(Tensor<B, 2>, Option<Vec<Tensor<B, 3>>>),
+    Recomputed(BodyInputs<B>),
 }
 
 /// Wall-clock seconds of the two phases of a gradient pass (CPU backends run synchronously,
@@ -501,7 +510,7 @@ fn intermediate_terms<B: Backend>(
     for (index, matched) in objective.intermediate_matches.iter().enumerate() {
         let value = intermediate_loss(
             student,
-            states,
+            states[matched.layer_s].clone(),
             teacher_states(index),
             index,
             matched,
@@ -522,21 +531,32 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     batch: &Batch,
     objective: &Objective,
 ) -> (GradientsParams, LossBreakdown) {
-    let pass = gradient_pass(student, teacher, batch, objective);
+    let pass = gradient_pass(student, teacher, batch, objective, false);
     (pass.gradients, pass.losses)
 }
 
-/// [`loss_and_gradients`] with the time of the forward and backward phases.
+/// [`loss_and_gradients`] with the time of the forward and backward phases. With
+/// `recompute_layers` the body keeps one layer's activations at a time (crate::recompute).
 pub fn gradient_pass<B: AutodiffBackend>(
     student: &Student<B>,
     teacher: &TeacherOutputs<B::InnerBackend>,
     batch: &Batch,
     objective: &Objective,
+    recompute_layers: bool,
 ) -> GradientPass {
     let mut times = PassTimes::default();
     let started = Instant::now();
     let weights = PositionWeights::new(batch, objective);
-    let (final_hidden, states) = student_forward(student, batch, objective);
+    let (final_hidden, body) = match recompute_layers {
+        true => {
+            let inputs = BodyInputs::forward(student, batch);
+            (inputs.final_hidden(student), Body::Recomputed(inputs))
+        }
+        false => {
+            let (final_hidden, states) = student_forward(student, batch, objective);
+            (final_hidden.clone(), Body::Recorded(final_hidden, states))
+        }
+    };
     let positions = final_hidden.dims()[0];
     times.student_forward_and_loss += started.elapsed().as_secs_f64();
 
@@ -578,35 +598,53 @@ pub fn gradient_pass<B: AutodiffBackend>(
         values
     });
 
-    let started = Instant::now();
-    let intermediate = states.map(|states| {
-        intermediate_terms(
-            student,
-            &states,
-            |index| Tensor::<B, 2>::from_inner(teacher.states[index].clone()),
-            objective,
-            &weights,
-            &mut breakdown,
-        )
-    });
-    times.student_forward_and_loss += started.elapsed().as_secs_f64();
-
-    // Back through the body: d/dθ sum(H * dL/dH) = dL/dθ for the body's parameters.
-    let started = Instant::now();
     let upstream = Tensor::<B, 2>::from_inner(Tensor::cat(hidden_gradients, 0));
-    let mut body_loss = (final_hidden * upstream).sum();
-    for (value, matched) in intermediate
-        .into_iter()
-        .flatten()
-        .zip(&objective.intermediate_matches)
-    {
-        body_loss = body_loss + value * matched.weight;
+    match body {
+        Body::Recorded(final_hidden, states) => {
+            let started = Instant::now();
+            let intermediate = states.map(|states| {
+                intermediate_terms(
+                    student,
+                    &states,
+                    |index| Tensor::<B, 2>::from_inner(teacher.states[index].clone()),
+                    objective,
+                    &weights,
+                    &mut breakdown,
+                )
+            });
+            times.student_forward_and_loss += started.elapsed().as_secs_f64();
+
+            // Back through the body: d/dθ sum(H * dL/dH) = dL/dθ for the body's parameters.
+            let started = Instant::now();
+            let mut body_loss = (final_hidden * upstream).sum();
+            for (value, matched) in intermediate
+                .into_iter()
+                .flatten()
+                .zip(&objective.intermediate_matches)
+            {
+                body_loss = body_loss + value * matched.weight;
+            }
+            accumulator.accumulate(
+                student,
+                GradientsParams::from_grads(body_loss.backward(), student),
+            );
+            times.backward += started.elapsed().as_secs_f64();
+        }
+        Body::Recomputed(inputs) => {
+            let started = Instant::now();
+            inputs.backward(
+                student,
+                batch,
+                upstream,
+                teacher,
+                objective,
+                &weights,
+                &mut breakdown,
+                &mut accumulator,
+            );
+            times.backward += started.elapsed().as_secs_f64();
+        }
     }
-    accumulator.accumulate(
-        student,
-        GradientsParams::from_grads(body_loss.backward(), student),
-    );
-    times.backward += started.elapsed().as_secs_f64();
     GradientPass {
         gradients: accumulator.grads(),
         losses: breakdown,

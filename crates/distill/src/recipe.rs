@@ -243,9 +243,9 @@ pub struct Memory {
     /// "auto" keeps them in bf16 when the checkpoint is bf16 (as hub checkpoints are), so nothing
     /// is rounded; products are computed in f32 either way.
     pub frozen_dtype: FrozenDtype,
-    /// Burn's balanced activation checkpointing: element-wise results are recomputed in the
-    /// backward pass instead of kept. Measured on the seed's LoRA pair at 1 x 512 it saves 1.5%
-    /// of the peak (the matmul outputs, which it keeps, dominate), so it is off by default.
+    /// Activation checkpointing by layer (crate::recompute): the student's body runs forward
+    /// without a graph, keeping each layer's input, and each layer runs again in the backward
+    /// pass, so autodiff holds one layer's activations at a time, for one more forward pass.
     pub activation_checkpointing: bool,
 }
 
@@ -491,6 +491,17 @@ impl Recipe {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
+            if self.memory.activation_checkpointing && lora.dropout > 0.0 {
+                // The recomputed layers would draw other dropout masks than the forward pass
+                // whose loss they differentiate.
+                return Err(field(
+                    "memory.activation_checkpointing",
+                    format!(
+                        "needs lora.dropout = 0 (it is {}): a recomputed layer would draw other dropout masks",
+                        lora.dropout
+                    ),
+                ));
+            }
         }
         if !(0.0..1.0).contains(&d.skew_alpha) {
             return Err(field(

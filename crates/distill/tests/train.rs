@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use distill::cached_teacher::{self, TEACHER_RECORD_FILE};
@@ -755,14 +754,29 @@ fn a_lora_student_resumes_exactly_and_saves_merged_and_adapter_layouts() {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(moved > 1e-3, "training moved the student by only {moved}");
-    // Activation checkpointing recomputes what it dropped: the same run, the same losses.
+    // Activation checkpointing by layer recomputes what it dropped: the same run, the same
+    // losses (small.toml has a hidden-state match, read at a layer's input).
+    // Dropout off: a recomputed layer would draw other masks (refused with dropout on).
+    let mut no_dropout = settings.clone();
+    no_dropout.push("lora.dropout=0.0");
+    let recorded_dir = dir.path().join("recorded");
+    let recorded = recipe(&setup, &recorded_dir, &no_dropout);
+    train::<Train>(&recorded, &options(false, false), &device).unwrap();
+    no_dropout.push("memory.activation_checkpointing=true");
     let checkpointed_dir = dir.path().join("checkpointed");
-    let mut with_checkpointing = settings.clone();
-    with_checkpointing.push("memory.activation_checkpointing=true");
-    let checkpointed = recipe(&setup, &checkpointed_dir, &with_checkpointing);
-    let options = options(false, false);
-    train::<Autodiff<Cpu, BalancedCheckpointing>>(&checkpointed, &options, &device).unwrap();
-    assert_same_losses(&losses, &logged_losses(&checkpointed_dir));
+    let checkpointed = recipe(&setup, &checkpointed_dir, &no_dropout);
+    train::<Train>(&checkpointed, &options(false, false), &device).unwrap();
+    assert_same_losses(
+        &logged_losses(&recorded_dir),
+        &logged_losses(&checkpointed_dir),
+    );
+    let refused = Recipe::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/small-lora.toml"),
+        &["memory.activation_checkpointing=true".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("lora.dropout"), "{refused}");
 
     let embeddings = |model: &qwen2::Model<Cpu>| {
         model
@@ -777,4 +791,40 @@ fn a_lora_student_resumes_exactly_and_saves_merged_and_adapter_layouts() {
         embeddings(&adapted),
         "the base is frozen"
     );
+}
+
+/// Activation checkpointing by layer, full-parameter (the embeddings train too), with
+/// hidden-state matches read at a layer's input and after the final norm: the losses and the
+/// final weights of the recorded pass.
+#[test]
+fn activation_checkpointing_gives_the_recorded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 16 * 32);
+    let device = Default::default();
+    let mut settings = RESUME_SETTINGS.to_vec();
+    settings.push(
+        "distillation.intermediate_matches=[{ layer_T = 1, layer_S = 1, feature = \"hidden\", \
+         loss = \"mse\", weight = 0.1 }, { layer_T = 2, layer_S = 2, feature = \"hidden\", \
+         loss = \"cosine\", weight = 0.1 }]",
+    );
+    let recorded_dir = dir.path().join("recorded");
+    let recorded = recipe(&setup, &recorded_dir, &settings);
+    train::<Train>(&recorded, &options(false, false), &device).unwrap();
+    settings.push("memory.activation_checkpointing=true");
+    let checkpointed_dir = dir.path().join("checkpointed");
+    let checkpointed = recipe(&setup, &checkpointed_dir, &settings);
+    train::<Train>(&checkpointed, &options(false, false), &device).unwrap();
+    assert_same_losses(
+        &logged_losses(&recorded_dir),
+        &logged_losses(&checkpointed_dir),
+    );
+    let weights = |dir: &Path| load_model::<Cpu>(&dir.join("final"), &device).unwrap().0;
+    let (a, b) = (weights(&recorded_dir), weights(&checkpointed_dir));
+    let values = |m: &qwen2::Model<Cpu>| m.embed_tokens.val().into_data().to_vec::<f32>().unwrap();
+    let error = values(&a)
+        .iter()
+        .zip(values(&b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(error < 1e-5, "embeddings differ by {error}");
 }

@@ -25,6 +25,6 @@ pub use lora::{
     adapter_base, attach_lora, freeze, load_adapter, load_merged, merge_lora, save_adapter,
     LoraSettings,
 };
-pub use model::{AttentionMask, KvCache, Model, ModelOutput};
+pub use model::{AttentionMask, KvCache, LayerContext, Model, ModelOutput};
 pub use save::{save_model, SaveOptions};
 pub use weight::FrozenDtype;

@@ -336,6 +336,14 @@ impl AttentionMask {
     }
 }
 
+/// What every decoder layer of one full (uncached) forward pass reads: the rotary tables of
+/// its positions and which attention scores are blocked. Built once per pass by
+/// [`Model::layer_context`], for running the layers one at a time ([`Model::layer_forward`]).
+pub struct LayerContext<B: Backend> {
+    rope: Rope<B>,
+    blocked: Tensor<B, 4, Bool>,
+}
+
 /// State of incremental decoding: the cached keys/values and the mask of the keys they hold.
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerCache<B>>>,
@@ -410,6 +418,29 @@ impl<B: Backend> Model<B> {
         let positions = vec![(0..seq).collect::<Vec<_>>(); batch];
         let blocked = self.blocked_scores(attention_mask, 0, seq);
         self.run_layers(input_ids, &positions, &blocked, None, output_hidden_states)
+    }
+
+    /// The context of a full forward pass over `attention_mask`'s rows (right padding: positions
+    /// 0..T-1, as [`Model::forward_hidden`] has them).
+    pub fn layer_context(&self, attention_mask: &AttentionMask) -> LayerContext<B> {
+        let (batch, seq) = (attention_mask.batch(), attention_mask.len());
+        let positions = vec![(0..seq).collect::<Vec<_>>(); batch];
+        LayerContext {
+            rope: Rope::new(&positions, self.head_dim, self.rope_theta, &self.device()),
+            blocked: self.blocked_scores(attention_mask, 0, seq),
+        }
+    }
+
+    /// Decoder layer `index` alone, `[B, T, hidden] -> [B, T, hidden]` (its input is the
+    /// hidden state `index` of [`Model::forward_hidden`], its output the state `index + 1`
+    /// before the final norm).
+    pub fn layer_forward(
+        &self,
+        index: usize,
+        x: Tensor<B, 3>,
+        context: &LayerContext<B>,
+    ) -> Tensor<B, 3> {
+        self.layers[index].forward(x, &context.rope, &context.blocked, None)
     }
 
     /// One step of incremental decoding: `input_ids: [B, T_new]` continue the sequences held

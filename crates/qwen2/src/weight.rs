@@ -16,7 +16,7 @@ use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
@@ -296,10 +296,6 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, weight: &FrozenMatrix) -> Tens
         ($($inner:ty),*) => {$(
             if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner>>() {
                 let x: Tensor<Autodiff<$inner>, 2> = same_type(x);
-                return same_type(recorded_frozen_matmul(x, weight));
-            }
-            if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner, BalancedCheckpointing>>() {
-                let x: Tensor<Autodiff<$inner, BalancedCheckpointing>, 2> = same_type(x);
                 return same_type(recorded_frozen_matmul(x, weight));
             }
         )*};

@@ -129,7 +129,13 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 let seed = t.seed ^ ((step as u64) << 20) ^ k as u64;
                 B::seed(&self.student().model.device(), seed);
             }
-            let pass = gradient_pass(self.student(), &outputs, &batch, &self.objective);
+            let pass = gradient_pass(
+                self.student(),
+                &outputs,
+                &batch,
+                &self.objective,
+                self.recipe.memory.activation_checkpointing,
+            );
             loss_sum += pass.losses.total;
             step_tokens += pass.losses.real_tokens as u64;
             accumulator.accumulate(self.student(), pass.gradients);
