@@ -233,6 +233,14 @@ impl BackendTask for Step {
             None => 2.0 * student_forward_flops,
             Some(_) => student_forward_flops + attention_flops,
         };
+        // Activation checkpointing runs the body (every layer, not the lm_head) forward once
+        // more, in the backward phase.
+        let lm_head_flops =
+            (2 * student_config.vocab_size * student_config.hidden_size * tokens) as f64;
+        let backward_flops = match args.activation_checkpointing {
+            true => backward_flops + student_forward_flops - lm_head_flops,
+            false => backward_flops,
+        };
         let student_flops = student_forward_flops + backward_flops;
         let gflops = |flops: f64, seconds: f64| flops / seconds / 1e9;
         let peak_rss = peak_rss_bytes();
