@@ -155,8 +155,14 @@ impl MemoryPlan {
             name: "loss chunk (vocabulary-sized transients)",
             bytes: chunk.min(tokens) * vocab * VOCAB_TRANSIENTS * F32,
         });
+        // Layers whose activations autodiff holds at once.
+        let layers_kept = match shape.recompute_layers {
+            true => 1,
+            false => student.num_hidden_layers as u64,
+        };
         if let Some(lora) = shape.lora.filter(|lora| lora.dropout > 0.0) {
-            // Dropout keeps its output, one copy of each targeted layer's input.
+            // Dropout keeps its mask and its output (the adapter's input): two copies of each
+            // targeted layer's input.
             let inputs: u64 = lora
                 .targets()
                 .iter()
@@ -164,7 +170,7 @@ impl MemoryPlan {
                 .sum();
             parts.push(MemoryPart {
                 name: "LoRA dropout copies kept for backward",
-                bytes: tokens * student.num_hidden_layers as u64 * inputs * F32,
+                bytes: 2 * tokens * layers_kept * inputs * F32,
             });
         }
         if shape.generated_len > 0 {

@@ -491,17 +491,6 @@ impl Recipe {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
-            if self.memory.activation_checkpointing && lora.dropout > 0.0 {
-                // The recomputed layers would draw other dropout masks than the forward pass
-                // whose loss they differentiate.
-                return Err(field(
-                    "memory.activation_checkpointing",
-                    format!(
-                        "needs lora.dropout = 0 (it is {}): a recomputed layer would draw other dropout masks",
-                        lora.dropout
-                    ),
-                ));
-            }
         }
         if !(0.0..1.0).contains(&d.skew_alpha) {
             return Err(field(

@@ -13,7 +13,6 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::nn::DropoutConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -43,8 +42,8 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The prefix PEFT puts before a module's name in `adapter_model.safetensors`.
 const PEFT_PREFIX: &str = "base_model.model.";
 
-/// What an adapter is: PEFT's `LoraConfig` fields this crate implements. The defaults are
-/// QLoRA's (every linear layer) at rank 16, alpha 32, dropout 0.05.
+/// What an adapter is: PEFT's `LoraConfig` fields this crate implements. The defaults: every
+/// linear layer (as QLoRA), rank 16, alpha 32, no dropout (as PEFT and torchtune).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSettings {
@@ -65,7 +64,7 @@ impl Default for LoraSettings {
         Self {
             rank: 16,
             alpha: 32.0,
-            dropout: 0.05,
+            dropout: 0.0,
             target_modules: vec!["all-linear".into()],
             use_rslora: false,
         }
@@ -184,16 +183,62 @@ pub struct Lora<B: Backend> {
     pub lora_b: Param<Tensor<B, 2>>,
     pub scaling: f64,
     pub dropout: f64,
+    /// This adapter's place among the model's adapters: its dropout masks are drawn from
+    /// `(dropout seed, place)`.
+    pub place: usize,
+}
+
+thread_local! {
+    /// The seed of the dropout masks while a training pass runs ([`with_dropout`]); `None`
+    /// (evaluation, generation): no dropout.
+    static DROPOUT_SEED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `pass` with LoRA dropout on, its masks drawn from `seed` and each adapter's place, so
+/// running the same layer twice under one seed (activation checkpointing recomputes layers)
+/// draws the same masks, and a resumed run the uninterrupted run's.
+pub fn with_dropout<R>(seed: u64, pass: impl FnOnce() -> R) -> R {
+    struct Off;
+    impl Drop for Off {
+        fn drop(&mut self) {
+            DROPOUT_SEED.set(None);
+        }
+    }
+    DROPOUT_SEED.set(Some(seed));
+    let _off = Off;
+    pass()
 }
 
 impl<B: Backend> Lora<B> {
     /// The adapter's term, `dropout(x) A B * scaling`: `[B, T, in] -> [B, T, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        // Burn's dropout is the identity unless the backend records gradients (training).
-        let x = DropoutConfig::new(self.dropout).init().forward(x);
+        let x = match DROPOUT_SEED.get() {
+            Some(seed) if self.dropout > 0.0 => self.drop_out(x, seed),
+            _ => x,
+        };
         x.matmul(self.lora_a.val().unsqueeze::<3>())
             .matmul(self.lora_b.val().unsqueeze::<3>())
             * self.scaling
+    }
+
+    /// Inverted dropout as torch's: each element kept with probability 1 - p and scaled by
+    /// 1 / (1 - p); the mask is drawn on the host from `(seed, place)` alone.
+    fn drop_out(&self, x: Tensor<B, 3>, seed: u64) -> Tensor<B, 3> {
+        let dims = x.dims();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(
+            seed ^ (self.place as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let keep = (1.0 - self.dropout) as f32;
+        let mask: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        x * Tensor::from_data(TensorData::new(mask, dims), &self.lora_a.device())
     }
 
     /// `scaling * A B`, `[in, out]`: what merging adds to the base weight.
@@ -282,7 +327,7 @@ pub fn attach_lora<B: Backend>(
     let device = model.device();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let targets = settings.targets();
-    for (_, short, linear) in model.linears_mut() {
+    for (place, (_, short, linear)) in model.linears_mut().into_iter().enumerate() {
         if !targets.contains(&short) {
             continue;
         }
@@ -301,6 +346,7 @@ pub fn attach_lora<B: Backend>(
             lora_b: Param::from_tensor(Tensor::zeros([settings.rank, outputs], &device)),
             scaling: settings.scaling(),
             dropout: settings.dropout,
+            place,
         });
     }
     model
@@ -497,7 +543,7 @@ pub fn load_adapter<B: Backend>(
     let device = model.device();
     let targets = settings.targets();
     let mut expected = Vec::new();
-    for (name, short, linear) in model.linears_mut() {
+    for (place, (name, short, linear)) in model.linears_mut().into_iter().enumerate() {
         if !targets.contains(&short) {
             continue;
         }
@@ -516,6 +562,7 @@ pub fn load_adapter<B: Backend>(
             lora_b: read(&b_name, [outputs, settings.rank])?,
             scaling: settings.scaling(),
             dropout: settings.dropout,
+            place,
         });
         expected.push(a_name);
         expected.push(b_name);

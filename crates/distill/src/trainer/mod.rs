@@ -123,19 +123,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 .teacher
                 .outputs(&batch, self.train_data.split(), &blocks, &self.objective)?
                 .unwrap_or_else(TeacherOutputs::absent);
-            if self.recipe.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-                // LoRA dropout draws from the backend's generator: seeded by the position in
-                // the run, a resumed run draws the masks the uninterrupted one would have.
-                let seed = t.seed ^ ((step as u64) << 20) ^ k as u64;
-                B::seed(&self.student().model.device(), seed);
-            }
-            let pass = gradient_pass(
-                self.student(),
-                &outputs,
-                &batch,
-                &self.objective,
-                self.recipe.memory.activation_checkpointing,
-            );
+            // LoRA dropout's masks, seeded by the position in the run: a resumed run draws
+            // the masks the uninterrupted one would have.
+            let dropout_seed = t.seed ^ ((step as u64) << 20) ^ k as u64;
+            let pass = qwen2::lora::with_dropout(dropout_seed, || {
+                gradient_pass(
+                    self.student(),
+                    &outputs,
+                    &batch,
+                    &self.objective,
+                    self.recipe.memory.activation_checkpointing,
+                )
+            });
             loss_sum += pass.losses.total;
             step_tokens += pass.losses.real_tokens as u64;
             accumulator.accumulate(self.student(), pass.gradients);
