@@ -241,7 +241,8 @@ impl<B: Backend> Weight<B> {
         }
     }
 
-    /// The f32 values (a widened copy when frozen in bf16).
+    /// The f32 values (a widened copy when frozen in bf16, made on the default device: bf16
+    /// storage is for CPU runs, whose one device that is).
     pub fn val(&self) -> Tensor<B, 2> {
         match (&self.param, &self.frozen) {
             (Some(param), _) => param.val(),
