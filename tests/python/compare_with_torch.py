@@ -6,6 +6,11 @@ the toolkit itself never needs Python.
 
   python3 tests/python/compare_with_torch.py --python /path/to/venv/bin/python [--backends flex,ndarray]
       [--shape qwen2.5-0.5b] [--seq-len 256] [--skip-train] [--json out.json] [--xtask BINARY]
+      [--lora-rank 16 --frozen-dtype bfloat16] [--seed-teacher]
+
+With --lora-rank both sides train a LoRA student (PEFT on PyTorch's side), frozen weights in
+--frozen-dtype (PyTorch then also computes in it); --seed-teacher makes the teacher the seed's
+DeepSeek-R1-Distill-Qwen-1.5B shape (untied) for --shape qwen2.5-1.5b.
 """
 import argparse
 import json
@@ -93,7 +98,12 @@ def main():
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--xtask", help="a built xtask binary to run instead of `cargo xtask`")
+    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA students of this rank (0: full-parameter)")
+    ap.add_argument("--frozen-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--seed-teacher", action="store_true", help="the seed's untied teacher shape (with --shape qwen2.5-1.5b)")
     a = ap.parse_args()
+    if a.seed_teacher and a.shape != "qwen2.5-1.5b":
+        raise SystemExit("--seed-teacher goes with --shape qwen2.5-1.5b")
     if a.xtask:
         XTASK[:] = [a.xtask]
     backends = [b for b in a.backends.split(",") if b]
@@ -104,11 +114,19 @@ def main():
     results = {"ours": {}, "torch": {}}
 
     if not a.skip_train:
-        t = torch(a.python, a.shape, "--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup))
+        lora = ["--lora-rank", str(a.lora_rank), "--frozen-dtype", a.frozen_dtype]
+        torch_args = ["--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora]
+        if a.seed_teacher:
+            # The same shapes with the teacher untied (bench_torch's default).
+            shape = TORCH_SHAPES[a.shape].replace("--teacher-tie", "").split()
+            t = last_json(run([a.python, os.path.join(HERE, "bench_torch.py"), *shape, *torch_args, "--max-rss-gib", "30"]), "RESULT ")
+        else:
+            t = torch(a.python, a.shape, *torch_args)
         results["torch"]["train"] = t
         rows.append(("distill update 1x%d" % a.seq_len, "pytorch", t.get("tokens_per_s_median", t.get("tokens_per_s")), "tokens/s", t.get("peak_rss_gib")))
         for backend in backends:
-            r = ours("distill-step", "--shape", a.shape, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", backend)
+            teacher = ["--teacher-shape", "deepseek-r1-distill-qwen-1.5b"] if a.seed_teacher else []
+            r = ours("distill-step", "--shape", a.shape, *teacher, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora, "--backend", backend)
             results["ours"]["train-" + backend] = r
             rows.append(("distill update 1x%d" % a.seq_len, backend, r["tokens_per_second"], "tokens/s", (r["peak_rss_bytes"] or 0) / 2**30))
 
