@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn states_are_sixteen_bytes_per_student_parameter_and_the_cache_drops_the_teacher() {
         let student = Qwen2Config::preset("qwen2.5-0.5b").unwrap();
-        let live = MemoryPlan::estimate(&RunShape {
+        let live_shape = RunShape {
             student: &student,
             teacher: Some(&student),
             cache_top_k: 64,
@@ -286,22 +286,13 @@ mod tests {
             student_base_bf16: false,
             generated_len: 0,
             recompute_layers: false,
-        });
+        };
+        let live = MemoryPlan::estimate(&live_shape);
         let states: u64 = live.parts[..3].iter().map(|p| p.bytes).sum();
         assert_eq!(states, 16 * student.num_parameters() as u64);
         let cached = MemoryPlan::estimate(&RunShape {
-            student: &student,
             teacher: None,
-            cache_top_k: 64,
-            batch: 1,
-            seq_len: 256,
-            chunk_positions: 256,
-            baseline_bytes: 0,
-            lora: None,
-            teacher_bf16: false,
-            student_base_bf16: false,
-            generated_len: 0,
-            recompute_layers: false,
+            ..live_shape
         });
         assert!(live.total() - cached.total() >= 4 * student.num_parameters() as u64);
         assert!(live.table().contains("total"));

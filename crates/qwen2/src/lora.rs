@@ -241,9 +241,9 @@ impl<B: Backend> Lora<B> {
         x * Tensor::from_data(TensorData::new(mask, dims), &self.lora_a.device())
     }
 
-    /// `scaling * A B`, `[in, out]`: what merging adds to the base weight.
-    pub fn delta(&self) -> Tensor<B, 2> {
-        self.lora_a.val().matmul(self.lora_b.val()) * self.scaling
+    /// `weight + scaling * A B`, `[in, out]`: the base weight with this adapter merged in.
+    pub fn merged_into(&self, weight: &Weight<B>) -> Tensor<B, 2> {
+        weight.val() + self.lora_a.val().matmul(self.lora_b.val()) * self.scaling
     }
 }
 
@@ -251,43 +251,23 @@ impl<B: Backend> Model<B> {
     /// Every linear layer with its module name (`model.layers.3.mlp.up_proj`) and short name
     /// (`up_proj`), in layer order.
     pub fn linears_mut(&mut self) -> Vec<(String, &'static str, &mut Linear<B>)> {
-        let mut found = Vec::new();
-        for (index, layer) in self.layers.iter_mut().enumerate() {
-            let attention = &mut layer.self_attn;
-            let mlp = &mut layer.mlp;
-            let p = format!("model.layers.{index}");
-            for (short, part, linear) in [
-                ("q_proj", "self_attn", &mut attention.q_proj),
-                ("k_proj", "self_attn", &mut attention.k_proj),
-                ("v_proj", "self_attn", &mut attention.v_proj),
-                ("o_proj", "self_attn", &mut attention.o_proj),
-                ("gate_proj", "mlp", &mut mlp.gate_proj),
-                ("up_proj", "mlp", &mut mlp.up_proj),
-                ("down_proj", "mlp", &mut mlp.down_proj),
-            ] {
-                found.push((format!("{p}.{part}.{short}"), short, linear));
-            }
-        }
-        found
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(index, layer)| {
+                layer.linears_mut().map(|(part, short, linear)| {
+                    (format!("model.layers.{index}.{part}"), short, linear)
+                })
+            })
+            .collect()
     }
 
     /// Whether any layer carries an adapter.
     pub fn has_lora(&self) -> bool {
-        self.layers.iter().any(|layer| {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ]
+        self.layers
             .iter()
-            .any(|linear| linear.lora.is_some())
-        })
+            .flat_map(|layer| layer.linears())
+            .any(|(_, _, linear)| linear.lora.is_some())
     }
 }
 
@@ -357,7 +337,7 @@ pub fn attach_lora<B: Backend>(
 pub fn merge_lora<B: Backend>(mut model: Model<B>) -> Model<B> {
     for (_, _, linear) in model.linears_mut() {
         if let Some(lora) = linear.lora.take() {
-            let merged = linear.weight.val() + lora.delta();
+            let merged = lora.merged_into(&linear.weight);
             linear.weight = Weight::from_param(Param::from_tensor(merged));
         }
     }

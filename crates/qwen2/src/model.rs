@@ -253,6 +253,35 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The seven linear layers with their names under the layer (`self_attn.q_proj`) and their
+    /// short names (`q_proj`, as PEFT targets them), in checkpoint order.
+    pub fn linears(&self) -> [(&'static str, &'static str, &Linear<B>); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("self_attn.q_proj", "q_proj", &a.q_proj),
+            ("self_attn.k_proj", "k_proj", &a.k_proj),
+            ("self_attn.v_proj", "v_proj", &a.v_proj),
+            ("self_attn.o_proj", "o_proj", &a.o_proj),
+            ("mlp.gate_proj", "gate_proj", &m.gate_proj),
+            ("mlp.up_proj", "up_proj", &m.up_proj),
+            ("mlp.down_proj", "down_proj", &m.down_proj),
+        ]
+    }
+
+    /// [`DecoderLayer::linears`], to change them.
+    pub fn linears_mut(&mut self) -> [(&'static str, &'static str, &mut Linear<B>); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", "q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", "k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", "v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", "o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", "gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", "up_proj", &mut m.up_proj),
+            ("mlp.down_proj", "down_proj", &mut m.down_proj),
+        ]
+    }
+
     pub fn forward(
         &self,
         x: Tensor<B, 3>,

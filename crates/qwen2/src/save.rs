@@ -63,7 +63,7 @@ impl<B: Backend> NamedTensor<'_, B> {
         match self {
             NamedTensor::Matrix { weight, lora, .. } => {
                 let value = match lora {
-                    Some(lora) => weight.val() + lora.delta(),
+                    Some(lora) => lora.merged_into(weight),
                     None => weight.val(),
                 };
                 to_f32(value.transpose().into_data())
@@ -104,16 +104,7 @@ impl<B: Backend> Model<B> {
         )];
         for (index, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{index}");
-            let attention = &layer.self_attn;
-            for (part, linear) in [
-                ("self_attn.q_proj", &attention.q_proj),
-                ("self_attn.k_proj", &attention.k_proj),
-                ("self_attn.v_proj", &attention.v_proj),
-                ("self_attn.o_proj", &attention.o_proj),
-                ("mlp.gate_proj", &layer.mlp.gate_proj),
-                ("mlp.up_proj", &layer.mlp.up_proj),
-                ("mlp.down_proj", &layer.mlp.down_proj),
-            ] {
+            for (part, _, linear) in layer.linears() {
                 tensors.push(matrix(
                     format!("{p}.{part}.weight"),
                     &linear.weight,

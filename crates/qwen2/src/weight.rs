@@ -84,15 +84,10 @@ impl FrozenMatrix {
         self.values.len() * 2
     }
 
-    /// The values widened to f32, row-major.
-    pub fn to_f32(&self) -> Vec<f32> {
-        self.values.par_iter().map(|v| v.to_f32()).collect()
-    }
-
     /// The f32 tensor of these values on `device`: a fresh copy, alive as long as the caller
     /// keeps it.
     pub fn tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(self.to_f32(), self.dims), device)
+        self.column_block(0, self.dims[1], device)
     }
 
     /// Columns `start..end` widened to an f32 `[in, end - start]` tensor.
