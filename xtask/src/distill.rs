@@ -177,9 +177,8 @@ fn check_memory(recipe: &Recipe, args: &Args) -> Result<()> {
 }
 
 fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
-    let config = |dir: &Path| {
-        let path = dir.join("config.json");
-        Qwen2Config::from_file(&path).with_context(|| format!("memory plan: {}", path.display()))
+    let config = |path: &Path| {
+        Qwen2Config::from_file(path).with_context(|| format!("memory plan: {}", path.display()))
     };
     let student = config(&recipe.student.local_dir)?;
     let teacher_dir = &recipe.teacher.local_dir;
@@ -194,15 +193,11 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
             recipe.dataset.shards.display()
         )
     })?;
-    // Whether `memory.frozen_dtype` stores a checkpoint's matrices in bf16 ("auto" follows the
-    // checkpoint's own dtype, read from the safetensors headers alone).
-    let stores_bf16 = |dir: &Path| -> Result<bool> {
-        let checkpoint = qwen2::safetensors::Checkpoint::open(dir)
-            .with_context(|| format!("memory plan: the weights in {}", dir.display()))?;
-        Ok(recipe
-            .memory
-            .frozen_dtype
-            .stores_bf16(checkpoint.dominant_dtype()))
+    // Whether `memory.frozen_dtype` stores a model's matrices in bf16 ("auto" follows the
+    // checkpoint's own dtype, read from the safetensors headers or the GGUF directory alone).
+    let stores_bf16 = |path: &Path| -> Result<bool> {
+        qwen2::frozen_in_bf16(path, recipe.memory.frozen_dtype)
+            .with_context(|| format!("memory plan: the weights in {}", path.display()))
     };
     let teacher_bf16 = match &teacher {
         Some(_) => stores_bf16(teacher_dir)?,

@@ -15,7 +15,8 @@ use qwen2::{load_merged, load_model, GenerationConfig};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model directory in the Hugging Face layout (config.json, model.safetensors, tokenizer.json),
+    /// Model directory in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)
+    /// or a GGUF file,
     /// or a repo id in the Hugging Face cache (ORG/NAME[@REVISION]).
     #[arg(long, value_parser = hub::resolve_model_dir)]
     model: PathBuf,

@@ -14,6 +14,7 @@ mod distill;
 mod download;
 mod eval;
 mod generate;
+mod gguf;
 mod init_model;
 mod preprocess;
 mod quickstart;
@@ -43,6 +44,10 @@ enum Command {
     Distill(distill::Args),
     /// Evaluate models on token shards: loss, perplexity, KL to a teacher, speed, memory; writes a report.
     Eval(eval::Args),
+    /// Convert a GGUF model file to the Hugging Face layout (config.json, safetensors, tokenizer).
+    ImportGguf(gguf::ImportArgs),
+    /// Write a Hugging Face model folder as a GGUF file for llama.cpp, Ollama and LM Studio.
+    ExportGguf(gguf::ExportArgs),
     /// Write a randomly initialised Qwen2 checkpoint (Hugging Face layout).
     InitModel(init_model::Args),
     /// The whole pipeline offline on bundled data: preprocess, distill vs hard labels, evaluate, report.
@@ -59,6 +64,8 @@ fn main() {
         Command::Preprocess(args) => preprocess::run(args),
         Command::Distill(args) => distill::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::ImportGguf(args) => gguf::run_import(args),
+        Command::ExportGguf(args) => gguf::run_export(args),
         Command::InitModel(args) => init_model::run(args),
         Command::Quickstart(args) => quickstart::run(args),
     };

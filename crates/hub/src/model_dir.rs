@@ -1,6 +1,6 @@
 //! What a command's model-directory argument (`--model`, `--teacher`, `--tokenizer`, a recipe's
 //! `local_dir`) names: an existing folder as it is, or else a repo id (`Qwen/Qwen2.5-1.5B`,
-//! optionally `@revision`) found in the Hugging Face cache, so a model that Python tools
+//! optionally `@revision`) found in the Hugging Face cache; a `.gguf` file is taken as it is, so a model that Python tools
 //! already fetched is used offline and never fetched again. Resolution never uses the network.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ pub fn resolve_model_dir(arg: &str) -> Result<PathBuf, HubError> {
 /// [`resolve_model_dir`] with a revision given apart (a recipe's `revision`); an `@revision`
 /// in `arg` wins.
 pub fn resolve_model_dir_at(arg: &str, revision: Option<&str>) -> Result<PathBuf, HubError> {
-    if Path::new(arg).is_dir() || parse_repo_arg(arg).is_none() {
+    if Path::new(arg).is_dir() || is_gguf_file(arg) || parse_repo_arg(arg).is_none() {
         return Ok(PathBuf::from(arg));
     }
     let environment = HfEnvironment::from_env()?;
@@ -58,6 +58,14 @@ pub fn resolve_in_cache(
 }
 
 /// `org/name` or `org/name@revision`, when the part before `@` is a valid repo id.
+/// A `.gguf` path is a model file, never a repo id (`models/x.gguf` would parse as one); a
+/// missing one is reported by the loader, naming the path.
+fn is_gguf_file(arg: &str) -> bool {
+    Path::new(arg)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 fn parse_repo_arg(arg: &str) -> Option<(&str, Option<&str>)> {
     let (repo, revision) = match arg.split_once('@') {
         Some((repo, revision)) if !revision.is_empty() => (repo, Some(revision)),

@@ -27,7 +27,8 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::errors::{PreprocessError, Result};
-use crate::tokenize::{added_special_ids, load_tokenizer_file, read_json};
+use crate::model_files::ModelFiles;
+use crate::tokenize::added_special_ids;
 
 /// The verdict of [`check_tokenizers`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -363,14 +364,12 @@ struct LoadedSide {
 
 impl LoadedSide {
     fn load(dir: &Path) -> Result<Self> {
-        let (tokenizer, _) = load_tokenizer_file(dir)?;
-        let json = read_json(&dir.join("tokenizer.json"))?;
-        let config_path = dir.join("config.json");
-        let config = if config_path.is_file() {
-            Some(read_json(&config_path)?)
-        } else {
-            None
-        };
+        let ModelFiles {
+            tokenizer,
+            tokenizer_json: json,
+            config,
+            ..
+        } = ModelFiles::read(dir)?;
         let config_vocab_size = config
             .as_ref()
             .and_then(|c| c.get("vocab_size"))

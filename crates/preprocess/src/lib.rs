@@ -29,6 +29,7 @@ pub mod bench;
 pub mod compat;
 pub mod errors;
 pub mod manifest;
+mod model_files;
 pub mod pack;
 pub mod pipeline;
 pub mod shards;

@@ -10,12 +10,12 @@
 
 use std::path::{Path, PathBuf};
 
-use fsio::sha256_hex;
 use rayon::prelude::*;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::errors::{PreprocessError, Result};
+use crate::model_files::ModelFiles;
 
 /// A model directory's tokenizer and the special ids preprocessing needs.
 pub struct ModelTokenizer {
@@ -42,15 +42,6 @@ pub struct ModelTokenizer {
     pub eos_added: Option<u32>,
 }
 
-/// Reads a JSON file, mapping failures to `ConfigInvalid` naming the file.
-pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let bytes = std::fs::read(path).map_err(|err| PreprocessError::io(path, err))?;
-    serde_json::from_slice(&bytes).map_err(|err| PreprocessError::ConfigInvalid {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    })
-}
-
 /// A token's text in tokenizer_config.json: either `"<s>"` or `{"content": "<s>", ...}`.
 fn token_content(value: &Value) -> Option<&str> {
     match value {
@@ -58,26 +49,6 @@ fn token_content(value: &Value) -> Option<&str> {
         Value::Object(map) => map.get("content").and_then(Value::as_str),
         _ => None,
     }
-}
-
-/// Loads `tokenizer.json` of a model directory, reporting a missing or broken file clearly.
-pub(crate) fn load_tokenizer_file(dir: &Path) -> Result<(Tokenizer, String)> {
-    let path = dir.join("tokenizer.json");
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PreprocessError::TokenizerMissing {
-                dir: dir.to_path_buf(),
-            })
-        }
-        Err(err) => return Err(PreprocessError::io(&path, err)),
-    };
-    let tokenizer =
-        Tokenizer::from_bytes(&bytes).map_err(|err| PreprocessError::TokenizerInvalid {
-            path: path.clone(),
-            message: err.to_string(),
-        })?;
-    Ok((tokenizer, sha256_hex(&bytes)))
 }
 
 /// The ids a tokenizer adds around a text when asked for special tokens: `(prefix, suffix)`.
@@ -116,32 +87,19 @@ impl ModelTokenizer {
     /// Padding uses `tokenizer_config.json`'s `pad_token` when it names a known token, else eos.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let (mut tokenizer, tokenizer_sha256) = load_tokenizer_file(dir)?;
+        let ModelFiles {
+            mut tokenizer,
+            tokenizer_sha256,
+            config,
+            config_sha256,
+            tokenizer_config,
+            ..
+        } = ModelFiles::read(dir)?;
         // WikiText could in principle contain a literal "<|endoftext|>"; it is text, not a
         // document boundary, so it must not turn into the special id.
         tokenizer.set_encode_special_tokens(true);
         let vocab_size = tokenizer.get_vocab_size(true);
         let known = |id: u32| tokenizer.id_to_token(id).is_some();
-
-        let config_path = dir.join("config.json");
-        let (config, config_sha256) = if config_path.is_file() {
-            let bytes = std::fs::read(&config_path)
-                .map_err(|err| PreprocessError::io(&config_path, err))?;
-            let config: Value =
-                serde_json::from_slice(&bytes).map_err(|err| PreprocessError::ConfigInvalid {
-                    path: config_path.clone(),
-                    message: err.to_string(),
-                })?;
-            (Some(config), Some(sha256_hex(&bytes)))
-        } else {
-            (None, None)
-        };
-        let tokenizer_config_path = dir.join("tokenizer_config.json");
-        let tokenizer_config = if tokenizer_config_path.is_file() {
-            Some(read_json(&tokenizer_config_path)?)
-        } else {
-            None
-        };
 
         let config_vocab_size = config
             .as_ref()

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use gguf::GgufFile;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -32,8 +33,11 @@ pub struct Qwen2Config {
 }
 
 impl Qwen2Config {
-    /// Reads `DIR/config.json` (or a path to the file itself).
+    /// Reads `DIR/config.json` (or a path to the file itself), or a GGUF file's metadata.
     pub fn from_file(path: &Path) -> Result<Self> {
+        if gguf::is_gguf_path(path) {
+            return Self::from_gguf(&GgufFile::open(path)?, false);
+        }
         let path = if path.is_dir() {
             path.join("config.json")
         } else {
@@ -216,6 +220,39 @@ impl Qwen2Config {
             "use_sliding_window": false,
             "vocab_size": self.vocab_size,
         })
+    }
+
+    /// Every parameter of the model, by its Hugging Face name and PyTorch shape, in the order
+    /// transformers lists them (a tied lm_head is the embedding, listed once).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let mut names = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for layer in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{layer}");
+            for (part, shape) in [
+                ("input_layernorm.weight", vec![h]),
+                ("self_attn.q_proj.weight", vec![q, h]),
+                ("self_attn.q_proj.bias", vec![q]),
+                ("self_attn.k_proj.weight", vec![kv, h]),
+                ("self_attn.k_proj.bias", vec![kv]),
+                ("self_attn.v_proj.weight", vec![kv, h]),
+                ("self_attn.v_proj.bias", vec![kv]),
+                ("self_attn.o_proj.weight", vec![h, q]),
+                ("post_attention_layernorm.weight", vec![h]),
+                ("mlp.gate_proj.weight", vec![i, h]),
+                ("mlp.up_proj.weight", vec![i, h]),
+                ("mlp.down_proj.weight", vec![h, i]),
+            ] {
+                names.push((format!("{p}.{part}"), shape));
+            }
+        }
+        names.push(("model.norm.weight".into(), vec![h]));
+        if !self.tie_word_embeddings {
+            names.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        names
     }
 
     /// Number of parameters, counting a tied embedding once.
@@ -421,4 +458,201 @@ impl GenerationConfig {
         }
         json
     }
+}
+
+// ---- GGUF metadata (llama.cpp's `qwen2` layout) ----
+
+/// The architectures a GGUF may declare in `general.architecture`, for error messages.
+pub const GGUF_ARCHITECTURES: &str =
+    "qwen2 (Qwen2, Qwen2.5, Qwen2.5-Coder, DeepSeek-R1-Distill-Qwen)";
+
+/// The largest relative RMS difference between a GGUF's `output.weight` and
+/// `token_embd.weight` at which the two are taken for one matrix quantized twice (the Qwen
+/// GGUFs store their tied embedding so). Quantization noise of the 4- to 8-bit types is a few
+/// percent of the values' RMS; two unrelated matrices differ by about 141%.
+pub const GGUF_TIED_TOLERANCE: f64 = 0.15;
+
+impl Qwen2Config {
+    /// The hyper-parameters of a GGUF file from its `general.*`, `qwen2.*` and
+    /// `tokenizer.ggml.*` keys, checked against its tensors' shapes. The output is tied when the
+    /// file has no `output.weight`, or (unless `untie`) when it has one that equals
+    /// `token_embd.weight` within quantization noise ([`gguf_output_difference`]).
+    pub fn from_gguf(file: &GgufFile, untie: bool) -> Result<Self> {
+        let error =
+            |key: &str, message: String| ModelError::Gguf(file.metadata_error(key, message));
+        let architecture = file.require_str("general.architecture")?;
+        if architecture != "qwen2" {
+            return Err(error(
+                "general.architecture",
+                format!("`{architecture}` is not supported; supported: {GGUF_ARCHITECTURES}"),
+            ));
+        }
+        let key = |name: &str| format!("qwen2.{name}");
+        let count = |name: &str| -> Result<usize> {
+            match file.require_u64(&key(name))? {
+                0 => Err(error(&key(name), "must be positive".into())),
+                value => Ok(value as usize),
+            }
+        };
+        let float = |name: &str, default: f64| -> Result<f64> {
+            match file.get(&key(name)) {
+                Some(value) => value.as_f64().ok_or_else(|| {
+                    error(&key(name), format!("{} is not a number", value.describe()))
+                }),
+                None => Ok(default),
+            }
+        };
+        let hidden_size = count("embedding_length")?;
+        let num_attention_heads = count("attention.head_count")?;
+        let num_key_value_heads = match file.get(&key("attention.head_count_kv")) {
+            Some(_) => count("attention.head_count_kv")?,
+            None => num_attention_heads,
+        };
+        if hidden_size % num_attention_heads != 0 {
+            return Err(error(
+                &key("attention.head_count"),
+                format!(
+                    "{num_attention_heads} does not divide qwen2.embedding_length {hidden_size}"
+                ),
+            ));
+        }
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(error(
+                &key("attention.head_count_kv"),
+                format!("{num_key_value_heads} does not divide qwen2.attention.head_count {num_attention_heads}"),
+            ));
+        }
+        if let Some(value) = file.get(&key("rope.scaling.type")) {
+            if value.as_str() != Some("none") {
+                return Err(error(
+                    &key("rope.scaling.type"),
+                    format!(
+                        "{} RoPE scaling is not supported: only none",
+                        value.describe()
+                    ),
+                ));
+            }
+        }
+        // The vocabulary is the embedding's row count (llama.cpp pads the token list to it).
+        let vocab_size = match file.tensor("token_embd.weight").map(|t| t.shape()) {
+            Some(shape) if shape.len() == 2 && shape[1] == hidden_size => shape[0],
+            Some(shape) => {
+                return Err(ModelError::Gguf(gguf::GgufError::WrongShape {
+                    path: file.path().to_path_buf(),
+                    name: "token_embd.weight".into(),
+                    expected: vec![shape.first().copied().unwrap_or(0), hidden_size],
+                    found: shape,
+                }))
+            }
+            None => {
+                return Err(ModelError::Gguf(gguf::GgufError::MissingTensor {
+                    path: file.path().to_path_buf(),
+                    name: "token_embd.weight".into(),
+                }))
+            }
+        };
+        let token_id = |name: &str| {
+            file.get(&format!("tokenizer.ggml.{name}"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+        };
+        let mut config = Qwen2Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size: count("feed_forward_length")?,
+            num_hidden_layers: count("block_count")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim: hidden_size / num_attention_heads,
+            max_position_embeddings: match file.get(&key("context_length")) {
+                Some(_) => count("context_length")?,
+                None => 32768,
+            },
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6)?,
+            rope_theta: float("rope.freq_base", 10000.0)?,
+            tie_word_embeddings: true,
+            bos_token_id: token_id("bos_token_id"),
+            eos_token_ids: token_id("eos_token_id").into_iter().collect(),
+            torch_dtype: "bfloat16".into(),
+        };
+        config.check_gguf_shapes(file)?;
+        if file.tensor("output.weight").is_some() {
+            config.tie_word_embeddings =
+                !untie && gguf_output_difference(file, &config)? < GGUF_TIED_TOLERANCE;
+        }
+        Ok(config)
+    }
+
+    /// Every tensor has the shape the metadata implies, named before any weight is read.
+    fn check_gguf_shapes(&self, file: &GgufFile) -> Result<()> {
+        let mut expected = self.tensor_shapes();
+        if file.tensor("output.weight").is_some() {
+            expected.push((
+                "lm_head.weight".into(),
+                vec![self.vocab_size, self.hidden_size],
+            ));
+        }
+        for (hf_name, shape) in expected {
+            let name = gguf_tensor_name(&hf_name).expect("every Qwen2 parameter has a GGUF name");
+            let Some(info) = file.tensor(&name) else {
+                return Err(ModelError::Gguf(gguf::GgufError::MissingTensor {
+                    path: file.path().to_path_buf(),
+                    name: format!(
+                        "{name} (qwen2.block_count says {} layers)",
+                        self.num_hidden_layers
+                    ),
+                }));
+            };
+            if info.shape() != shape {
+                return Err(ModelError::Gguf(gguf::GgufError::WrongShape {
+                    path: file.path().to_path_buf(),
+                    name,
+                    expected: shape,
+                    found: info.shape(),
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// llama.cpp's name of a Hugging Face Qwen2 parameter (`convert_hf_to_gguf.py`'s mapping).
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    match hf_name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = part.rsplit_once('.')?;
+    let gguf_module = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf_module}.{suffix}"))
+}
+
+/// The relative RMS difference between a GGUF's `output.weight` and `token_embd.weight`, over
+/// every 16th row (enough to tell one matrix quantized twice from two matrices).
+pub fn gguf_output_difference(file: &GgufFile, config: &Qwen2Config) -> Result<f64> {
+    let rows: Vec<usize> = (0..config.vocab_size).step_by(16).collect();
+    let embedding = file.read_rows_f32("token_embd.weight", &rows)?;
+    let output = file.read_rows_f32("output.weight", &rows)?;
+    let (mut difference, mut norm) = (0f64, 0f64);
+    for (x, y) in embedding.iter().zip(&output) {
+        difference += ((x - y) as f64).powi(2);
+        norm += (*x as f64).powi(2);
+    }
+    Ok((difference / norm.max(f64::MIN_POSITIVE)).sqrt())
 }

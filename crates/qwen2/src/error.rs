@@ -57,6 +57,10 @@ pub enum ModelError {
     #[error(transparent)]
     File(#[from] fsio::FileError),
 
+    /// A GGUF file that cannot be read as a model (names the file, and the key or tensor).
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod load;
 pub mod lora;
 pub mod loss;
@@ -18,8 +19,10 @@ pub mod weight;
 pub use config::{GenerationConfig, Qwen2Config};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Sampling};
+pub use gguf::{is_gguf, GgufModel, GgufOptions};
 pub use load::{
-    build_frozen_model, build_model, load_frozen_model, load_model, RandomWeights, WeightSource,
+    build_frozen_model, build_model, frozen_in_bf16, load_frozen_model, load_model, RandomWeights,
+    WeightSource,
 };
 pub use lora::{
     adapter_base, attach_lora, freeze, load_adapter, load_merged, merge_lora, save_adapter,

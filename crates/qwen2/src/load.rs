@@ -11,8 +11,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Qwen2Config;
 use crate::error::Result;
+use crate::gguf::{is_gguf, GgufModel};
 use crate::model::{Attention, DecoderLayer, Linear, Mlp, Model, RmsNorm};
-use crate::safetensors::Checkpoint;
+use crate::safetensors::{Checkpoint, Dtype};
 use crate::weight::{FrozenDtype, FrozenMatrix, Weight};
 
 /// Where parameter values come from, by Hugging Face name and PyTorch-layout shape.
@@ -24,6 +25,20 @@ pub trait WeightSource {
 impl WeightSource for Checkpoint {
     fn tensor(&mut self, name: &str, shape: &[usize], transpose: bool) -> Result<Vec<f32>> {
         self.read_f32(name, shape, transpose)
+    }
+}
+
+impl WeightSource for GgufModel {
+    fn tensor(&mut self, name: &str, shape: &[usize], transpose: bool) -> Result<Vec<f32>> {
+        let gguf_name = self.gguf_name(name).ok_or_else(|| {
+            crate::error::ModelError::Invalid(format!("no GGUF tensor holds `{name}`"))
+        })?;
+        let values = self.file.read_f32(&gguf_name, shape)?;
+        Ok(if transpose && shape.len() == 2 {
+            crate::gguf::transpose_matrix(&values, shape[0], shape[1])
+        } else {
+            values
+        })
     }
 }
 
@@ -55,27 +70,63 @@ impl WeightSource for RandomWeights {
     }
 }
 
-/// Loads a Qwen2 checkpoint directory (config.json + safetensors) onto `device`.
-pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Model<B>, Qwen2Config)> {
-    let config = Qwen2Config::from_file(dir)?;
-    let mut checkpoint = Checkpoint::open(dir)?;
-    let model = build_model(&config, &mut checkpoint, device)?;
-    Ok((model, config))
+/// A model's weights as they are stored: a Hugging Face folder or a GGUF file.
+struct StoredModel {
+    config: Qwen2Config,
+    source: Box<dyn WeightSource>,
+    /// What `frozen_dtype = auto` chooses: bf16 for a bf16 checkpoint (nothing is rounded) and
+    /// for a quantized GGUF (its dequantized values are exact in no type narrower than f32).
+    auto_bf16: bool,
 }
 
-/// Loads a checkpoint as a frozen model (a teacher, a LoRA base): no parameter takes a
-/// gradient, and with bf16 storage each matrix is rounded as it is read, so the f32 model never
-/// exists. Returns the bf16 decision with the model.
+fn open_stored(path: &Path) -> Result<StoredModel> {
+    if is_gguf(path) {
+        let model = GgufModel::open(path)?;
+        return Ok(StoredModel {
+            config: model.config.clone(),
+            auto_bf16: model.is_quantized(),
+            source: Box::new(model),
+        });
+    }
+    let config = Qwen2Config::from_file(path)?;
+    let checkpoint = Checkpoint::open(path)?;
+    Ok(StoredModel {
+        config,
+        auto_bf16: checkpoint.dominant_dtype() == Some(Dtype::BF16),
+        source: Box::new(checkpoint),
+    })
+}
+
+/// Whether a frozen copy of the model at `path` keeps its matrices in bf16 under `dtype`.
+pub fn frozen_in_bf16(path: &Path, dtype: FrozenDtype) -> Result<bool> {
+    let auto_bf16 = if is_gguf(path) {
+        GgufModel::open(path)?.is_quantized()
+    } else {
+        Checkpoint::open(path)?.dominant_dtype() == Some(Dtype::BF16)
+    };
+    Ok(dtype.stores_bf16(auto_bf16))
+}
+
+/// Loads a Qwen2 model (a checkpoint directory with config.json and safetensors, or a GGUF
+/// file) onto `device`.
+pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(Model<B>, Qwen2Config)> {
+    let mut stored = open_stored(path)?;
+    let model = build_model(&stored.config, stored.source.as_mut(), device)?;
+    Ok((model, stored.config))
+}
+
+/// Loads a model as a frozen model (a teacher, a LoRA base): no parameter takes a gradient,
+/// and with bf16 storage each matrix is rounded as it is read, so the f32 model never exists.
+/// Returns the bf16 decision with the model.
 pub fn load_frozen_model<B: Backend>(
-    dir: &Path,
+    path: &Path,
     device: &B::Device,
     dtype: FrozenDtype,
 ) -> Result<(Model<B>, Qwen2Config, bool)> {
-    let config = Qwen2Config::from_file(dir)?;
-    let mut checkpoint = Checkpoint::open(dir)?;
-    let bf16 = dtype.stores_bf16(checkpoint.dominant_dtype());
-    let model = build_frozen_model(&config, &mut checkpoint, device, bf16)?;
-    Ok((model, config, bf16))
+    let mut stored = open_stored(path)?;
+    let bf16 = dtype.stores_bf16(stored.auto_bf16);
+    let model = build_frozen_model(&stored.config, stored.source.as_mut(), device, bf16)?;
+    Ok((model, stored.config, bf16))
 }
 
 /// Builds the model tensor by tensor from `source`.

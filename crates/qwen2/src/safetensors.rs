@@ -210,6 +210,26 @@ impl Checkpoint {
             .unwrap_or_default()
     }
 
+    /// Checks that tensor `name` exists with `expected_shape`.
+    pub fn check_shape(&self, name: &str, expected_shape: &[usize]) -> Result<()> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path_of(name),
+                name: name.to_string(),
+            })?;
+        if entry.shape != expected_shape {
+            return Err(ModelError::WrongShape {
+                path: self.files[entry.file].0.clone(),
+                name: name.to_string(),
+                expected: expected_shape.to_vec(),
+                found: entry.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads tensor `name` as f32, checking it has `expected_shape`. With `transpose`, a 2-D
     /// `[rows, cols]` tensor is returned as `[cols, rows]` (Burn's linear layout), converted
     /// and transposed in one pass so no second full-size copy exists.
@@ -219,22 +239,9 @@ impl Checkpoint {
         expected_shape: &[usize],
         transpose: bool,
     ) -> Result<Vec<f32>> {
-        let entry = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path_of(name),
-                name: name.to_string(),
-            })?;
+        self.check_shape(name, expected_shape)?;
+        let entry = &self.tensors[name];
         let (path, file) = &self.files[entry.file];
-        if entry.shape != expected_shape {
-            return Err(ModelError::WrongShape {
-                path: path.clone(),
-                name: name.to_string(),
-                expected: expected_shape.to_vec(),
-                found: entry.shape.clone(),
-            });
-        }
         let dtype = parse_dtype(&entry.dtype_name).ok_or_else(|| ModelError::UnsupportedDtype {
             path: path.clone(),
             name: name.to_string(),

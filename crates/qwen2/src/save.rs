@@ -134,7 +134,8 @@ impl<B: Backend> Model<B> {
 /// What to write besides the weights.
 pub struct SaveOptions<'a> {
     pub dtype: Dtype,
-    /// Copy tokenizer files from this directory, when given.
+    /// Copy tokenizer files from this directory (or write them from this GGUF file's tokenizer),
+    /// when given.
     pub tokenizer_dir: Option<&'a Path>,
     pub generation: Option<&'a GenerationConfig>,
 }
@@ -149,32 +150,18 @@ pub fn save_model<B: Backend>(
     dir: &Path,
     options: &SaveOptions<'_>,
 ) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ModelError::Io { path, source }
-    };
-    let staging = sibling(dir, "tmp");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    write_dir_atomically(dir, |staging| {
+        write_model_files(model, config, staging, options)
+    })
+}
 
-    let mut config = config.clone();
-    config.torch_dtype = options.dtype.torch_name().to_string();
-    write_json(&staging.join("config.json"), &config.to_hf_json())?;
-    let generation = options
-        .generation
-        .cloned()
-        .unwrap_or_else(|| GenerationConfig {
-            eos_token_ids: config.eos_token_ids.clone(),
-            bos_token_id: config.bos_token_id,
-            ..GenerationConfig::default()
-        });
-    write_json(
-        &staging.join("generation_config.json"),
-        &generation.to_hf_json(),
-    )?;
-
+fn write_model_files<B: Backend>(
+    model: &Model<B>,
+    config: &Qwen2Config,
+    staging: &Path,
+    options: &SaveOptions<'_>,
+) -> Result<()> {
+    write_configs(config, options.dtype, options.generation, staging)?;
     let tensors = model
         .named_tensors()
         .into_iter()
@@ -186,14 +173,70 @@ pub fn save_model<B: Backend>(
         .collect();
     write_safetensors(&staging.join("model.safetensors"), tensors, options.dtype)?;
 
-    if let Some(source_dir) = options.tokenizer_dir {
+    match options.tokenizer_dir {
+        Some(source) => write_tokenizer_files(source, staging),
+        None => Ok(()),
+    }
+}
+
+/// config.json (with `torch_dtype` set to the weights' `dtype`) and generation_config.json
+/// (the given one, or greedy decoding stopping at config.json's eos).
+pub(crate) fn write_configs(
+    config: &Qwen2Config,
+    dtype: Dtype,
+    generation: Option<&GenerationConfig>,
+    dir: &Path,
+) -> Result<()> {
+    let mut config = config.clone();
+    config.torch_dtype = dtype.torch_name().to_string();
+    write_json(&dir.join("config.json"), &config.to_hf_json())?;
+    let generation = generation.cloned().unwrap_or_else(|| GenerationConfig {
+        eos_token_ids: config.eos_token_ids.clone(),
+        bos_token_id: config.bos_token_id,
+        ..GenerationConfig::default()
+    });
+    write_json(
+        &dir.join("generation_config.json"),
+        &generation.to_hf_json(),
+    )
+}
+
+/// The tokenizer files of the model at `source` into `dir`: copied from a folder, or written
+/// from a GGUF file's tokenizer.
+pub(crate) fn write_tokenizer_files(source: &Path, dir: &Path) -> Result<()> {
+    if crate::gguf::is_gguf(source) {
+        crate::gguf::write_tokenizer_files(source, dir)?;
+    } else {
         for file in TOKENIZER_FILES {
-            let from = source_dir.join(file);
+            let from = source.join(file);
             if from.exists() {
-                let bytes = std::fs::read(&from).map_err(io(&from))?;
-                fsio::write_atomic(&staging.join(file), &bytes)?;
+                let bytes = std::fs::read(&from).map_err(|source| ModelError::Io {
+                    path: from.clone(),
+                    source,
+                })?;
+                fsio::write_atomic(&dir.join(file), &bytes)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Writes the directory `dir` whole or not at all: `write` fills a fresh staging directory
+/// beside it, which is synced and swapped in at the end, so a crash never leaves a
+/// half-written model where a complete one is expected.
+pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path, source }
+    };
+    let staging = sibling(dir, "tmp");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    if let Err(error) = write(&staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
     }
     fsio::sync_dir(&staging);
 

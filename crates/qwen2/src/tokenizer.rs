@@ -14,8 +14,12 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `DIR/tokenizer.json`.
+    /// Loads `DIR/tokenizer.json`, or the tokenizer a GGUF file's metadata describes.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        if gguf::is_gguf_path(dir) {
+            let json = gguf::tokenizer::tokenizer_json(&gguf::GgufFile::open(dir)?)?;
+            return Self::from_json(&json, dir);
+        }
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(ModelError::Tokenizer {
@@ -28,6 +32,20 @@ impl Tokenizer {
             message: format!("cannot parse: {e}"),
         })?;
         Ok(Self { inner, path })
+    }
+
+    /// Builds the tokenizer from a tokenizer.json document; `path` names its origin in errors.
+    pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
+        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json.clone()).map_err(|e| {
+            ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!("cannot build the tokenizer: {e}"),
+            }
+        })?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Encodes text as `tokenizer(text)` does in transformers: with the tokenizer's own special
@@ -99,6 +117,18 @@ pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 /// first (it overrides the config's field), else `chat_template` in tokenizer_config.json.
 /// Returns the template and the file it came from.
 pub fn chat_template(dir: &Path) -> Result<(String, PathBuf)> {
+    if gguf::is_gguf_path(dir) {
+        let file = gguf::GgufFile::open(dir)?;
+        return match file.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(template) => Ok((template.to_string(), dir.to_path_buf())),
+            None => Err(ModelError::ChatTemplate {
+                path: dir.to_path_buf(),
+                message: "metadata key `tokenizer.chat_template` is missing: this model has no \
+                          chat template (a base model?); run without --chat"
+                    .into(),
+            }),
+        };
+    }
     let jinja = dir.join(CHAT_TEMPLATE_FILE);
     if jinja.is_file() {
         let bytes = read_file(&jinja)?;
@@ -134,17 +164,35 @@ pub fn chat_template(dir: &Path) -> Result<(String, PathBuf)> {
     Ok((template, path))
 }
 
+/// tokenizer_config.json's fields, or for a GGUF the bos and eos token strings under the same
+/// names (what a chat template may print).
+fn special_tokens(dir: &Path) -> Result<Value> {
+    if gguf::is_gguf_path(dir) {
+        let file = gguf::GgufFile::open(dir)?;
+        let token = |key: &str| {
+            file.get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|id| gguf::tokenizer::token_string(&file, id))
+        };
+        return Ok(serde_json::json!({
+            "bos_token": token("tokenizer.ggml.bos_token_id"),
+            "eos_token": token("tokenizer.ggml.eos_token_id"),
+        }));
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    if config_path.is_file() {
+        read_json(&config_path)
+    } else {
+        Ok(Value::Null)
+    }
+}
+
 /// Renders the model's chat template ([`chat_template`]) for one user message, with the
 /// generation prompt appended, as `apply_chat_template(..., add_generation_prompt=True)`. The
 /// special tokens it may print come from tokenizer_config.json, when there is one.
 pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
     let (template, path) = chat_template(dir)?;
-    let config_path = dir.join("tokenizer_config.json");
-    let config = if config_path.is_file() {
-        read_json(&config_path)?
-    } else {
-        Value::Null
-    };
+    let config = special_tokens(dir)?;
     let error = |message: String| ModelError::ChatTemplate {
         path: path.clone(),
         message,

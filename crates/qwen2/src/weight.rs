@@ -29,7 +29,8 @@ use rayon::prelude::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrozenDtype {
-    /// bf16 when the checkpoint is stored in bf16 (nothing is rounded), f32 otherwise.
+    /// bf16 when the checkpoint is stored in bf16 (nothing is rounded) or is a quantized GGUF,
+    /// f32 otherwise.
     #[default]
     Auto,
     /// bf16 always: an f32 or f16 checkpoint is rounded to bf16 as it loads.
@@ -38,10 +39,11 @@ pub enum FrozenDtype {
 }
 
 impl FrozenDtype {
-    /// Whether matrices are stored in bf16, for a checkpoint whose tensors are mostly `stored`.
-    pub fn stores_bf16(self, stored: Option<crate::safetensors::Dtype>) -> bool {
+    /// Whether matrices are stored in bf16, for a checkpoint where `auto` would choose bf16
+    /// when `auto_bf16` (see `load::frozen_in_bf16`).
+    pub fn stores_bf16(self, auto_bf16: bool) -> bool {
         match self {
-            FrozenDtype::Auto => stored == Some(crate::safetensors::Dtype::BF16),
+            FrozenDtype::Auto => auto_bf16,
             FrozenDtype::Bfloat16 => true,
             FrozenDtype::Float32 => false,
         }
