@@ -204,8 +204,8 @@ pub(crate) fn write_configs(
 /// The tokenizer files of the model at `source` into `dir`: copied from a folder, or written
 /// from a GGUF file's tokenizer.
 pub(crate) fn write_tokenizer_files(source: &Path, dir: &Path) -> Result<()> {
-    if crate::gguf::is_gguf(source) {
-        crate::gguf::write_tokenizer_files(source, dir)?;
+    if gguf::is_gguf_path(source) {
+        crate::tokenizer::write_gguf_tokenizer_files(source, dir)?;
     } else {
         for file in TOKENIZER_FILES {
             let from = source.join(file);

@@ -235,3 +235,40 @@ pub fn render_chat(dir: &Path, user_message: &str) -> Result<String> {
         .and_then(|t| t.render(context))
         .map_err(|e| error(format!("cannot render: {e}")))
 }
+
+/// Writes the Hugging Face tokenizer files of a GGUF's tokenizer into `dir`: tokenizer.json
+/// (as `gguf::tokenizer` builds it, which transformers' GGUF reading equals) and
+/// tokenizer_config.json with the chat template and the special tokens, as transformers
+/// derives them from the file.
+pub fn write_gguf_tokenizer_files(gguf_path: &Path, dir: &Path) -> Result<()> {
+    let file = gguf::GgufFile::open(gguf_path)?;
+    let tokenizer = gguf::tokenizer::tokenizer_json(&file)?;
+    fsio::write_atomic(
+        &dir.join("tokenizer.json"),
+        serde_json::to_string(&tokenizer).expect("json").as_bytes(),
+    )?;
+    let token = |key: &str| {
+        file.get(key)
+            .and_then(|v| v.as_u64())
+            .and_then(|id| gguf::tokenizer::token_string(&file, id))
+    };
+    let flag = |key: &str| file.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+    let mut config = serde_json::json!({
+        // The tokenizer.json above is complete; a model-specific class would rebuild parts of it.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": flag("tokenizer.ggml.add_bos_token"),
+        "add_eos_token": flag("tokenizer.ggml.add_eos_token"),
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
+        "pad_token": token("tokenizer.ggml.padding_token_id"),
+        "unk_token": token("tokenizer.ggml.unknown_token_id"),
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": file.get("qwen2.context_length").and_then(|v| v.as_u64()),
+    });
+    if let Some(template) = file.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        config["chat_template"] = template.into();
+    }
+    let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
+    fsio::write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())?;
+    Ok(())
+}
