@@ -39,6 +39,7 @@ pub mod wikitext;
 pub use compat::{check_distillation_tokenizers, check_tokenizers, CompatReport, TokenizerCompat};
 pub use errors::{PreprocessError, Result};
 pub use manifest::Manifest;
+pub use model_files::tokenizer_sha256;
 pub use pack::Block;
 pub use pipeline::{preprocess, PreprocessOptions, PreprocessOutcome};
 pub use shards::{open_parquet_with_schema, shuffled_order, ShardReader};

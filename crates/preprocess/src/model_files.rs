@@ -122,3 +122,9 @@ impl ModelFiles {
         })
     }
 }
+
+/// sha256 of the tokenizer.json of the model at `dir` (for a GGUF, of the tokenizer.json its
+/// metadata builds): what a record of "made with this tokenizer" compares.
+pub fn tokenizer_sha256(dir: &Path) -> Result<String> {
+    Ok(ModelFiles::read(dir)?.tokenizer_sha256)
+}

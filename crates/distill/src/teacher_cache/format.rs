@@ -32,8 +32,26 @@ pub struct TeacherFingerprint {
 }
 
 impl TeacherFingerprint {
-    /// Fingerprints the checkpoint directory `dir` (config.json + *.safetensors).
+    /// Fingerprints the checkpoint directory `dir` (config.json + *.safetensors), or a GGUF
+    /// file (its metadata's config and its size).
     pub fn of_dir(dir: &Path) -> Result<Self, CacheError> {
+        if qwen2::is_gguf(dir) {
+            let config = qwen2::Qwen2Config::from_file(dir)
+                .map_err(|err| CacheError::io(dir, std::io::Error::other(err.to_string())))?;
+            let bytes = std::fs::metadata(dir)
+                .map_err(|err| CacheError::io(dir, err))?
+                .len();
+            let name = dir
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            return Ok(Self {
+                dir: dir.display().to_string(),
+                config_sha256: fsio::sha256_hex(
+                    serde_json::to_string(&config).expect("json").as_bytes(),
+                ),
+                weight_files: vec![(name, bytes)],
+            });
+        }
         let config = dir.join("config.json");
         let config_sha256 = fsio::sha256_file(&config)?;
         let mut weight_files = Vec::new();

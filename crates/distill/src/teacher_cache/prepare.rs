@@ -184,8 +184,12 @@ pub fn prepare<B: Backend>(
     let teacher_dir = &recipe.teacher.local_dir;
     let train_dir = train_cache_dir(recipe);
     let record_path = train_dir.join(TEACHER_RECORD_FILE);
-    let student_tokenizer = recipe.student.local_dir.join("tokenizer.json");
-    let teacher_present = teacher_dir.join("config.json").is_file();
+    let student_tokenizer = &recipe.student.local_dir;
+    let teacher_present = if qwen2::is_gguf(teacher_dir) {
+        teacher_dir.is_file()
+    } else {
+        teacher_dir.join("config.json").is_file()
+    };
     let (record, objective) = if teacher_present {
         let config = Qwen2Config::from_file(teacher_dir)?;
         recipe.check_layers(
@@ -202,7 +206,7 @@ pub fn prepare<B: Backend>(
             num_hidden_layers: config.num_hidden_layers,
             masked_token_ids: objective.masked_token_ids.clone(),
             vocab_rows: objective.vocab_rows.as_deref().map(ranges),
-            student_tokenizer_sha256: fsio::sha256_file(&student_tokenizer)?,
+            student_tokenizer_sha256: preprocess::tokenizer_sha256(student_tokenizer)?,
         };
         (record, objective)
     } else {
@@ -216,7 +220,7 @@ pub fn prepare<B: Backend>(
             )));
         }
         let record = TeacherRecord::load(&record_path)?;
-        if record.student_tokenizer_sha256 != fsio::sha256_file(&student_tokenizer)? {
+        if record.student_tokenizer_sha256 != preprocess::tokenizer_sha256(student_tokenizer)? {
             return Err(TrainError::Invalid(format!(
                 "--cache-teacher: {} was made with another student tokenizer than {}, and the \
                  teacher ({}) is not there to check the tokenizers again: restore \
