@@ -83,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         );
         recipe.memory.frozen_dtype = FrozenDtype::Float32;
     }
+    check_shards_exist(&recipe, &args.config)?;
     check_memory(&recipe, &args)?;
     if args.dry_run {
         return Ok(());
@@ -176,6 +177,29 @@ fn check_memory(recipe: &Recipe, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Shards that were never made get the command that makes them, before anything else fails on
+/// their absence.
+fn check_shards_exist(recipe: &Recipe, config: &Path) -> Result<()> {
+    let shards = &recipe.dataset.shards;
+    if shards.join("manifest.json").is_file() {
+        return Ok(());
+    }
+    let make = if shards.starts_with("data/quickstart") {
+        "`cargo xtask quickstart` makes them (and the quickstart's student) first".to_string()
+    } else {
+        format!(
+            "make them with `cargo xtask preprocess --tokenizer {} --input <WikiText folder> --out {} --seq-len <N>`",
+            recipe.student.local_dir.display(),
+            shards.display()
+        )
+    };
+    bail!(
+        "{}: dataset.shards = {} holds no token shards (no manifest.json): {make}",
+        config.display(),
+        shards.display()
+    )
+}
+
 fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
     let config = |path: &Path| {
         Qwen2Config::from_file(path).with_context(|| format!("memory plan: {}", path.display()))
@@ -195,7 +219,26 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
     })?;
     // Whether `memory.frozen_dtype` stores a model's matrices in bf16 ("auto" follows the
     // checkpoint's own dtype, read from the safetensors headers or the GGUF directory alone).
+    // A folder whose weights are not downloaded yet is planned from config.json's dtype, so a
+    // user learns whether a job fits before fetching gigabytes.
     let stores_bf16 = |path: &Path| -> Result<bool> {
+        let weights_absent = path.is_dir()
+            && !path.join("model.safetensors").exists()
+            && !path.join("model.safetensors.index.json").exists();
+        if weights_absent {
+            let config = Qwen2Config::from_file(path)
+                .with_context(|| format!("memory plan: {}", path.display()))?;
+            eprintln!(
+                "note: {} has no weight files yet; planning as if they are stored as its \
+                 config.json says ({})",
+                path.display(),
+                config.torch_dtype
+            );
+            return Ok(recipe
+                .memory
+                .frozen_dtype
+                .stores_bf16(config.torch_dtype == "bfloat16"));
+        }
         qwen2::frozen_in_bf16(path, recipe.memory.frozen_dtype)
             .with_context(|| format!("memory plan: the weights in {}", path.display()))
     };

@@ -5,8 +5,8 @@
 //! Model weights, gradients and AdamW's moments are exact (4 bytes per f32 element). The
 //! activations autodiff keeps for the backward pass and the vocabulary-sized transients are
 //! per-token coefficients, counted from what the model's forward pass saves (see
-//! `ACTIVATION_FLOATS_PER_TOKEN_LAYER`) and checked against measured peaks (README, "what to
-//! expect"; `cargo xtask bench distill-step` prints the plan beside the measured peak).
+//! `activation_floats_per_token_layer`) and checked against measured peaks (docs/memory-and-lora.md;
+//! `cargo xtask bench distill-step` prints the plan beside the measured peak).
 
 use qwen2::{LoraSettings, Qwen2Config};
 use serde::Serialize;
@@ -61,7 +61,7 @@ pub struct RunShape<'a> {
 /// (about 5 x intermediate), the attention scores, masked scores and probabilities
 /// (3 x heads x keys) and a few hidden-width tensors (norm inputs, q/k/v/o, the residual stream;
 /// about 4 x hidden). Fitted to measured peaks: Qwen2.5-0.5B full-parameter at 128, 256 and 512
-/// tokens and Qwen2.5-1.5B LoRA at 256 and 512 (README, "what to expect").
+/// tokens and Qwen2.5-1.5B LoRA at 256 and 512 (docs/memory-and-lora.md).
 fn activation_floats_per_token_layer(config: &Qwen2Config, keys: usize) -> u64 {
     let h = config.hidden_size as u64;
     let i = config.intermediate_size as u64;

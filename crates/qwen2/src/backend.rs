@@ -13,7 +13,7 @@ use crate::error::{ModelError, Result};
 pub type NdArrayCpu = burn::backend::NdArray<f32>;
 /// burn-flex: the `gemm` crate's matmul (with an unpacked matrix-vector path for batch-1
 /// decoding), zero-copy views and SIMD element-wise kernels. About twice ndarray's speed on a
-/// training step here (README, "what to expect"), with the same parity to transformers.
+/// training step here (docs/performance.md), with the same parity to transformers.
 pub type FlexCpu = burn::backend::Flex;
 /// The default CPU backend.
 pub type Cpu = FlexCpu;

@@ -125,7 +125,10 @@ impl LoraSettings {
                 .min()
                 .unwrap_or(0)
         });
-        if self.rank == 0 || self.rank > narrowest {
+        if self.rank == 0 {
+            return invalid("rank", "is 0; it must be at least 1".into());
+        }
+        if self.rank > narrowest {
             return invalid(
                 "rank",
                 format!(

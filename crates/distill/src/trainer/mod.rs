@@ -247,14 +247,16 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             + position.batches_in_epoch as f64 / self.train_data.batches_per_epoch() as f64
     }
 
-    /// Every `logging_steps`: the window's mean loss, the learning rate, the gradient norm
-    /// and the throughput to the metrics log (and a plain progress line without a terminal);
-    /// the progress bar on every update.
+    /// Every `logging_steps` and after the last update (so even a run shorter than
+    /// `logging_steps` leaves a training row): the window's mean loss, the learning rate, the
+    /// gradient norm and the throughput to the metrics log (and a plain progress line without
+    /// a terminal); the progress bar on every update.
     pub fn log(&mut self, update: &Update) -> Result<(), TrainError> {
         let epoch = self.epoch_position();
-        if update
-            .step
-            .is_multiple_of(self.recipe.training.logging_steps)
+        if update.last
+            || update
+                .step
+                .is_multiple_of(self.recipe.training.logging_steps)
         {
             let window = std::mem::take(&mut self.state.log_window);
             let seconds = self.window_started.elapsed().as_secs_f64().max(1e-9);
