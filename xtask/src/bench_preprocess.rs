@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100.0)]
     mb: f64,
 
-    /// Model directory holding tokenizer.json.
+    /// Model directory holding tokenizer.json, or a GGUF file.
     #[arg(
         long,
         value_name = "MODEL_DIR",

@@ -16,7 +16,7 @@ use qwen2::load_model;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// A model directory (Hugging Face layout) to evaluate, or a repo id in the Hugging Face
+    /// A model directory (Hugging Face layout) or GGUF file to evaluate, or a repo id in the Hugging Face
     /// cache (ORG/NAME[@REVISION]), or a LoRA adapter directory (PEFT's layout, e.g. a LoRA
     /// run's final-adapter), evaluated merged into its base; repeat for several rows.
     #[arg(long = "model", required = true, value_name = "DIR")]

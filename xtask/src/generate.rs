@@ -43,7 +43,8 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Wrap the prompt in the model's chat template (chat_template.jinja, else tokenizer_config.json).
+    /// Wrap the prompt in the model's chat template (chat_template.jinja, else tokenizer_config.json;
+    /// a GGUF's tokenizer.chat_template).
     #[arg(long)]
     chat: bool,
     /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).

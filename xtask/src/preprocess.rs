@@ -9,7 +9,8 @@ use preprocess::{PreprocessOptions, PreprocessOutcome, TokenizerCompat};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model directory holding tokenizer.json (and config.json, tokenizer_config.json).
+    /// Model directory holding tokenizer.json (and config.json, tokenizer_config.json), or a
+    /// GGUF file.
     #[arg(
         long,
         value_name = "MODEL_DIR",
@@ -43,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     blocks_per_shard: Option<usize>,
 
-    /// Compare two model directories' tokenizers and configs instead of preprocessing.
+    /// Compare two models' tokenizers and configs (folders or GGUF files) instead of preprocessing.
     #[arg(
         long,
         num_args = 2,
