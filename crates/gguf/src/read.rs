@@ -275,18 +275,29 @@ impl GgufFile {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The tensor's stored bytes, undecoded.
-    pub fn raw_bytes(&self, name: &str) -> Result<(GgmlType, Vec<u8>)> {
-        let info = self.tensor(name).ok_or_else(|| GgufError::MissingTensor {
+    fn existing_tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensor(name).ok_or_else(|| GgufError::MissingTensor {
             path: self.path.clone(),
             name: name.to_string(),
-        })?;
+        })
+    }
+
+    /// The tensor and its type, or an error naming it when it is missing or of a type this
+    /// crate cannot dequantize.
+    fn readable_tensor(&self, name: &str) -> Result<(&TensorInfo, GgmlType)> {
+        let info = self.existing_tensor(name)?;
         let kind = info.kind().ok_or_else(|| GgufError::UnsupportedType {
             path: self.path.clone(),
             name: name.to_string(),
             type_name: info.type_name(),
             supported: supported_type_names(),
         })?;
+        Ok((info, kind))
+    }
+
+    /// The tensor's stored bytes, undecoded.
+    pub fn raw_bytes(&self, name: &str) -> Result<(GgmlType, Vec<u8>)> {
+        let (info, kind) = self.readable_tensor(name)?;
         let len = kind.byte_len(info.elements()).expect("checked at open");
         let mut bytes = vec![0u8; len];
         self.file
@@ -301,10 +312,7 @@ impl GgufFile {
     /// The tensor dequantized to f32, in row-major PyTorch order, after checking its shape is
     /// `expected_shape` (PyTorch order).
     pub fn read_f32(&self, name: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
-        let info = self.tensor(name).ok_or_else(|| GgufError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
+        let info = self.existing_tensor(name)?;
         if info.shape() != expected_shape {
             return Err(GgufError::WrongShape {
                 path: self.path.clone(),
@@ -323,16 +331,7 @@ impl GgufFile {
     /// Rows `rows` of a matrix, dequantized (each row is whole blocks in every ggml type), for
     /// looking at a large tensor without reading all of it.
     pub fn read_rows_f32(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
-        let info = self.tensor(name).ok_or_else(|| GgufError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
-        let kind = info.kind().ok_or_else(|| GgufError::UnsupportedType {
-            path: self.path.clone(),
-            name: name.to_string(),
-            type_name: info.type_name(),
-            supported: supported_type_names(),
-        })?;
+        let (info, kind) = self.readable_tensor(name)?;
         let shape = info.shape();
         let (row_count, row_len) = match shape.as_slice() {
             [rows, cols] => (*rows, *cols),
