@@ -100,7 +100,7 @@ fn open_stored(path: &Path) -> Result<StoredModel> {
 /// Whether a frozen copy of the model at `path` keeps its matrices in bf16 under `dtype`.
 pub fn frozen_in_bf16(path: &Path, dtype: FrozenDtype) -> Result<bool> {
     let auto_bf16 = if is_gguf(path) {
-        GgufModel::open(path)?.is_quantized()
+        crate::gguf::mostly_quantized(&gguf::GgufFile::open(path)?)
     } else {
         Checkpoint::open(path)?.dominant_dtype() == Some(Dtype::BF16)
     };

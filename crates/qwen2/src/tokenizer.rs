@@ -18,7 +18,7 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if gguf::is_gguf_path(dir) {
             let json = gguf::tokenizer::tokenizer_json(&gguf::GgufFile::open(dir)?)?;
-            return Self::from_json(&json, dir);
+            return Self::from_json(json, dir);
         }
         let path = dir.join("tokenizer.json");
         if !path.exists() {
@@ -35,8 +35,8 @@ impl Tokenizer {
     }
 
     /// Builds the tokenizer from a tokenizer.json document; `path` names its origin in errors.
-    pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
-        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json.clone()).map_err(|e| {
+    pub fn from_json(json: Value, path: &Path) -> Result<Self> {
+        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json).map_err(|e| {
             ModelError::Tokenizer {
                 path: path.to_path_buf(),
                 message: format!("cannot build the tokenizer: {e}"),

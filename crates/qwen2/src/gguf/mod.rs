@@ -23,10 +23,8 @@ use gguf::GgufFile;
 use crate::config::Qwen2Config;
 use crate::error::Result;
 
-/// Whether `path` names a GGUF file rather than a model folder.
-pub fn is_gguf(path: &Path) -> bool {
-    gguf::is_gguf_path(path)
-}
+/// Whether a path names a GGUF file rather than a model folder.
+pub use gguf::is_gguf_path as is_gguf;
 
 /// How a GGUF's output matrix is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,17 +110,21 @@ impl GgufModel {
         )
     }
 
-    /// Whether most matrices are stored quantized (not F32/F16/BF16), so `frozen_dtype = auto`
-    /// keeps frozen matrices in bf16: the dequantized values are exact in no float type narrower
-    /// than f32, and bf16 halves the memory.
+    /// Whether most matrices are stored quantized ([`mostly_quantized`]).
     pub fn is_quantized(&self) -> bool {
-        self.file
-            .type_counts()
-            .into_iter()
-            .filter(|(name, _)| name != "F32")
-            .max_by_key(|(_, count)| *count)
-            .is_some_and(|(name, _)| !matches!(name.as_str(), "F16" | "BF16"))
+        mostly_quantized(&self.file)
     }
+}
+
+/// Whether most matrices of `file` are stored quantized (not F32/F16/BF16), so
+/// `frozen_dtype = auto` keeps frozen matrices in bf16: the dequantized values are exact in no
+/// float type narrower than f32, and bf16 halves the memory.
+pub fn mostly_quantized(file: &GgufFile) -> bool {
+    file.type_counts()
+        .into_iter()
+        .filter(|(name, _)| name != "F32")
+        .max_by_key(|(_, count)| *count)
+        .is_some_and(|(name, _)| !matches!(name.as_str(), "F16" | "BF16"))
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`, blocked so both sides stay in cache.
