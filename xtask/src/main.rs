@@ -16,6 +16,7 @@ mod eval;
 mod generate;
 mod gguf;
 mod init_model;
+mod init_student;
 mod preprocess;
 mod quickstart;
 
@@ -50,6 +51,8 @@ enum Command {
     ExportGguf(gguf::ExportArgs),
     /// Write a randomly initialised Qwen2 checkpoint (Hugging Face layout).
     InitModel(init_model::Args),
+    /// Cut a student from its teacher: keep layers, heads, FFN neurons and channels by importance.
+    InitStudent(init_student::Args),
     /// The whole pipeline offline on bundled data: preprocess, distill vs hard labels, evaluate, report.
     Quickstart(quickstart::Args),
 }
@@ -67,6 +70,7 @@ fn main() {
         Command::ImportGguf(args) => gguf::run_import(args),
         Command::ExportGguf(args) => gguf::run_export(args),
         Command::InitModel(args) => init_model::run(args),
+        Command::InitStudent(args) => init_student::run(args),
         Command::Quickstart(args) => quickstart::run(args),
     };
     if let Err(err) = result {

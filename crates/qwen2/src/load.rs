@@ -97,6 +97,13 @@ fn open_stored(path: &Path) -> Result<StoredModel> {
     })
 }
 
+/// The config and the weights of the model at `path` (a Hugging Face folder or a GGUF file),
+/// to read tensor by tensor.
+pub fn open_weights(path: &Path) -> Result<(Qwen2Config, Box<dyn WeightSource>)> {
+    let stored = open_stored(path)?;
+    Ok((stored.config, stored.source))
+}
+
 /// Whether a frozen copy of the model at `path` keeps its matrices in bf16 under `dtype`.
 pub fn frozen_in_bf16(path: &Path, dtype: FrozenDtype) -> Result<bool> {
     let auto_bf16 = if is_gguf(path) {

@@ -197,6 +197,18 @@ impl<B: Backend> Attention<B> {
         blocked: &Tensor<B, 4, Bool>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
+        self.o_proj.forward(self.heads(x, rope, blocked, cache))
+    }
+
+    /// Every head's output before `o_proj` mixes them: `[B, T, heads * head_dim]`, head h in
+    /// columns `h * head_dim ..`.
+    pub fn heads(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        blocked: &Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
@@ -221,12 +233,11 @@ impl<B: Backend> Attention<B> {
             .reshape([batch, 1, group * seq, keys_len])
             .expand([batch, self.num_kv_heads, group * seq, keys_len]);
         let probabilities = softmax(scores.mask_fill(blocked, f32::MIN), 3);
-        let context = probabilities
+        probabilities
             .matmul(values)
             .reshape([batch, self.num_heads, seq, self.head_dim])
             .swap_dims(1, 2)
-            .reshape([batch, seq, self.num_heads * self.head_dim]);
-        self.o_proj.forward(context)
+            .reshape([batch, seq, self.num_heads * self.head_dim])
     }
 }
 
@@ -239,8 +250,14 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(self.activation(x))
+    }
+
+    /// The intermediate activation `silu(gate(x)) * up(x)`, `[B, T, intermediate]`: what
+    /// `down_proj` reads, one column per FFN neuron.
+    pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        gate * self.up_proj.forward(x)
     }
 }
 
@@ -289,17 +306,56 @@ impl<B: Backend> DecoderLayer<B> {
         blocked: &Tensor<B, 4, Bool>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let attended = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            rope,
-            blocked,
-            cache,
-        );
-        let x = x + attended;
-        let transformed = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(x.clone()));
-        x + transformed
+        self.forward_probed(x, rope, blocked, cache, None)
+    }
+
+    /// The forward pass, handing its inner activations to `probe` when one is given (what
+    /// importance measures for pruning read).
+    fn forward_probed(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        blocked: &Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+        probe: Option<&mut LayerProbe<B>>,
+    ) -> Tensor<B, 3> {
+        let attention_input = self.input_layernorm.forward(x.clone());
+        let heads = self
+            .self_attn
+            .heads(attention_input.clone(), rope, blocked, cache);
+        let x = x + self.self_attn.o_proj.forward(heads.clone());
+        let mlp_input = self.post_attention_layernorm.forward(x.clone());
+        let activation = self.mlp.activation(mlp_input.clone());
+        let x = x + self.mlp.down_proj.forward(activation.clone());
+        if let Some(probe) = probe {
+            *probe = LayerProbe {
+                attention_input: Some(attention_input),
+                heads: Some(heads),
+                mlp_input: Some(mlp_input),
+                activation: Some(activation),
+            };
+        }
+        x
+    }
+}
+
+/// The inner activations of one decoder layer's forward pass, all `[B, T, _]`: the inputs of
+/// attention and of the MLP after their norms, every head's output, and the FFN activation.
+pub struct LayerProbe<B: Backend> {
+    pub attention_input: Option<Tensor<B, 3>>,
+    pub heads: Option<Tensor<B, 3>>,
+    pub mlp_input: Option<Tensor<B, 3>>,
+    pub activation: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Default for LayerProbe<B> {
+    fn default() -> Self {
+        Self {
+            attention_input: None,
+            heads: None,
+            mlp_input: None,
+            activation: None,
+        }
     }
 }
 
@@ -470,6 +526,17 @@ impl<B: Backend> Model<B> {
         context: &LayerContext<B>,
     ) -> Tensor<B, 3> {
         self.layers[index].forward(x, &context.rope, &context.blocked, None)
+    }
+
+    /// [`Model::layer_forward`], also filling `probe` with the layer's inner activations.
+    pub fn layer_forward_probed(
+        &self,
+        index: usize,
+        x: Tensor<B, 3>,
+        context: &LayerContext<B>,
+        probe: &mut LayerProbe<B>,
+    ) -> Tensor<B, 3> {
+        self.layers[index].forward_probed(x, &context.rope, &context.blocked, None, Some(probe))
     }
 
     /// One step of incremental decoding: `input_ids: [B, T_new]` continue the sequences held

@@ -128,7 +128,7 @@ pub fn mostly_quantized(file: &GgufFile) -> bool {
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`, blocked so both sides stay in cache.
-pub(crate) fn transpose_matrix(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub fn transpose_matrix(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; values.len()];
     const BLOCK: usize = 64;
     for row_block in (0..rows).step_by(BLOCK) {
