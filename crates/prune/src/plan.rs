@@ -3,14 +3,14 @@
 //! config.json), by each layer's own importance; kept parts stay in the teacher's order.
 
 use qwen2::Qwen2Config;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{flag_error, Result};
 use crate::importance::Importance;
 use crate::spec::{LayerChoice, LayerRanking, PruneSpec, NUM_LAYERS};
 
 /// The student as a selection of the teacher.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrunePlan {
     /// Student layer j is teacher layer `layers[j]`.
     pub layers: Vec<usize>,
