@@ -27,7 +27,8 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use crate::errors::HubError;
-use crate::protocol::{is_hex_digest, RepoType};
+use crate::protocol::is_hex_digest;
+use crate::repo::RepoType;
 use crate::verify::{ExpectedDigest, ExpectedFile};
 
 /// Suffix of a blob still being downloaded (`huggingface_hub`'s too).

@@ -17,7 +17,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::errors::HubError;
-use crate::protocol::{normalize_etag, Endpoint, FileHead, RepoInfo, RepoRef};
+use crate::protocol::{normalize_etag, Endpoint, FileHead, RepoInfo};
+use crate::repo::RepoRef;
 
 /// More than the hub ever chains (renamed repo, then CDN), fewer than a loop would take.
 const MAX_REDIRECTS: usize = 5;

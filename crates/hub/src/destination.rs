@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use crate::cache::CachedRepo;
 use crate::errors::HubError;
 use crate::local_dir::{mtime_ns, FileRecord, LocalDir, Snapshot, SnapshotFile};
-use crate::protocol::{Endpoint, RepoRef};
-use crate::snapshot::{FileAction, FileReport, Wanted};
+use crate::protocol::Endpoint;
+use crate::repo::RepoRef;
+use crate::selection::{FileAction, FileReport, Wanted};
 use crate::verify::{ContentDigests, ExpectedFile};
 
 pub(crate) trait Destination {

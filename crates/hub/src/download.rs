@@ -21,7 +21,7 @@ use crate::client::{HubClient, RequestError};
 use crate::destination::Destination;
 use crate::disk::{available_space, is_disk_full};
 use crate::errors::HubError;
-use crate::protocol::RepoRef;
+use crate::repo::RepoRef;
 use crate::retry::RetryPolicy;
 use crate::verify::{hash_file, hash_prefix, ContentDigests, ContentHasher, ExpectedFile};
 

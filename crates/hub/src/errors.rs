@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::protocol::RepoType;
+use crate::repo::RepoType;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

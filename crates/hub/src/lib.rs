@@ -39,7 +39,9 @@ mod local_dir;
 mod model_dir;
 mod protocol;
 mod recipe;
+mod repo;
 mod retry;
+mod selection;
 mod snapshot;
 mod verify;
 
@@ -49,9 +51,9 @@ pub use environment::HfEnvironment;
 pub use errors::HubError;
 pub use local_dir::{FileRecord, INCOMPLETE_SUFFIX};
 pub use model_dir::{resolve_in_cache, resolve_model_dir, resolve_model_dir_at};
-pub use protocol::{resolve_endpoint, RepoRef, RepoType, DEFAULT_ENDPOINT};
+pub use protocol::{resolve_endpoint, DEFAULT_ENDPOINT};
 pub use recipe::{load_recipe, parse_recipe, RecipeDownload};
+pub use repo::{RepoRef, RepoType};
 pub use retry::RetryPolicy;
-pub use snapshot::{
-    DownloadReport, DownloadRequest, Downloader, FileAction, FileReport, HubOptions,
-};
+pub use selection::{FileAction, FileReport};
+pub use snapshot::{DownloadReport, DownloadRequest, Downloader, HubOptions};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::cache::{is_repo_id, HfCache};
 use crate::environment::HfEnvironment;
 use crate::errors::HubError;
-use crate::protocol::RepoType;
+use crate::repo::RepoType;
 
 /// `arg` as a model folder: itself when it is a folder (or does not look like a repo id, so
 /// the loader reports it as before), else the cache snapshot of the repo id at `@revision`

@@ -7,13 +7,11 @@
 //!   files answers `302` to a CDN; its `HEAD` carries `ETag`, `X-Linked-Etag` (the LFS
 //!   sha256), `X-Linked-Size` and `X-Repo-Commit`.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::Deserialize;
 use url::Url;
 
 use crate::errors::HubError;
+use crate::repo::RepoRef;
 
 /// The hub's default when neither `HF_ENDPOINT` nor `--endpoint` is given: a public mirror,
 /// because huggingface.co itself is often unreachable where this toolkit runs.
@@ -26,64 +24,6 @@ pub fn resolve_endpoint(env_endpoint: Option<String>, flag_endpoint: Option<Stri
         .filter(|e| !e.trim().is_empty())
         .or(flag_endpoint.filter(|e| !e.trim().is_empty()))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
-}
-
-/// Models and datasets live in separate namespaces with different URL prefixes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RepoType {
-    #[default]
-    Model,
-    Dataset,
-}
-
-impl RepoType {
-    /// The path segment of the repo-info API (`/api/models/...`).
-    fn api_segment(self) -> &'static str {
-        match self {
-            RepoType::Model => "models",
-            RepoType::Dataset => "datasets",
-        }
-    }
-
-    /// The prefix of `resolve` URLs: models have none, datasets `datasets/`.
-    fn resolve_prefix(self) -> Option<&'static str> {
-        match self {
-            RepoType::Model => None,
-            RepoType::Dataset => Some("datasets"),
-        }
-    }
-}
-
-impl fmt::Display for RepoType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RepoType::Model => "model",
-            RepoType::Dataset => "dataset",
-        })
-    }
-}
-
-impl FromStr for RepoType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "model" => Ok(RepoType::Model),
-            "dataset" => Ok(RepoType::Dataset),
-            other => Err(format!(
-                "unknown repo type {other:?} (expected model or dataset)"
-            )),
-        }
-    }
-}
-
-/// One repository at one revision, as the user named it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoRef {
-    /// `owner/name`.
-    pub repo: String,
-    pub repo_type: RepoType,
-    /// A branch, tag or commit; `main` unless the user says otherwise.
-    pub revision: String,
 }
 
 /// Builds the hub's URLs under one endpoint, which may itself carry a path prefix.
@@ -216,6 +156,7 @@ pub fn is_hex_digest(s: &str, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::RepoType;
 
     fn model(repo: &str, revision: &str) -> RepoRef {
         RepoRef {
@@ -297,11 +238,5 @@ mod tests {
         assert_eq!(normalize_etag("\"abc\""), "abc");
         assert!(is_hex_digest(&"a".repeat(64), 64));
         assert!(!is_hex_digest("xyz", 3));
-    }
-
-    #[test]
-    fn parses_repo_types() {
-        assert_eq!("dataset".parse::<RepoType>().unwrap(), RepoType::Dataset);
-        assert!("space".parse::<RepoType>().is_err());
     }
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use toml::Value;
 
 use crate::errors::HubError;
-use crate::protocol::{RepoRef, RepoType};
+use crate::repo::{RepoRef, RepoType};
 use crate::snapshot::DownloadRequest;
 
 /// The tables read, in the order they are downloaded, with their default repo type.

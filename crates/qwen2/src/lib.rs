@@ -19,15 +19,14 @@ pub mod weight;
 pub use config::{GenerationConfig, Qwen2Config};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Sampling};
-pub use gguf::{is_gguf, transpose_matrix, GgufModel, GgufOptions};
+pub use gguf::{is_gguf, GgufModel, GgufOptions};
 pub use load::{
     build_frozen_model, build_model, frozen_in_bf16, load_frozen_model, load_model, open_weights,
     RandomWeights, WeightSource,
 };
 pub use lora::{
-    adapter_base, attach_lora, freeze, load_adapter, load_merged, merge_lora, save_adapter,
-    LoraSettings,
+    adapter_base, attach_lora, load_adapter, load_merged, merge_lora, save_adapter, LoraSettings,
 };
-pub use model::{AttentionMask, KvCache, LayerContext, LayerProbe, Model, ModelOutput};
+pub use model::{freeze, AttentionMask, KvCache, LayerContext, LayerProbe, Model, ModelOutput};
 pub use save::{save_model, SaveOptions};
-pub use weight::FrozenDtype;
+pub use weight::{transpose_matrix, FrozenDtype};

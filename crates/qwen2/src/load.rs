@@ -35,7 +35,7 @@ impl WeightSource for GgufModel {
         })?;
         let values = self.file.read_f32(&gguf_name, shape)?;
         Ok(if transpose && shape.len() == 2 {
-            crate::gguf::transpose_matrix(&values, shape[0], shape[1])
+            crate::weight::transpose_matrix(&values, shape[0], shape[1])
         } else {
             values
         })
@@ -152,7 +152,7 @@ pub fn build_frozen_model<B: Backend>(
     device: &B::Device,
     bf16: bool,
 ) -> Result<Model<B>> {
-    Ok(crate::lora::freeze(
+    Ok(crate::model::freeze(
         build(config, source, device, bf16)?,
         bf16,
     ))

@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::Qwen2Config;
-use crate::lora::Lora;
+use crate::lora::adapter::Lora;
 use crate::weight::Weight;
 
 /// A linear layer `y = x W + b`, with `W` as [`Weight`] (trainable, or frozen and possibly in
@@ -652,6 +652,54 @@ impl<B: Backend> Model<B> {
             &self.device(),
         )
     }
+}
+
+impl<B: Backend> Model<B> {
+    /// Every linear layer with its module name (`model.layers.3.mlp.up_proj`) and short name
+    /// (`up_proj`), in layer order.
+    pub fn linears_mut(&mut self) -> Vec<(String, &'static str, &mut Linear<B>)> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(index, layer)| {
+                layer.linears_mut().map(|(part, short, linear)| {
+                    (format!("model.layers.{index}.{part}"), short, linear)
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any layer carries an adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers
+            .iter()
+            .flat_map(|layer| layer.linears())
+            .any(|(_, _, linear)| linear.lora.is_some())
+    }
+}
+
+/// Stops gradients to every parameter of `model`; with `bf16`, its weight matrices move to
+/// bf16 host storage ([`crate::weight::FrozenMatrix`]). Norms and biases (0.1% of the
+/// parameters) stay f32.
+pub fn freeze<B: Backend>(mut model: Model<B>, bf16: bool) -> Model<B> {
+    let take = |weight: &mut Weight<B>| {
+        std::mem::replace(
+            weight,
+            Weight {
+                param: None,
+                frozen: None,
+            },
+        )
+    };
+    model.embed_tokens = take(&mut model.embed_tokens).freeze(bf16);
+    if let Some(lm_head) = model.lm_head.as_mut() {
+        *lm_head = take(lm_head).freeze(bf16);
+    }
+    for (_, _, linear) in model.linears_mut() {
+        linear.weight = take(&mut linear.weight).freeze(bf16);
+    }
+    // Norms and biases: no_grad on the whole module reaches the parameters left.
+    model.no_grad()
 }
 
 /// Shapes of every parameter, by Hugging Face name, in the PyTorch layout.

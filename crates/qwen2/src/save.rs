@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 
 use crate::config::{GenerationConfig, Qwen2Config};
 use crate::error::{ModelError, Result};
-use crate::lora::Lora;
+use crate::lora::adapter::Lora;
 use crate::model::Model;
 use crate::safetensors::{write_safetensors, Dtype, TensorToWrite};
 use crate::weight::Weight;

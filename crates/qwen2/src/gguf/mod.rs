@@ -126,19 +126,3 @@ pub fn mostly_quantized(file: &GgufFile) -> bool {
         .max_by_key(|(_, count)| *count)
         .is_some_and(|(name, _)| !matches!(name.as_str(), "F16" | "BF16"))
 }
-
-/// `[rows, cols]` row-major to `[cols, rows]`, blocked so both sides stay in cache.
-pub fn transpose_matrix(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    const BLOCK: usize = 64;
-    for row_block in (0..rows).step_by(BLOCK) {
-        for col_block in (0..cols).step_by(BLOCK) {
-            for row in row_block..(row_block + BLOCK).min(rows) {
-                for col in col_block..(col_block + BLOCK).min(cols) {
-                    out[col * rows + row] = values[row * cols + col];
-                }
-            }
-        }
-    }
-    out
-}
