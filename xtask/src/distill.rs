@@ -206,7 +206,7 @@ fn memory_plan(recipe: &Recipe, cache_teacher: bool) -> Result<MemoryPlan> {
     };
     let student = config(&recipe.student.local_dir)?;
     let teacher_dir = &recipe.teacher.local_dir;
-    let teacher = if distill::needs_teacher(recipe) && !cache_teacher {
+    let teacher = if recipe.needs_teacher() && !cache_teacher {
         Some(config(teacher_dir)?)
     } else {
         None

@@ -29,7 +29,6 @@ mod options;
 mod progress;
 pub mod recipe;
 mod recipe_change;
-mod recompute;
 mod schedule;
 mod summary;
 mod teacher;
@@ -46,7 +45,7 @@ pub use evaluate::EvalMetrics;
 pub use options::TrainOptions;
 pub use recipe::Recipe;
 pub use summary::TrainSummary;
-pub use teacher::{needs_teacher, TeacherSource};
+pub use teacher::TeacherSource;
 /// `--cache-teacher`: the run-level use of the teacher cache.
 pub use teacher_cache::prepare as cached_teacher;
 pub use train::train;

@@ -24,10 +24,6 @@ pub struct GroupedAdamW<B: AutodiffBackend> {
     undecayed: Adam<B>,
 }
 
-/// File stems (the recorder adds `.bin`) of the two groups' states in a checkpoint.
-pub const DECAYED_STATE: &str = "optimizer-decay";
-pub const UNDECAYED_STATE: &str = "optimizer-no-decay";
-
 fn config(training: &Training, weight_decay: f64) -> AdamWConfig {
     AdamWConfig::new()
         .with_beta_1(training.adam_beta1 as f32)
@@ -56,20 +52,31 @@ impl<B: AutodiffBackend> GroupedAdamW<B> {
         self.undecayed.step(lr, student, vectors)
     }
 
-    /// Writes both groups' states into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<(), burn::record::RecorderError> {
+    /// Writes the two groups' states to the files `decayed` and `undecayed` (stems: the
+    /// recorder adds `.bin`); the checkpoint names them.
+    pub fn save(
+        &self,
+        decayed: &Path,
+        undecayed: &Path,
+    ) -> Result<(), burn::record::RecorderError> {
         let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        recorder.record(self.decayed.to_record(), dir.join(DECAYED_STATE))?;
-        recorder.record(self.undecayed.to_record(), dir.join(UNDECAYED_STATE))?;
+        recorder.record(self.decayed.to_record(), decayed.to_path_buf())?;
+        recorder.record(self.undecayed.to_record(), undecayed.to_path_buf())?;
         Ok(())
     }
 
-    /// Restores both groups' states from a checkpoint `dir` (the student's parameters must
-    /// carry the ids they had when it was written: see `checkpoint::PositionalIds`).
-    pub fn load(self, dir: &Path, device: &B::Device) -> Result<Self, burn::record::RecorderError> {
+    /// Restores the two groups' states written by [`GroupedAdamW::save`] (the student's
+    /// parameters must carry the ids they had when they were written: see
+    /// `checkpoint::PositionalIds`).
+    pub fn load(
+        self,
+        decayed: &Path,
+        undecayed: &Path,
+        device: &B::Device,
+    ) -> Result<Self, burn::record::RecorderError> {
         let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        let decayed = recorder.load(dir.join(DECAYED_STATE), device)?;
-        let undecayed = recorder.load(dir.join(UNDECAYED_STATE), device)?;
+        let decayed = recorder.load(decayed.to_path_buf(), device)?;
+        let undecayed = recorder.load(undecayed.to_path_buf(), device)?;
         Ok(Self {
             decayed: self.decayed.load_record(decayed),
             undecayed: self.undecayed.load_record(undecayed),

@@ -243,7 +243,7 @@ pub struct Memory {
     /// "auto" keeps them in bf16 when the checkpoint is bf16 (as hub checkpoints are), so nothing
     /// is rounded; products are computed in f32 either way.
     pub frozen_dtype: FrozenDtype,
-    /// Activation checkpointing by layer (crate::recompute): the student's body runs forward
+    /// Activation checkpointing by layer (crate::objective::body): the student's body runs forward
     /// without a graph, keeping each layer's input, and each layer runs again in the backward
     /// pass, so autodiff holds one layer's activations at a time, for one more forward pass.
     pub activation_checkpointing: bool,
@@ -332,6 +332,12 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// Whether the recipe needs a teacher at all (hard labels alone do not).
+    pub fn needs_teacher(&self) -> bool {
+        self.distillation.hard_label_weight < 1.0
+            || !self.distillation.intermediate_matches.is_empty()
+    }
+
     /// Reads, overrides (`key=value`, dotted keys) and validates a recipe file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, RecipeError> {
         let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
@@ -555,7 +561,7 @@ impl Recipe {
                 format!("{} is out of range (0, 1] (1 = off)", o.top_p),
             ));
         }
-        if o.generates() && !crate::teacher::needs_teacher(self) {
+        if o.generates() && !self.needs_teacher() {
             return Err(field(
                 if o.lmbda > 0.0 { "lmbda" } else { "seq_kd" },
                 "generated text is scored by the teacher, but this recipe trains on hard labels \

@@ -7,7 +7,6 @@ use qwen2::Model;
 
 use crate::error::TrainError;
 use crate::objective::{Batch, Objective, TeacherOutputs};
-use crate::recipe::Recipe;
 use crate::teacher_cache::CachedTeacher;
 
 /// Where the teacher's signal comes from.
@@ -58,10 +57,4 @@ impl<B: Backend> TeacherSource<B> {
             _ => "kl_to_teacher",
         }
     }
-}
-
-/// Whether the recipe needs a teacher at all.
-pub fn needs_teacher(recipe: &Recipe) -> bool {
-    recipe.distillation.hard_label_weight < 1.0
-        || !recipe.distillation.intermediate_matches.is_empty()
 }

@@ -116,8 +116,9 @@ pub fn measure_importance<B: Backend>(
         let (loss, count) = loss_of(states[layers].clone());
         sums.loss += loss;
         labels += count;
-        for skipped in 0..layers {
-            let mut x = states[skipped].clone();
+        for (skipped, input) in states[..layers].iter().enumerate() {
+            // The skipped layer's input goes straight on to the next layer.
+            let mut x = input.clone();
             for layer in skipped + 1..layers {
                 x = model.layer_forward(layer, x, &context);
             }

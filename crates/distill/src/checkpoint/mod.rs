@@ -1,41 +1,57 @@
-//! The trainer's checkpoints, `output_dir/checkpoint-STEP/`: the one place that knows their
-//! layout.
+//! A run's output directory ([`RunDir`]) and its checkpoints ([`Checkpoint`]): the one place
+//! that knows their layout and file names. Written, restored and exported here:
 //!
-//! - the student in the Hugging Face layout (config.json, generation_config.json,
-//!   model.safetensors, tokenizer files; loadable by transformers as it is), always in float32
-//!   so that a resumed run continues from bit-identical weights (the final student in
-//!   `output_dir/final` uses `save_dtype`); for a LoRA student, the adapter alone in PEFT's
-//!   layout (adapter_config.json, adapter_model.safetensors in f32), the base being the
-//!   recipe's student;
-//! - `projections.safetensors`: the learned projections of intermediate matches
-//!   ([`projections`]);
-//! - the optimizer's moments, one Burn record per parameter group (see `optimizer`);
-//! - `trainer_state.json`: the [`TrainerState`] plus what an exact resume needs (the pending
-//!   logging window and the per-step loss history), [`ResumeState`].
+//! - `recipe.json`: the recipe of the run, rewritten on each start (`--resume` compares it);
+//! - `checkpoint-STEP/`:
+//!   - the student in the Hugging Face layout (config.json, generation_config.json,
+//!     model.safetensors, tokenizer files; loadable by transformers as it is), always in
+//!     float32 so that a resumed run continues from bit-identical weights (the final student
+//!     uses `save_dtype`); for a LoRA student, the adapter alone in PEFT's layout
+//!     (adapter_config.json, adapter_model.safetensors in f32), the base being the recipe's
+//!     student;
+//!   - `projections.safetensors`: the learned projections of intermediate matches
+//!     ([`projections`]);
+//!   - `optimizer-decay.bin`, `optimizer-no-decay.bin`: the optimizer's moments, one Burn
+//!     record per parameter group (see `optimizer`);
+//!   - `trainer_state.json`: the [`TrainerState`] plus what an exact resume needs (the pending
+//!     logging window and the per-step loss history), [`ResumeState`];
+//! - `final/`: the student in `save_dtype` (a LoRA student merged into its base), and for a
+//!   LoRA run `final-adapter/`, the adapter alone in PEFT's layout.
 //!
-//! Everything is written into `output_dir/.checkpoint-STEP.tmp` and renamed at the end, so a
-//! directory named `checkpoint-*` is always complete.
+//! Everything is written into a `.NAME.tmp` directory and renamed at the end, so a directory
+//! named `checkpoint-*` (or `final-adapter`) is always complete.
 
 mod positional_ids;
 mod projections;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use qwen2::lora::ADAPTER_CONFIG;
 use qwen2::safetensors::Dtype;
 use qwen2::{save_adapter, save_model, GenerationConfig, LoraSettings, Qwen2Config, SaveOptions};
 use serde::{Deserialize, Serialize};
 
 pub use positional_ids::PositionalIds;
-pub use projections::{new_projections, read_projections, write_projections};
+pub use projections::new_projections;
+use projections::{read_projections, write_projections};
 
 use crate::error::TrainError;
-use crate::objective::{inference_copy, Student};
+use crate::objective::{inference_copy, Projection, Student};
 use crate::on_policy::RolloutWindow;
 use crate::optimizer::GroupedAdamW;
+use crate::recipe::Recipe;
 
-pub const STATE_FILE: &str = "trainer_state.json";
-pub const PROJECTIONS_FILE: &str = "projections.safetensors";
+const RECIPE_FILE: &str = "recipe.json";
+const STATE_FILE: &str = "trainer_state.json";
+const PROJECTIONS_FILE: &str = "projections.safetensors";
+/// File stems (Burn's recorder adds `.bin`) of the optimizer's two parameter groups.
+const DECAYED_STATE: &str = "optimizer-decay";
+const UNDECAYED_STATE: &str = "optimizer-no-decay";
+const FINAL_DIR: &str = "final";
+/// Not inside `final`: transformers loads a directory holding adapter_config.json as an
+/// adapter (when peft is installed), not as the merged model.
+const FINAL_ADAPTER_DIR: &str = "final-adapter";
 
 /// Where training stands; enough to continue exactly where it stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,106 +133,255 @@ pub struct CheckpointParts<'a, B: AutodiffBackend> {
     pub base_model: &'a str,
 }
 
-pub fn checkpoint_name(step: usize) -> String {
-    format!("checkpoint-{step}")
+/// What the end of a run exports: the student and, for a LoRA run, its settings.
+pub struct FinalParts<'a, B: Backend> {
+    pub student: &'a Student<B>,
+    pub student_config: &'a Qwen2Config,
+    pub generation: &'a GenerationConfig,
+    pub tokenizer_dir: &'a Path,
+    pub dtype: Dtype,
+    pub lora: Option<&'a LoraSettings>,
+    pub base_model: &'a str,
 }
 
-/// Complete checkpoints in `output_dir`, oldest first.
-pub fn list_checkpoints(output_dir: &Path) -> Vec<(usize, PathBuf)> {
-    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(output_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            entry
-                .path()
-                .join(STATE_FILE)
-                .exists()
-                .then(|| (step, entry.path()))
+/// Where the exported student went.
+pub struct FinalStudent {
+    pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
+}
+
+/// A run's output directory (`training.output_dir`).
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory at `root`, created when missing.
+    pub fn create(root: &Path) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(root).map_err(TrainError::io(root))?;
+        Ok(Self {
+            root: root.to_path_buf(),
         })
-        .collect();
-    found.sort();
-    found
-}
-
-/// The newest complete checkpoint in `output_dir`.
-pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
-    list_checkpoints(output_dir).pop().map(|(_, dir)| dir)
-}
-
-/// Deletes old checkpoints beyond `keep`, never the best one.
-pub fn prune(output_dir: &Path, keep: usize, best: Option<&str>) -> Result<(), TrainError> {
-    let checkpoints = list_checkpoints(output_dir);
-    let mut removable: Vec<&PathBuf> = checkpoints
-        .iter()
-        .map(|(_, path)| path)
-        .filter(|path| Some(path.file_name().and_then(|n| n.to_str()).unwrap_or("")) != best)
-        .collect();
-    let kept_best = usize::from(checkpoints.len() > removable.len());
-    while removable.len() + kept_best > keep.max(1) && !removable.is_empty() {
-        let dir = removable.remove(0);
-        std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
     }
-    Ok(())
-}
 
-/// Writes `output_dir/checkpoint-STEP` atomically and returns its path.
-pub fn write_checkpoint<B: AutodiffBackend>(
-    output_dir: &Path,
-    parts: &CheckpointParts<'_, B>,
-    state: &ResumeState,
-) -> Result<PathBuf, TrainError> {
-    let name = checkpoint_name(state.trainer.global_step);
-    let staging = output_dir.join(format!(".{name}.tmp"));
-    let target = output_dir.join(&name);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(TrainError::io(&staging))?;
+    pub fn root(&self) -> &Path {
+        &self.root
     }
-    let inference = inference_copy(parts.student);
-    match parts.lora {
-        Some(settings) => save_adapter(&inference.model, settings, parts.base_model, &staging)?,
-        None => save_model(
-            &inference.model,
+
+    /// The recipe the run was last started with.
+    pub fn recipe_file(&self) -> PathBuf {
+        self.root.join(RECIPE_FILE)
+    }
+
+    pub fn write_recipe(&self, recipe: &Recipe) -> Result<(), TrainError> {
+        write_json(&self.recipe_file(), recipe)
+    }
+
+    /// The name of the checkpoint written after update `step`.
+    pub fn checkpoint_name(step: usize) -> String {
+        format!("checkpoint-{step}")
+    }
+
+    /// Complete checkpoints, oldest first.
+    pub fn checkpoints(&self) -> Vec<(usize, Checkpoint)> {
+        let mut found: Vec<(usize, Checkpoint)> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+                let checkpoint = Checkpoint { dir: entry.path() };
+                checkpoint.is_complete().then_some((step, checkpoint))
+            })
+            .collect();
+        found.sort_by_key(|(step, _)| *step);
+        found
+    }
+
+    /// The checkpoint `--resume` continues from; refuses to start over a run's checkpoints
+    /// without it, and `--resume` without one.
+    pub fn checkpoint_to_resume(&self, resume: bool) -> Result<Option<Checkpoint>, TrainError> {
+        match (resume, self.checkpoints().pop()) {
+            (true, Some((_, checkpoint))) => Ok(Some(checkpoint)),
+            (true, None) => Err(TrainError::Invalid(format!(
+                "--resume: {} holds no complete checkpoint-* directory to resume from \
+                 (run without --resume to start training)",
+                self.root.display()
+            ))),
+            (false, Some((_, checkpoint))) => Err(TrainError::Invalid(format!(
+                "{} already holds checkpoints of an earlier run (e.g. {}): pass --resume to \
+                 continue it, or set training.output_dir to a new directory",
+                self.root.display(),
+                checkpoint.dir.display()
+            ))),
+            (false, None) => Ok(None),
+        }
+    }
+
+    /// Deletes old checkpoints beyond `keep`, never the one named `best`.
+    pub fn prune(&self, keep: usize, best: Option<&str>) -> Result<(), TrainError> {
+        let checkpoints = self.checkpoints();
+        let mut removable: Vec<&Path> = checkpoints
+            .iter()
+            .map(|(_, checkpoint)| checkpoint.dir.as_path())
+            .filter(|dir| Some(dir.file_name().and_then(|n| n.to_str()).unwrap_or("")) != best)
+            .collect();
+        let kept_best = usize::from(checkpoints.len() > removable.len());
+        while removable.len() + kept_best > keep.max(1) && !removable.is_empty() {
+            let dir = removable.remove(0);
+            std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `checkpoint-STEP` atomically.
+    pub fn write_checkpoint<B: AutodiffBackend>(
+        &self,
+        parts: &CheckpointParts<'_, B>,
+        state: &ResumeState,
+    ) -> Result<Checkpoint, TrainError> {
+        let name = Self::checkpoint_name(state.trainer.global_step);
+        let inference = inference_copy(parts.student);
+        let dir = self.write_atomically(&name, |staging| {
+            match parts.lora {
+                Some(settings) => {
+                    save_adapter(&inference.model, settings, parts.base_model, staging)?
+                }
+                None => save_model(
+                    &inference.model,
+                    parts.student_config,
+                    staging,
+                    &SaveOptions {
+                        dtype: Dtype::F32,
+                        tokenizer_dir: Some(parts.tokenizer_dir),
+                        generation: Some(parts.generation),
+                    },
+                )?,
+            }
+            write_projections(&inference.projections, &staging.join(PROJECTIONS_FILE))?;
+            parts
+                .optimizer
+                .save(&staging.join(DECAYED_STATE), &staging.join(UNDECAYED_STATE))
+                .map_err(|e| TrainError::Record {
+                    path: staging.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            write_json(&staging.join(STATE_FILE), state)
+        })?;
+        Ok(Checkpoint { dir })
+    }
+
+    /// The student as the hub ships models, in `final` (a LoRA student merged into its base),
+    /// and a LoRA student's adapter alone, in PEFT's layout, in `final-adapter`.
+    pub fn export_final<B: Backend>(
+        &self,
+        parts: &FinalParts<'_, B>,
+    ) -> Result<FinalStudent, TrainError> {
+        let adapter = match parts.lora {
+            Some(settings) => Some(self.write_atomically(FINAL_ADAPTER_DIR, |staging| {
+                save_adapter(&parts.student.model, settings, parts.base_model, staging)?;
+                Ok(())
+            })?),
+            None => None,
+        };
+        let model = self.root.join(FINAL_DIR);
+        save_model(
+            &parts.student.model,
             parts.student_config,
-            &staging,
+            &model,
             &SaveOptions {
-                dtype: Dtype::F32,
+                dtype: parts.dtype,
                 tokenizer_dir: Some(parts.tokenizer_dir),
                 generation: Some(parts.generation),
             },
-        )?,
+        )?;
+        Ok(FinalStudent { model, adapter })
     }
-    write_projections(&inference.projections, &staging.join(PROJECTIONS_FILE))?;
-    parts
-        .optimizer
-        .save(&staging)
-        .map_err(|e| TrainError::Record {
-            path: staging.clone(),
-            message: e.to_string(),
-        })?;
-    write_json(&staging.join(STATE_FILE), state)?;
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(TrainError::io(&target))?;
+
+    /// Fills `.NAME.tmp` with `write` and renames it to `NAME`, replacing what was there.
+    fn write_atomically(
+        &self,
+        name: &str,
+        write: impl FnOnce(&Path) -> Result<(), TrainError>,
+    ) -> Result<PathBuf, TrainError> {
+        let staging = self.root.join(format!(".{name}.tmp"));
+        let target = self.root.join(name);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(TrainError::io(&staging))?;
+        }
+        write(&staging)?;
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(TrainError::io(&target))?;
+        }
+        fsio::sync_dir(&staging);
+        fsio::commit(&staging, &target)?;
+        Ok(target)
     }
-    fsio::sync_dir(&staging);
-    fsio::commit(&staging, &target)?;
-    Ok(target)
 }
 
-/// Reads `trainer_state.json` of a checkpoint.
-pub fn read_resume_state(dir: &Path) -> Result<ResumeState, TrainError> {
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(TrainError::io(&path))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!(
-        "{}: not a trainer state this version can resume from: {e} (start a new run in another output_dir)",
-        path.display()
-    )))
+/// One complete `checkpoint-STEP` directory, read back part by part as the setup needs it.
+pub struct Checkpoint {
+    dir: PathBuf,
+}
+
+impl Checkpoint {
+    /// The directory; it is also the student's model directory (Hugging Face layout) or, for a
+    /// LoRA run, its adapter directory (PEFT's layout).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn is_complete(&self) -> bool {
+        self.dir.join(STATE_FILE).exists()
+    }
+
+    /// Whether the student was saved as a LoRA adapter.
+    pub fn holds_adapter(&self) -> bool {
+        self.dir.join(ADAPTER_CONFIG).exists()
+    }
+
+    /// Where training stood (`trainer_state.json`).
+    pub fn resume_state(&self) -> Result<ResumeState, TrainError> {
+        let path = self.dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!(
+            "{}: not a trainer state this version can resume from: {e} (start a new run in another output_dir)",
+            path.display()
+        )))
+    }
+
+    /// The saved values of `fresh` projections.
+    pub fn projections<B: Backend>(
+        &self,
+        fresh: Vec<Projection<B>>,
+        device: &B::Device,
+    ) -> Result<Vec<Projection<B>>, TrainError> {
+        read_projections(fresh, &self.dir.join(PROJECTIONS_FILE), device)
+    }
+
+    /// `fresh` with the saved moments (the student's parameters must carry the ids they had
+    /// when the checkpoint was written: see [`PositionalIds`]).
+    pub fn optimizer<B: AutodiffBackend>(
+        &self,
+        fresh: GroupedAdamW<B>,
+        device: &B::Device,
+    ) -> Result<GroupedAdamW<B>, TrainError> {
+        fresh
+            .load(
+                &self.dir.join(DECAYED_STATE),
+                &self.dir.join(UNDECAYED_STATE),
+                device,
+            )
+            .map_err(|e| TrainError::Record {
+                path: self.dir.clone(),
+                message: e.to_string(),
+            })
+    }
 }
 
 /// Writes `value` as pretty JSON, atomically and durably.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value).expect("serialisable") + "\n";
     fsio::write_atomic(path, text.as_bytes())?;
     Ok(())

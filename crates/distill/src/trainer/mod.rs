@@ -4,16 +4,15 @@
 
 mod setup;
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
-use qwen2::{GenerationConfig, Qwen2Config, SaveOptions};
+use qwen2::{GenerationConfig, Qwen2Config};
 
 use crate::checkpoint::{
-    checkpoint_name, prune, write_checkpoint, CheckpointParts, ResumeState, StepRecord,
+    CheckpointParts, FinalParts, FinalStudent, ResumeState, RunDir, StepRecord,
 };
 use crate::data::{epoch_order, BatchSource, SourceBatch};
 use crate::error::TrainError;
@@ -29,14 +28,6 @@ use crate::recipe::{EvalStrategy, Recipe, SaveStrategy};
 use crate::schedule::LearningRate;
 use crate::summary::TrainSummary;
 use crate::teacher::TeacherSource;
-
-/// The file in `output_dir` that records the recipe of the run (rewritten on each start).
-pub const RECIPE_FILE: &str = "recipe.json";
-
-/// Where a LoRA run writes its final adapter alone (PEFT's layout), beside the merged `final`.
-/// Not inside `final`: transformers loads a directory holding adapter_config.json as an
-/// adapter (when peft is installed), not as the merged model.
-pub const FINAL_ADAPTER_DIR: &str = "final-adapter";
 
 /// One optimizer update, as the phases after it see it.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +49,7 @@ pub struct Update {
 pub struct Trainer<'a, B: AutodiffBackend> {
     recipe: &'a Recipe,
     options: &'a TrainOptions,
-    output_dir: PathBuf,
+    run_dir: RunDir,
     student_config: Qwen2Config,
     generation: GenerationConfig,
     teacher: TeacherSource<B::InnerBackend>,
@@ -351,7 +342,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let t = &self.recipe.training;
         if improved {
             self.state.trainer.best_checkpoint =
-                Some(checkpoint_name(self.state.trainer.global_step));
+                Some(RunDir::checkpoint_name(self.state.trainer.global_step));
         }
         let parts = CheckpointParts {
             student: self.student(),
@@ -362,17 +353,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             lora: self.recipe.lora.as_ref(),
             base_model: &self.base_model_name(),
         };
-        let dir = write_checkpoint(&self.output_dir, &parts, &self.state)?;
+        let checkpoint = self.run_dir.write_checkpoint(&parts, &self.state)?;
         let keep = match t.save_strategy {
             SaveStrategy::Last => 1,
             _ => t.save_total_limit,
         };
-        prune(
-            &self.output_dir,
-            keep,
-            self.state.trainer.best_checkpoint.as_deref(),
-        )?;
-        self.summary.last_checkpoint = Some(dir);
+        self.run_dir
+            .prune(keep, self.state.trainer.best_checkpoint.as_deref())?;
+        self.summary.last_checkpoint = Some(checkpoint.dir().to_path_buf());
         Ok(())
     }
 
@@ -389,12 +377,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             if self.evaluated_at != Some(self.state.trainer.global_step) {
                 self.evaluate()?;
             }
-            self.summary.final_model = Some(self.save_final_student()?);
-            self.summary.final_adapter = self
-                .recipe
-                .lora
-                .as_ref()
-                .map(|_| self.output_dir.join(FINAL_ADAPTER_DIR));
+            let exported = self.export_final_student()?;
+            self.summary.final_model = Some(exported.model);
+            self.summary.final_adapter = exported.adapter;
         }
         self.progress.finish();
         let trainer = &self.state.trainer;
@@ -408,7 +393,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         summary.best_checkpoint = trainer
             .best_checkpoint
             .as_ref()
-            .map(|name| self.output_dir.join(name))
+            .map(|name| self.run_dir.root().join(name))
             .filter(|dir| dir.exists());
         Ok(self.summary)
     }
@@ -423,35 +408,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             .unwrap_or_else(|| student.local_dir.display().to_string())
     }
 
-    /// The student in `save_dtype`, as the hub ships models, in `output_dir/final` (a LoRA
-    /// student merged into its base), and a LoRA student's adapter alone, in PEFT's layout, in
-    /// `output_dir/final-adapter`.
-    fn save_final_student(&self) -> Result<PathBuf, TrainError> {
-        let final_dir = self.output_dir.join("final");
+    /// The student in `save_dtype`, as the hub ships models (see [`RunDir::export_final`]).
+    fn export_final_student(&self) -> Result<FinalStudent, TrainError> {
         let student = inference_copy(self.student());
-        if let Some(settings) = &self.recipe.lora {
-            let adapter_dir = self.output_dir.join(FINAL_ADAPTER_DIR);
-            let staging = self.output_dir.join(format!(".{FINAL_ADAPTER_DIR}.tmp"));
-            if staging.exists() {
-                std::fs::remove_dir_all(&staging).map_err(TrainError::io(&staging))?;
-            }
-            qwen2::save_adapter(&student.model, settings, &self.base_model_name(), &staging)?;
-            if adapter_dir.exists() {
-                std::fs::remove_dir_all(&adapter_dir).map_err(TrainError::io(&adapter_dir))?;
-            }
-            fsio::sync_dir(&staging);
-            fsio::commit(&staging, &adapter_dir)?;
-        }
-        qwen2::save_model(
-            &student.model,
-            &self.student_config,
-            &final_dir,
-            &SaveOptions {
-                dtype: self.recipe.training.save_dtype.dtype(),
-                tokenizer_dir: Some(&self.recipe.student.local_dir),
-                generation: Some(&self.generation),
-            },
-        )?;
-        Ok(final_dir)
+        self.run_dir.export_final(&FinalParts {
+            student: &student,
+            student_config: &self.student_config,
+            generation: &self.generation,
+            tokenizer_dir: &self.recipe.student.local_dir,
+            dtype: self.recipe.training.save_dtype.dtype(),
+            lora: self.recipe.lora.as_ref(),
+            base_model: &self.base_model_name(),
+        })
     }
 }

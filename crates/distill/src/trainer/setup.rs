@@ -1,21 +1,17 @@
 //! Setting a run up: the data, the teacher (live or cached), the student and the optimizer
 //! (from the newest checkpoint when resuming), where training stands, and the logs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use qwen2::lora::ADAPTER_CONFIG;
 use qwen2::{
     attach_lora, load_adapter, load_frozen_model, load_model, GenerationConfig, Model, Qwen2Config,
 };
 
-use super::{Trainer, RECIPE_FILE};
-use crate::checkpoint::{
-    latest_checkpoint, new_projections, read_projections, read_resume_state, write_json,
-    PositionalIds, ResumeState, PROJECTIONS_FILE,
-};
+use super::Trainer;
+use crate::checkpoint::{new_projections, Checkpoint, PositionalIds, ResumeState, RunDir};
 use crate::data::{epoch_order, BatchSource};
 use crate::error::TrainError;
 use crate::metrics::MetricsLog;
@@ -28,7 +24,7 @@ use crate::recipe::{EvalStrategy, Recipe, Training};
 use crate::recipe_change::check_recipe_change;
 use crate::schedule::LearningRate;
 use crate::summary::TrainSummary;
-use crate::teacher::{needs_teacher, TeacherSource};
+use crate::teacher::TeacherSource;
 use crate::teacher_cache::prepare::{self as cached_teacher, TeacherCacheSummary};
 use crate::verdict::objective_for;
 
@@ -41,14 +37,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         device: &B::Device,
     ) -> Result<Self, TrainError> {
         let t = &recipe.training;
-        let output_dir = t.output_dir.clone();
-        std::fs::create_dir_all(&output_dir).map_err(TrainError::io(&output_dir))?;
-        let resume_from = checkpoint_to_resume(&output_dir, options.resume)?;
+        let run_dir = RunDir::create(&t.output_dir)?;
+        let output_dir = run_dir.root().to_path_buf();
+        let resume_from = run_dir.checkpoint_to_resume(options.resume)?;
         let max_steps = options.max_steps.unwrap_or(t.max_steps);
         let effective = with_max_steps(recipe, max_steps);
         if resume_from.is_some() {
             check_recipe_change(
-                &output_dir.join(RECIPE_FILE),
+                &run_dir.recipe_file(),
                 &effective,
                 options.allow_recipe_change,
             )?;
@@ -63,7 +59,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let (teacher, objective, teacher_width, cache_summary) =
             open_teacher::<B>(recipe, &student_config, options, device)?;
 
-        let model = load_student::<B>(recipe, &student_config, resume_from.as_deref(), device)?;
+        let model = load_student::<B>(recipe, &student_config, resume_from.as_ref(), device)?;
         let mut projections = new_projections::<B>(
             &objective.intermediate_matches,
             student_config.hidden_size,
@@ -71,22 +67,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             t.seed,
             device,
         );
-        if let Some(dir) = &resume_from {
-            projections = read_projections(projections, &dir.join(PROJECTIONS_FILE), device)?;
+        if let Some(checkpoint) = &resume_from {
+            projections = checkpoint.projections(projections, device)?;
         }
         let student = PositionalIds::assign(Student { model, projections });
         let mut optimizer = GroupedAdamW::<B>::new(t);
-        if let Some(dir) = &resume_from {
-            optimizer = optimizer
-                .load(dir, device)
-                .map_err(|e| TrainError::Record {
-                    path: dir.clone(),
-                    message: e.to_string(),
-                })?;
+        if let Some(checkpoint) = &resume_from {
+            optimizer = checkpoint.optimizer(optimizer, device)?;
         }
 
         let state = match &resume_from {
-            Some(dir) => read_resume_state(dir)?,
+            Some(checkpoint) => checkpoint.resume_state()?,
             None => ResumeState::fresh(t.seed),
         };
         if state.trainer.seed != t.seed {
@@ -105,7 +96,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             steps_per_epoch * t.num_train_epochs
         };
         let schedule = learning_rate(t, total_steps);
-        write_json(&output_dir.join(RECIPE_FILE), &effective)?;
+        run_dir.write_recipe(&effective)?;
         let metrics = match &resume_from {
             Some(_) => MetricsLog::open_resumed(&output_dir, state.trainer.global_step as u64)?,
             None => MetricsLog::open(&output_dir, false)?,
@@ -126,7 +117,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 .best_checkpoint
                 .as_ref()
                 .map(|name| output_dir.join(name)),
-            last_checkpoint: resume_from,
+            last_checkpoint: resume_from.map(|checkpoint| checkpoint.dir().to_path_buf()),
             final_model: None,
             final_adapter: None,
             rollouts: None,
@@ -138,7 +129,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         Ok(Self {
             recipe,
             options,
-            output_dir,
+            run_dir,
             student_config,
             generation,
             teacher,
@@ -169,27 +160,28 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 fn load_student<B: AutodiffBackend>(
     recipe: &Recipe,
     config: &Qwen2Config,
-    resume_from: Option<&Path>,
+    resume_from: Option<&Checkpoint>,
     device: &B::Device,
 ) -> Result<Model<B>, TrainError> {
     let student_dir = &recipe.student.local_dir;
-    let checkpoint_has_adapter = resume_from.map(|dir| dir.join(ADAPTER_CONFIG).exists());
+    let checkpoint_has_adapter = resume_from.map(Checkpoint::holds_adapter);
+    let resume_dir = resume_from.map(Checkpoint::dir);
     let Some(lora) = &recipe.lora else {
-        if let (Some(dir), Some(true)) = (resume_from, checkpoint_has_adapter) {
+        if let (Some(dir), Some(true)) = (resume_dir, checkpoint_has_adapter) {
             return Err(TrainError::Invalid(format!(
                 "--resume: {} holds a LoRA adapter but the recipe has no [lora] section: \
                  resume with the recipe the run was started with",
                 dir.display()
             )));
         }
-        let (model, _) = load_model::<B>(resume_from.unwrap_or(student_dir), device)?;
+        let (model, _) = load_model::<B>(resume_dir.unwrap_or(student_dir), device)?;
         return Ok(model);
     };
     lora.validate(
         Some(config),
         &format!("recipe [lora] for the student {}", student_dir.display()),
     )?;
-    if let (Some(dir), Some(false)) = (resume_from, checkpoint_has_adapter) {
+    if let (Some(dir), Some(false)) = (resume_dir, checkpoint_has_adapter) {
         return Err(TrainError::Invalid(format!(
             "--resume: {} holds a full-parameter student but the recipe has a [lora] section: \
              resume with the recipe the run was started with",
@@ -197,7 +189,7 @@ fn load_student<B: AutodiffBackend>(
         )));
     }
     let (base, _, _) = load_frozen_model::<B>(student_dir, device, recipe.memory.frozen_dtype)?;
-    match resume_from {
+    match resume_dir {
         Some(dir) => {
             let (model, saved) = load_adapter(base, config, dir)?;
             if saved != *lora {
@@ -210,26 +202,6 @@ fn load_student<B: AutodiffBackend>(
             Ok(model)
         }
         None => Ok(attach_lora(base, lora, false, recipe.training.seed)),
-    }
-}
-
-/// The checkpoint `--resume` continues from; refuses to start over a run's checkpoints
-/// without it, and `--resume` without one.
-fn checkpoint_to_resume(output_dir: &Path, resume: bool) -> Result<Option<PathBuf>, TrainError> {
-    match (resume, latest_checkpoint(output_dir)) {
-        (true, Some(dir)) => Ok(Some(dir)),
-        (true, None) => Err(TrainError::Invalid(format!(
-            "--resume: {} holds no complete checkpoint-* directory to resume from \
-             (run without --resume to start training)",
-            output_dir.display()
-        ))),
-        (false, Some(dir)) => Err(TrainError::Invalid(format!(
-            "{} already holds checkpoints of an earlier run (e.g. {}): pass --resume to \
-             continue it, or set training.output_dir to a new directory",
-            output_dir.display(),
-            dir.display()
-        ))),
-        (false, None) => Ok(None),
     }
 }
 
@@ -302,7 +274,7 @@ fn open_teacher<B: AutodiffBackend>(
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<OpenedTeacher<B::InnerBackend>, TrainError> {
-    if !needs_teacher(recipe) {
+    if !recipe.needs_teacher() {
         let objective = objective_for(recipe, None, student_config.vocab_size)?;
         return Ok((
             TeacherSource::Absent,

@@ -1,9 +1,10 @@
-//! Activation checkpointing by layer (`memory.activation_checkpointing`): the student's body
-//! runs forward without an autodiff graph, keeping only each decoder layer's input; the
-//! backward pass then goes layer by layer from the top, running each layer again with a graph
-//! and back-propagating through it alone. What autodiff keeps at any moment is one layer's
-//! activations instead of every layer's (at the seed's shapes, 512 tokens: about 0.13 GiB
-//! instead of 3.7 GiB), for one more forward pass of the body.
+//! The student's body as the backward pass needs it: its recorded autodiff graph, or the
+//! layers' inputs alone (activation checkpointing by layer, `memory.activation_checkpointing`).
+//! Recomputed, the body runs forward without a graph, keeping only each decoder layer's input;
+//! the backward pass then goes layer by layer from the top, running each layer again with a
+//! graph and back-propagating through it alone. What autodiff keeps at any moment is one
+//! layer's activations instead of every layer's (at the seed's shapes, 512 tokens: about
+//! 0.13 GiB instead of 3.7 GiB), for one more forward pass of the body.
 //!
 //! The gradient is the recorded pass's: each layer's backward receives `dL/d(output)` and is
 //! run on `sum(output * dL/d(output))` (plus the intermediate losses read at its input), whose
@@ -11,23 +12,44 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
-use crate::objective::{
-    flatten, intermediate_loss, scalar, Batch, LossBreakdown, Objective, PositionWeights, Student,
-    TeacherOutputs,
-};
+use super::batch::{flatten, Batch};
+use super::chunk::{intermediate_loss, scalar, PositionWeights};
+use super::spec::{LossBreakdown, Objective};
+use super::student::Student;
+use super::teacher::TeacherOutputs;
+
+/// The student's flattened final hidden state `[B*T, H]` and, when intermediate matches need
+/// them, all its hidden states.
+pub(super) fn student_forward<B: Backend>(
+    student: &Student<B>,
+    batch: &Batch,
+    objective: &Objective,
+) -> (Tensor<B, 2>, Option<Vec<Tensor<B, 3>>>) {
+    let needs_states = !objective.intermediate_matches.is_empty();
+    let ids = batch.ids_tensor(&student.model.device());
+    let (final_hidden, states) = student.model.forward_hidden(ids, &batch.mask, needs_states);
+    (flatten(final_hidden), states)
+}
+
+/// The student's body as the backward pass will need it: its recorded graph (with every hidden
+/// state when intermediate matches read them), or the layers' inputs to run again.
+pub(super) enum Body<B: AutodiffBackend> {
+    Recorded(Tensor<B, 2>, Option<Vec<Tensor<B, 3>>>),
+    Recomputed(BodyInputs<B>),
+}
 
 /// The body's forward pass without a graph: each decoder layer's input and the last layer's
 /// output, on the inference backend.
-pub(crate) struct BodyInputs<B: AutodiffBackend> {
+pub(super) struct BodyInputs<B: AutodiffBackend> {
     layer_inputs: Vec<Tensor<B::InnerBackend, 3>>,
     last_output: Tensor<B::InnerBackend, 3>,
 }
 
 impl<B: AutodiffBackend> BodyInputs<B> {
-    pub(crate) fn forward(student: &Student<B>, batch: &Batch) -> Self {
+    pub(super) fn forward(student: &Student<B>, batch: &Batch) -> Self {
         let model = student.model.valid();
         let context = model.layer_context(&batch.mask);
         let mut x = model.embed(batch.ids_tensor(&model.device()));
@@ -43,7 +65,7 @@ impl<B: AutodiffBackend> BodyInputs<B> {
     }
 
     /// The final normed hidden state `[B*T, H]`, without a graph (the chunks' leaves).
-    pub(crate) fn final_hidden(&self, student: &Student<B>) -> Tensor<B, 2> {
+    pub(super) fn final_hidden(&self, student: &Student<B>) -> Tensor<B, 2> {
         let norm = student.model.norm.valid();
         Tensor::from_inner(flatten(norm.forward(self.last_output.clone())))
     }
@@ -52,7 +74,7 @@ impl<B: AutodiffBackend> BodyInputs<B> {
     /// losses through the body, layer by layer from the top, into `accumulator`; adds the
     /// intermediate losses' values to `breakdown`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn backward(
+    pub(super) fn backward(
         self,
         student: &Student<B>,
         batch: &Batch,
