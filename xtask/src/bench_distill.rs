@@ -15,7 +15,6 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args as ClapArgs;
-use distill::gradients::{global_norm, scale};
 use distill::memory_plan::{MemoryPlan, RunShape};
 use distill::objective::{
     gradient_pass, Batch, Objective, Projection, Student, TeacherOutputs, TeacherSignal,
@@ -383,14 +382,14 @@ fn timed_updates<A: AutodiffBackend>(
         A::sync(device)?;
         phases.student_forward_and_loss = pass.times.student_forward_and_loss;
         phases.backward = pass.times.backward;
-        let (mut grads, losses) = (pass.gradients, pass.losses);
+        let losses = pass.losses;
 
+        // The trainer's own update: one micro-batch, the recipe's clipping, a fixed rate.
         let started = Instant::now();
-        let norm = global_norm(&student, &grads);
-        if norm > 1.0 {
-            scale(&student, &mut grads, 1.0 / (norm + 1e-6));
-        }
-        student = optimizer.step(5e-5, student, grads);
+        let max_grad_norm = recipe.training.max_grad_norm;
+        student = optimizer
+            .apply(student, pass.gradients, 1, max_grad_norm, 5e-5)
+            .0;
         A::sync(device)?;
         phases.optimizer = started.elapsed().as_secs_f64();
         eprintln!(

@@ -74,7 +74,22 @@ fn main() {
         Command::Quickstart(args) => quickstart::run(args),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", error_text(&err));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each cause once: the library errors already name
+/// their source in their own message (a file's I/O error, say), so a cause whose text is
+/// already there is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

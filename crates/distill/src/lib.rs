@@ -1,23 +1,24 @@
 //! Knowledge distillation of a Qwen2 teacher into a Qwen2 student.
 //!
 //! Components (losses, logging) are kept apart from the recipe that drives them (the training
-//! loop), as torchtune does. Dependencies run one way:
+//! loop), as torchtune does. Dependencies run one way (`tests/python/module_graph.py`):
 //!
-//! losses -> objective -> measure (the evaluation metrics) -> verdict (a recipe's objective)
-//! -> teacher_cache (and its `prepare`) -> teacher, data -> on_policy (generated text) ->
-//! evaluate -> checkpoint -> trainer (the phases of an update) -> train (the loop).
+//! losses -> objective (spec, student, batch, teacher, chunk, body, pass) -> recipe ->
+//! measure (the evaluation metrics) -> verdict (a recipe's objective) -> teacher_cache ->
+//! teacher, data -> on_policy (generated text) -> evaluate -> checkpoint (the run directory)
+//! -> trainer (the phases of an update) -> train (the loop) -> run (what a user starts).
 //!
-//! Public: what a caller configures and runs ([`Recipe`], [`train`], [`TrainOptions`],
-//! [`TrainSummary`]), and the components tools and tests build on (losses, the objective, the
-//! metrics, evaluation, the teacher cache, the metrics log). The loop's own parts (checkpoint
-//! layout, schedule, progress, the trainer) are private. The tiny test setup ([`toy`]) is
-//! behind the `toy` feature.
+//! Public: what a caller configures and runs ([`Recipe`], [`run`], [`train`],
+//! [`TrainOptions`], [`TrainSummary`]), and the components tools and tests build on (losses,
+//! the objective, the metrics, evaluation, the teacher cache, the metrics log). The loop's own
+//! parts (checkpoint layout, schedule, progress, the trainer) are private. The tiny test setup
+//! ([`toy`]) is behind the `toy` feature.
 
 mod checkpoint;
 pub mod data;
 mod error;
 pub mod evaluate;
-pub mod gradients;
+mod gradients;
 pub mod losses;
 pub mod measure;
 pub mod memory_plan;
@@ -29,6 +30,7 @@ mod options;
 mod progress;
 pub mod recipe;
 mod recipe_change;
+pub mod run;
 mod schedule;
 mod summary;
 mod teacher;

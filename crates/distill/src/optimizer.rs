@@ -13,6 +13,7 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
+use crate::gradients::{global_norm, scale};
 use crate::objective::Student;
 use crate::recipe::Training;
 
@@ -50,6 +51,26 @@ impl<B: AutodiffBackend> GroupedAdamW<B> {
         let vectors = split.vectors;
         let student = self.decayed.step(lr, student, grads);
         self.undecayed.step(lr, student, vectors)
+    }
+
+    /// The update once the gradients of `micro_batches` micro-batches are summed in `grads`:
+    /// their mean, clipped by global norm to `max_grad_norm` (0: no clipping) as torch's
+    /// `clip_grad_norm_`, then one step at `lr`. Returns the student and the norm before
+    /// clipping. The trainer and `bench distill-step` both update through this.
+    pub fn apply(
+        &mut self,
+        student: Student<B>,
+        mut grads: GradientsParams,
+        micro_batches: usize,
+        max_grad_norm: f64,
+        lr: f64,
+    ) -> (Student<B>, f64) {
+        scale(&student, &mut grads, 1.0 / micro_batches as f64);
+        let grad_norm = global_norm(&student, &grads);
+        if max_grad_norm > 0.0 && grad_norm > max_grad_norm {
+            scale(&student, &mut grads, max_grad_norm / (grad_norm + 1e-6));
+        }
+        (self.step(lr, student, grads), grad_norm)
     }
 
     /// Writes the two groups' states to the files `decayed` and `undecayed` (stems: the

@@ -1,6 +1,9 @@
 //! What a run reports when it ends.
 
+use std::fmt;
 use std::path::PathBuf;
+
+use qwen2::memory::gib;
 
 use crate::evaluate::EvalMetrics;
 use crate::teacher_cache::prepare::TeacherCacheSummary;
@@ -41,4 +44,105 @@ pub struct TrainSummary {
     /// What `cache_teacher` built or reused. With a cache, `kl_to_teacher` of the evaluations
     /// is the top-k approximation (logged as `kl_to_teacher_topk`).
     pub teacher_cache: Option<TeacherCacheSummary>,
+}
+
+impl fmt::Display for TrainSummary {
+    /// The run's report as `cargo xtask distill` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let summary = self;
+        let status = if summary.stopped_early {
+            "stopped (Ctrl-C); continue with --resume"
+        } else {
+            "done"
+        };
+        writeln!(f, "training {status}")?;
+        writeln!(
+            f,
+            "  steps {} | epochs completed {} | tokens {} | {:.0} tokens/s | peak RSS {}",
+            summary.steps,
+            summary.epochs_completed,
+            summary.train_tokens,
+            summary.tokens_per_second,
+            summary.peak_rss_bytes.map_or("unknown".into(), gib)
+        )?;
+        if let Some(rollouts) = &summary.rollouts {
+            let share = |count: usize| 100.0 * count as f64 / rollouts.micro_batches.max(1) as f64;
+            writeln!(
+                f,
+                "  on-policy: {:.0}% of {} micro-batches continued by the student, {:.0}% by the teacher | \
+                 {} tokens generated at {:.0} tokens/s, mean length {:.1}",
+                share(rollouts.by_student),
+                rollouts.micro_batches,
+                share(rollouts.by_teacher),
+                rollouts.generated_tokens,
+                rollouts.generated_tokens as f64 / rollouts.generation_seconds.max(1e-9),
+                rollouts.generated_tokens as f64 / rollouts.generated_rows.max(1) as f64,
+            )?;
+        }
+        if let Some(cache) = &summary.teacher_cache {
+            let built = if cache.blocks_computed == 0 {
+                "reused".to_string()
+            } else {
+                format!(
+                    "built {} blocks in {:.1} s, peak RSS while building {}",
+                    cache.blocks_computed,
+                    cache.build_seconds,
+                    cache.build_peak_rss_bytes.map_or("unknown".into(), gib)
+                )
+            };
+            let dirs: Vec<String> = cache.dirs.iter().map(|d| d.display().to_string()).collect();
+            writeln!(
+                f,
+                "  teacher cache (top-{}): {} | {:.1} MiB | {built}{}",
+                cache.top_k,
+                dirs.join(", "),
+                cache.bytes as f64 / (1u64 << 20) as f64,
+                if cache.teacher_dir_missing {
+                    " | teacher dir absent: trained from the cache's teacher.json"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        if let Some(loss) = summary.last_train_loss {
+            writeln!(f, "  last train loss {loss:.4}")?;
+        }
+        // From a cache the KL is the top-k approximation (a lower bound of the full KL).
+        let kl_label = match &summary.teacher_cache {
+            Some(cache) => format!("KL to teacher (top-{} approx.)", cache.top_k),
+            None => "KL to teacher".to_string(),
+        };
+        for (when, eval) in [
+            ("  before training: ", &summary.initial_eval),
+            ("  ", &summary.last_eval),
+        ] {
+            if let Some(eval) = eval {
+                let kl = eval
+                    .kl_to_teacher
+                    .map_or("n/a (no teacher)".into(), |kl| format!("{kl:.4}"));
+                writeln!(
+                    f,
+                    "{when}eval loss {:.4} | perplexity {:.2} | {kl_label} {kl}",
+                    eval.loss, eval.perplexity
+                )?;
+            }
+        }
+        for (what, path) in [
+            ("final student", &summary.final_model),
+            ("final adapter (PEFT)", &summary.final_adapter),
+            ("best checkpoint", &summary.best_checkpoint),
+            ("last checkpoint", &summary.last_checkpoint),
+        ] {
+            if let Some(path) = path {
+                writeln!(f, "  {what}: {}", path.display())?;
+            }
+        }
+        writeln!(
+            f,
+            "  metrics: {} (TensorBoard: tensorboard --logdir {})",
+            summary.output_dir.join("metrics.jsonl").display(),
+            summary.output_dir.join("runs").display()
+        )?;
+        Ok(())
+    }
 }

@@ -17,7 +17,6 @@ use crate::checkpoint::{
 use crate::data::{epoch_order, BatchSource, SourceBatch};
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, EvalMetrics};
-use crate::gradients::{global_norm, scale};
 use crate::metrics::{MetricsLog, Split};
 use crate::objective::{gradient_pass, inference_copy, Batch, Objective, Student, TeacherOutputs};
 use crate::on_policy::{self, roll_out, TextSource};
@@ -139,16 +138,16 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 loss,
             });
         }
-        let mut grads = accumulator.grads();
-        let student = self.student();
-        scale(student, &mut grads, 1.0 / micro_batches as f64);
-        let grad_norm = global_norm(student, &grads);
-        if t.max_grad_norm > 0.0 && grad_norm > t.max_grad_norm {
-            scale(student, &mut grads, t.max_grad_norm / (grad_norm + 1e-6));
-        }
         let lr = self.schedule.at(step);
         let student = self.student.take().expect("put back after each update");
-        self.student = Some(self.optimizer.step(lr, student, grads));
+        let (student, grad_norm) = self.optimizer.apply(
+            student,
+            accumulator.grads(),
+            micro_batches,
+            t.max_grad_norm,
+            lr,
+        );
+        self.student = Some(student);
         self.train_seconds += started.elapsed().as_secs_f64();
 
         let position = &mut self.state.trainer;
