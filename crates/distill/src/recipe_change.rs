@@ -1,5 +1,6 @@
 //! `--resume` with a recipe that is not the one the run was started with: each changed field
-//! is named with what it changes. Fields that only change what is logged, evaluated or kept
+//! is named with what it changes (each recipe section says that of its fields:
+//! `recipe::on_resume`). Fields that only change what is logged, evaluated or kept
 //! are accepted; the others change the result (the resumed run is no longer the run an
 //! uninterrupted one would have been: e.g. `training.max_steps` 150 -> 40 re-times the
 //! learning-rate schedule) and are refused unless the user confirms with
@@ -14,61 +15,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::TrainError;
-use crate::recipe::Recipe;
-
-/// Fields (or sections, ending in `.`) whose change leaves the trained weights as they would
-/// have been, with what they change instead.
-const HARMLESS: [(&str, &str); 13] = [
-    ("training.output_dir", "where the run writes"),
-    ("training.logging_steps", "how often the loss is logged"),
-    ("training.eval_strategy", "when the student is evaluated"),
-    ("training.eval_steps", "when the student is evaluated"),
-    (
-        "training.max_eval_batches",
-        "how much of the eval split is measured",
-    ),
-    (
-        "training.per_device_eval_batch_size",
-        "the evaluation's batch size",
-    ),
-    (
-        "training.save_strategy",
-        "which checkpoints are written and kept",
-    ),
-    ("training.save_steps", "which checkpoints are written"),
-    ("training.save_total_limit", "how many checkpoints are kept"),
-    ("training.save_dtype", "the dtype of the final student"),
-    ("dataset.eval_split", "the split evaluation measures"),
-    ("teacher_cache.dir", "where the teacher cache is read"),
-    (
-        "dataset.repo",
-        "where `cargo xtask download` fetches the data",
-    ),
-];
-
-/// What a change of a result-changing field does, for the message.
-fn effect(field: &str) -> &'static str {
-    match field {
-        "training.max_steps" | "training.num_train_epochs" => {
-            "where training stops, and the learning-rate schedule (its length, and the warmup when warmup_ratio is set)"
-        }
-        "training.learning_rate" | "training.lr_scheduler_type" => "the learning-rate schedule",
-        "training.warmup_steps" | "training.warmup_ratio" => "the warmup of the schedule",
-        "training.per_device_train_batch_size" | "training.gradient_accumulation_steps" => {
-            "which blocks make an update, and the data position of the checkpoint"
-        }
-        "training.seed" => "the data order",
-        f if f.starts_with("training.") => "the optimizer's updates",
-        f if f.starts_with("distillation.") => "the training loss",
-        f if f.starts_with("teacher.") || f.starts_with("teacher_cache.") => {
-            "the teacher's signal"
-        }
-        f if f.starts_with("student.") => "the student the checkpoint belongs to",
-        f if f.starts_with("on_policy.") => "which text the micro-batches train on",
-        f if f.starts_with("dataset.") => "the training data",
-        _ => "the training run",
-    }
-}
+use crate::recipe::{on_resume, Recipe};
 
 /// One field that differs between the run's recipe and this one.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,13 +49,13 @@ pub fn recipe_changes(before: &Value, after: &Value) -> Vec<RecipeChange> {
         .filter(|field| old.get(*field) != new.get(*field))
         .map(|field| {
             let shown = |v: Option<&Value>| v.map_or("(unset)".to_string(), Value::to_string);
-            let harmless = HARMLESS.iter().find(|(name, _)| field == name);
+            let (harmless, effect) = on_resume(field);
             RecipeChange {
                 field: field.clone(),
                 before: shown(old.get(field)),
                 after: shown(new.get(field)),
-                effect: harmless.map_or_else(|| effect(field), |(_, effect)| effect),
-                harmless: harmless.is_some(),
+                effect,
+                harmless,
             }
         })
         .collect()
