@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use distill::memory_plan::{machine_memory, MemoryPlan};
 use distill::recipe::Recipe;
-use distill::run::Device;
+use distill::run::{Device, PreparedRun};
 use distill::{TrainOptions, TrainSummary};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::gib;
@@ -68,9 +68,8 @@ pub fn run(args: Args) -> Result<()> {
         BackendKind::Cuda => Device::Gpu,
         _ => Device::Cpu,
     };
-    let prepared = distill::run::prepare(&args.config, &args.overrides, device)?;
-    let mut notes = prepared.notes.clone();
-    let recipe = prepared.recipe;
+    let PreparedRun { recipe, mut notes } =
+        distill::run::prepare(&args.config, &args.overrides, device)?;
     // The memory plan before anything is loaded. A plan that cannot be made (a missing config
     // or manifest) is left to the trainer's own, more precise errors, except with --dry-run,
     // which exists to show it.

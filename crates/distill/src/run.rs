@@ -98,12 +98,11 @@ pub fn memory_plan(
     let manifest = preprocess::Manifest::load(&recipe.dataset.shards)?;
     // Whether `memory.frozen_dtype` stores a model's matrices in bf16 ("auto" follows the
     // checkpoint's own dtype, read from the safetensors headers or the GGUF directory alone).
-    let mut stores_bf16 = |path: &Path| -> Result<bool, TrainError> {
+    let mut stores_bf16 = |path: &Path, config: &Qwen2Config| -> Result<bool, TrainError> {
         let weights_absent = path.is_dir()
             && !path.join("model.safetensors").exists()
             && !path.join("model.safetensors.index.json").exists();
         if weights_absent {
-            let config = Qwen2Config::from_file(path)?;
             notes.push(format!(
                 "{} has no weight files yet; planning as if they are stored as its config.json \
                  says ({})",
@@ -118,11 +117,11 @@ pub fn memory_plan(
         Ok(qwen2::frozen_in_bf16(path, recipe.memory.frozen_dtype)?)
     };
     let teacher_bf16 = match &teacher {
-        Some(_) => stores_bf16(teacher_dir)?,
+        Some(config) => stores_bf16(teacher_dir, config)?,
         None => false,
     };
     let student_base_bf16 = match &recipe.lora {
-        Some(_) => stores_bf16(&recipe.student.local_dir)?,
+        Some(_) => stores_bf16(&recipe.student.local_dir, &student)?,
         None => false,
     };
     Ok(MemoryPlan::estimate(&RunShape {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use qwen2::memory::gib;
 
 use crate::evaluate::EvalMetrics;
+use crate::metrics::METRICS_FILE;
 use crate::teacher_cache::prepare::TeacherCacheSummary;
 
 /// What a run did.
@@ -49,8 +50,7 @@ pub struct TrainSummary {
 impl fmt::Display for TrainSummary {
     /// The run's report as `cargo xtask distill` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let summary = self;
-        let status = if summary.stopped_early {
+        let status = if self.stopped_early {
             "stopped (Ctrl-C); continue with --resume"
         } else {
             "done"
@@ -59,13 +59,13 @@ impl fmt::Display for TrainSummary {
         writeln!(
             f,
             "  steps {} | epochs completed {} | tokens {} | {:.0} tokens/s | peak RSS {}",
-            summary.steps,
-            summary.epochs_completed,
-            summary.train_tokens,
-            summary.tokens_per_second,
-            summary.peak_rss_bytes.map_or("unknown".into(), gib)
+            self.steps,
+            self.epochs_completed,
+            self.train_tokens,
+            self.tokens_per_second,
+            self.peak_rss_bytes.map_or("unknown".into(), gib)
         )?;
-        if let Some(rollouts) = &summary.rollouts {
+        if let Some(rollouts) = &self.rollouts {
             let share = |count: usize| 100.0 * count as f64 / rollouts.micro_batches.max(1) as f64;
             writeln!(
                 f,
@@ -79,7 +79,7 @@ impl fmt::Display for TrainSummary {
                 rollouts.generated_tokens as f64 / rollouts.generated_rows.max(1) as f64,
             )?;
         }
-        if let Some(cache) = &summary.teacher_cache {
+        if let Some(cache) = &self.teacher_cache {
             let built = if cache.blocks_computed == 0 {
                 "reused".to_string()
             } else {
@@ -104,17 +104,17 @@ impl fmt::Display for TrainSummary {
                 }
             )?;
         }
-        if let Some(loss) = summary.last_train_loss {
+        if let Some(loss) = self.last_train_loss {
             writeln!(f, "  last train loss {loss:.4}")?;
         }
         // From a cache the KL is the top-k approximation (a lower bound of the full KL).
-        let kl_label = match &summary.teacher_cache {
+        let kl_label = match &self.teacher_cache {
             Some(cache) => format!("KL to teacher (top-{} approx.)", cache.top_k),
             None => "KL to teacher".to_string(),
         };
         for (when, eval) in [
-            ("  before training: ", &summary.initial_eval),
-            ("  ", &summary.last_eval),
+            ("  before training: ", &self.initial_eval),
+            ("  ", &self.last_eval),
         ] {
             if let Some(eval) = eval {
                 let kl = eval
@@ -128,10 +128,10 @@ impl fmt::Display for TrainSummary {
             }
         }
         for (what, path) in [
-            ("final student", &summary.final_model),
-            ("final adapter (PEFT)", &summary.final_adapter),
-            ("best checkpoint", &summary.best_checkpoint),
-            ("last checkpoint", &summary.last_checkpoint),
+            ("final student", &self.final_model),
+            ("final adapter (PEFT)", &self.final_adapter),
+            ("best checkpoint", &self.best_checkpoint),
+            ("last checkpoint", &self.last_checkpoint),
         ] {
             if let Some(path) = path {
                 writeln!(f, "  {what}: {}", path.display())?;
@@ -140,8 +140,8 @@ impl fmt::Display for TrainSummary {
         writeln!(
             f,
             "  metrics: {} (TensorBoard: tensorboard --logdir {})",
-            summary.output_dir.join("metrics.jsonl").display(),
-            summary.output_dir.join("runs").display()
+            self.output_dir.join(METRICS_FILE).display(),
+            self.output_dir.join("runs").display()
         )?;
         Ok(())
     }

@@ -37,7 +37,7 @@ pub use projections::new_projections;
 use projections::{read_projections, write_projections};
 
 use crate::error::TrainError;
-use crate::objective::{inference_copy, Projection, Student};
+use crate::objective::{Projection, Student};
 use crate::on_policy::RolloutWindow;
 use crate::optimizer::GroupedAdamW;
 use crate::recipe::Recipe;
@@ -120,28 +120,41 @@ impl ResumeState {
     }
 }
 
-/// What a checkpoint holds besides the trainer state.
-pub struct CheckpointParts<'a, B: AutodiffBackend> {
+/// The student and what its files need beside its weights: what checkpoints and the final
+/// export write.
+pub struct StudentFiles<'a, B: Backend> {
+    /// The inference copy of the trained student.
     pub student: &'a Student<B>,
     pub student_config: &'a Qwen2Config,
     pub generation: &'a GenerationConfig,
     pub tokenizer_dir: &'a Path,
-    pub optimizer: &'a GroupedAdamW<B>,
     /// The adapter's settings when the student is a LoRA student.
     pub lora: Option<&'a LoraSettings>,
     /// The base model's name as an adapter records it (`base_model_name_or_path`).
     pub base_model: &'a str,
 }
 
-/// What the end of a run exports: the student and, for a LoRA run, its settings.
-pub struct FinalParts<'a, B: Backend> {
-    pub student: &'a Student<B>,
-    pub student_config: &'a Qwen2Config,
-    pub generation: &'a GenerationConfig,
-    pub tokenizer_dir: &'a Path,
-    pub dtype: Dtype,
-    pub lora: Option<&'a LoraSettings>,
-    pub base_model: &'a str,
+impl<B: Backend> StudentFiles<'_, B> {
+    /// The whole student (a LoRA student merged into its base) in the Hugging Face layout.
+    fn save_model(&self, dir: &Path, dtype: Dtype) -> Result<(), TrainError> {
+        save_model(
+            &self.student.model,
+            self.student_config,
+            dir,
+            &SaveOptions {
+                dtype,
+                tokenizer_dir: Some(self.tokenizer_dir),
+                generation: Some(self.generation),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A LoRA student's adapter alone, in PEFT's layout.
+    fn save_adapter(&self, settings: &LoraSettings, dir: &Path) -> Result<(), TrainError> {
+        save_adapter(&self.student.model, settings, self.base_model, dir)?;
+        Ok(())
+    }
 }
 
 /// Where the exported student went.
@@ -235,33 +248,22 @@ impl RunDir {
         Ok(())
     }
 
-    /// Writes `checkpoint-STEP` atomically.
+    /// Writes `checkpoint-STEP` atomically: the student in float32 (a LoRA student as its
+    /// adapter), its projections, the optimizer's moments and `state`.
     pub fn write_checkpoint<B: AutodiffBackend>(
         &self,
-        parts: &CheckpointParts<'_, B>,
+        files: &StudentFiles<'_, B::InnerBackend>,
+        optimizer: &GroupedAdamW<B>,
         state: &ResumeState,
     ) -> Result<Checkpoint, TrainError> {
         let name = Self::checkpoint_name(state.trainer.global_step);
-        let inference = inference_copy(parts.student);
         let dir = self.write_atomically(&name, |staging| {
-            match parts.lora {
-                Some(settings) => {
-                    save_adapter(&inference.model, settings, parts.base_model, staging)?
-                }
-                None => save_model(
-                    &inference.model,
-                    parts.student_config,
-                    staging,
-                    &SaveOptions {
-                        dtype: Dtype::F32,
-                        tokenizer_dir: Some(parts.tokenizer_dir),
-                        generation: Some(parts.generation),
-                    },
-                )?,
+            match files.lora {
+                Some(settings) => files.save_adapter(settings, staging)?,
+                None => files.save_model(staging, Dtype::F32)?,
             }
-            write_projections(&inference.projections, &staging.join(PROJECTIONS_FILE))?;
-            parts
-                .optimizer
+            write_projections(&files.student.projections, &staging.join(PROJECTIONS_FILE))?;
+            optimizer
                 .save(&staging.join(DECAYED_STATE), &staging.join(UNDECAYED_STATE))
                 .map_err(|e| TrainError::Record {
                     path: staging.to_path_buf(),
@@ -272,30 +274,21 @@ impl RunDir {
         Ok(Checkpoint { dir })
     }
 
-    /// The student as the hub ships models, in `final` (a LoRA student merged into its base),
-    /// and a LoRA student's adapter alone, in PEFT's layout, in `final-adapter`.
+    /// The student in `dtype`, as the hub ships models, in `final` (a LoRA student merged into
+    /// its base), and a LoRA student's adapter alone, in PEFT's layout, in `final-adapter`.
     pub fn export_final<B: Backend>(
         &self,
-        parts: &FinalParts<'_, B>,
+        files: &StudentFiles<'_, B>,
+        dtype: Dtype,
     ) -> Result<FinalStudent, TrainError> {
-        let adapter = match parts.lora {
+        let adapter = match files.lora {
             Some(settings) => Some(self.write_atomically(FINAL_ADAPTER_DIR, |staging| {
-                save_adapter(&parts.student.model, settings, parts.base_model, staging)?;
-                Ok(())
+                files.save_adapter(settings, staging)
             })?),
             None => None,
         };
         let model = self.root.join(FINAL_DIR);
-        save_model(
-            &parts.student.model,
-            parts.student_config,
-            &model,
-            &SaveOptions {
-                dtype: parts.dtype,
-                tokenizer_dir: Some(parts.tokenizer_dir),
-                generation: Some(parts.generation),
-            },
-        )?;
+        files.save_model(&model, dtype)?;
         Ok(FinalStudent { model, adapter })
     }
 

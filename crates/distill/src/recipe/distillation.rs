@@ -110,13 +110,12 @@ impl Distillation {
                 ("layer_S", matched.layer_s, student_layers),
             ] {
                 if layer > layers {
-                    return Err(RecipeError::Field {
-                        path: path.to_path_buf(),
-                        field: format!("distillation.intermediate_matches[{index}].{name}"),
-                        message: format!(
+                    return Err(Fields(path).error(
+                        &format!("distillation.intermediate_matches[{index}].{name}"),
+                        format!(
                             "layer {layer} does not exist: the model has {layers} layers, so hidden states 0..={layers}"
                         ),
-                    });
+                    ));
                 }
             }
         }

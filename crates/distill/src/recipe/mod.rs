@@ -139,17 +139,6 @@ impl Recipe {
         }
         self.on_policy.validate(&fields, self.needs_teacher())
     }
-
-    /// Checks the intermediate-match layer indices against the two models' layer counts.
-    pub fn check_layers(
-        &self,
-        path: &Path,
-        teacher_layers: usize,
-        student_layers: usize,
-    ) -> Result<(), RecipeError> {
-        self.distillation
-            .check_layers(path, teacher_layers, student_layers)
-    }
 }
 
 /// Names the recipe file and a field in a validation error.

@@ -192,7 +192,7 @@ pub fn prepare<B: Backend>(
     };
     let (record, objective) = if teacher_present {
         let config = Qwen2Config::from_file(teacher_dir)?;
-        recipe.check_layers(
+        recipe.distillation.check_layers(
             Path::new("recipe"),
             config.num_hidden_layers,
             student_config.num_hidden_layers,
@@ -230,7 +230,7 @@ pub fn prepare<B: Backend>(
                 teacher_dir.display()
             )));
         }
-        recipe.check_layers(
+        recipe.distillation.check_layers(
             Path::new("recipe"),
             record.num_hidden_layers,
             student_config.num_hidden_layers,

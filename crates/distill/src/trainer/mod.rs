@@ -11,9 +11,7 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
 use qwen2::{GenerationConfig, Qwen2Config};
 
-use crate::checkpoint::{
-    CheckpointParts, FinalParts, FinalStudent, ResumeState, RunDir, StepRecord,
-};
+use crate::checkpoint::{FinalStudent, ResumeState, RunDir, StepRecord, StudentFiles};
 use crate::data::{epoch_order, BatchSource, SourceBatch};
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, EvalMetrics};
@@ -343,16 +341,13 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             self.state.trainer.best_checkpoint =
                 Some(RunDir::checkpoint_name(self.state.trainer.global_step));
         }
-        let parts = CheckpointParts {
-            student: self.student(),
-            student_config: &self.student_config,
-            generation: &self.generation,
-            tokenizer_dir: &self.recipe.student.local_dir,
-            optimizer: &self.optimizer,
-            lora: self.recipe.lora.as_ref(),
-            base_model: &self.base_model_name(),
-        };
-        let checkpoint = self.run_dir.write_checkpoint(&parts, &self.state)?;
+        let student = inference_copy(self.student());
+        let base_model = self.base_model_name();
+        let checkpoint = self.run_dir.write_checkpoint(
+            &self.student_files(&student, &base_model),
+            &self.optimizer,
+            &self.state,
+        )?;
         let keep = match t.save_strategy {
             SaveStrategy::Last => 1,
             _ => t.save_total_limit,
@@ -407,17 +402,29 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             .unwrap_or_else(|| student.local_dir.display().to_string())
     }
 
-    /// The student in `save_dtype`, as the hub ships models (see [`RunDir::export_final`]).
-    fn export_final_student(&self) -> Result<FinalStudent, TrainError> {
-        let student = inference_copy(self.student());
-        self.run_dir.export_final(&FinalParts {
-            student: &student,
+    /// What the files of `student` (the inference copy) are written with.
+    fn student_files<'s>(
+        &'s self,
+        student: &'s Student<B::InnerBackend>,
+        base_model: &'s str,
+    ) -> StudentFiles<'s, B::InnerBackend> {
+        StudentFiles {
+            student,
             student_config: &self.student_config,
             generation: &self.generation,
             tokenizer_dir: &self.recipe.student.local_dir,
-            dtype: self.recipe.training.save_dtype.dtype(),
             lora: self.recipe.lora.as_ref(),
-            base_model: &self.base_model_name(),
-        })
+            base_model,
+        }
+    }
+
+    /// The student in `save_dtype`, as the hub ships models (see [`RunDir::export_final`]).
+    fn export_final_student(&self) -> Result<FinalStudent, TrainError> {
+        let student = inference_copy(self.student());
+        let base_model = self.base_model_name();
+        self.run_dir.export_final(
+            &self.student_files(&student, &base_model),
+            self.recipe.training.save_dtype.dtype(),
+        )
     }
 }

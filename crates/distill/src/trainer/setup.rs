@@ -298,7 +298,7 @@ fn open_teacher<B: AutodiffBackend>(
         device,
         recipe.memory.frozen_dtype,
     )?;
-    recipe.check_layers(
+    recipe.distillation.check_layers(
         Path::new("recipe"),
         config.num_hidden_layers,
         student_config.num_hidden_layers,
