@@ -15,15 +15,14 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args as ClapArgs;
-use distill::memory_plan::{MemoryPlan, RunShape};
-use distill::objective::{
-    gradient_pass, Batch, Objective, Projection, Student, TeacherOutputs, TeacherSignal,
-};
-use distill::objective_for;
+use distill::memory_plan::MemoryPlan;
+use distill::objective::{Batch, Objective, Projection, Student, TeacherOutputs, TeacherSignal};
 use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
+use distill::update::GradientAccumulation;
+use distill::{objective_for, RunPlan, TeacherPlan};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
-use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
+use qwen2::memory::{gib, peak_rss_bytes};
 use qwen2::{
     attach_lora, build_frozen_model, build_model, AttentionMask, LoraSettings, Model, Qwen2Config,
     RandomWeights,
@@ -79,9 +78,6 @@ pub fn run(args: Args) -> Result<()> {
 
 struct Step(Args);
 
-/// Top-k rows per position of `--cache-teacher`, as `teacher_cache.top_k` defaults to.
-const CACHE_TOP_K: usize = 64;
-
 fn preset(name: &str) -> Result<Qwen2Config> {
     Qwen2Config::preset(name)
         .ok_or_else(|| anyhow!("unknown shape `{name}`: use {}", Qwen2Config::PRESETS))
@@ -110,7 +106,6 @@ impl BackendTask for Step {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
-        let baseline_bytes = current_rss_bytes().unwrap_or(0);
         let student_config = preset(&args.shape)?;
         let teacher_shape = args.teacher_shape.clone().unwrap_or(args.shape.clone());
         let teacher_config = preset(&teacher_shape)?;
@@ -140,29 +135,30 @@ impl BackendTask for Step {
         } else {
             String::new()
         };
-        let recipe = Recipe::parse(
+        let mut recipe = Recipe::parse(
             &format!(
                 "[teacher]\nlocal_dir = \"-\"\n[student]\nlocal_dir = \"-\"\n[dataset]\nshards = \"-\"\n\
-                 [training]\noutput_dir = \"-\"\n[distillation]\n{matches}"
+                 [training]\noutput_dir = \"-\"\nper_device_train_batch_size = {}\n\
+                 [memory]\nactivation_checkpointing = {}\n[distillation]\n{matches}",
+                args.batch, args.activation_checkpointing
             ),
             Path::new("bench"),
             &[],
         )?;
-        let objective = objective_for(&recipe, None, student_config.vocab_size)?;
-        let plan = MemoryPlan::estimate(&RunShape {
-            student: &student_config,
-            teacher: (!args.cache_teacher).then_some(&teacher_config),
-            cache_top_k: CACHE_TOP_K,
-            batch: args.batch,
-            seq_len: args.seq_len,
-            chunk_positions: objective.chunk_positions,
-            baseline_bytes,
-            lora: lora.as_ref(),
-            teacher_bf16: frozen_bf16,
-            student_base_bf16: frozen_bf16,
-            generated_len: 0,
-            recompute_layers: args.activation_checkpointing,
-        });
+        recipe.lora = lora.clone();
+        // The run's plan as the trainer reads it, from the presets instead of files (random
+        // ids: no tokenizer check).
+        let run_plan = RunPlan {
+            objective: objective_for(&recipe, None, student_config.vocab_size)?,
+            student: student_config.clone(),
+            teacher: match args.cache_teacher {
+                true => TeacherPlan::Absent,
+                false => TeacherPlan::Live(teacher_config.clone()),
+            },
+            block_len: args.seq_len,
+        };
+        let objective = &run_plan.objective;
+        let plan = MemoryPlan::estimate(&run_plan.run_shape(&recipe, frozen_bf16, frozen_bf16));
         eprintln!("memory plan:\n{}", plan.table());
         // A GPU holds the tensors in its own memory, which this plan does not describe.
         if args.backend != BackendKind::Cuda && !args.ignore_memory_plan {
@@ -205,7 +201,7 @@ impl BackendTask for Step {
             lora.as_ref(),
             frozen_bf16,
             &recipe,
-            &objective,
+            objective,
             teacher.as_ref(),
             &batch,
             &device,
@@ -340,7 +336,8 @@ fn timed_updates<A: AutodiffBackend>(
 ) -> Result<Vec<Phases>> {
     let tokens = batch.batch_size() * batch.seq_len();
     let vocab = student_config.vocab_size;
-    let cached_rows = || cached_top_k::<A::InnerBackend>(tokens, CACHE_TOP_K, vocab, device);
+    let top_k = recipe.teacher_cache.top_k;
+    let cached_rows = || cached_top_k::<A::InnerBackend>(tokens, top_k, vocab, device);
     let model = match lora {
         None => build_model::<A>(student_config, &mut RandomWeights::new(2), device)?,
         Some(lora) => {
@@ -372,24 +369,16 @@ fn timed_updates<A: AutodiffBackend>(
         A::sync(device)?;
         phases.teacher_forward = started.elapsed().as_secs_f64();
 
-        let pass = gradient_pass(
-            &student,
-            &outputs,
-            batch,
-            objective,
-            args.activation_checkpointing,
-        );
-        A::sync(device)?;
-        phases.student_forward_and_loss = pass.times.student_forward_and_loss;
-        phases.backward = pass.times.backward;
-        let losses = pass.losses;
-
         // The trainer's own update: one micro-batch, the recipe's clipping, a fixed rate.
+        let mut accumulation = GradientAccumulation::default();
+        let (losses, times) =
+            accumulation.add(&student, &outputs, batch, objective, recipe, update, 0);
+        A::sync(device)?;
+        phases.student_forward_and_loss = times.student_forward_and_loss;
+        phases.backward = times.backward;
+
         let started = Instant::now();
-        let max_grad_norm = recipe.training.max_grad_norm;
-        student = optimizer
-            .apply(student, pass.gradients, 1, max_grad_norm, 5e-5)
-            .0;
+        student = accumulation.apply(student, &mut optimizer, recipe, 5e-5).0;
         A::sync(device)?;
         phases.optimizer = started.elapsed().as_secs_f64();
         eprintln!(

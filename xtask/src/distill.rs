@@ -21,7 +21,7 @@ use clap::Args as ClapArgs;
 use distill::memory_plan::{machine_memory, MemoryPlan};
 use distill::recipe::Recipe;
 use distill::run::{Device, PreparedRun};
-use distill::{TrainOptions, TrainSummary};
+use distill::{RunPlan, TrainOptions, TrainSummary};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::gib;
 
@@ -70,19 +70,18 @@ pub fn run(args: Args) -> Result<()> {
     };
     let PreparedRun { recipe, mut notes } =
         distill::run::prepare(&args.config, &args.overrides, device)?;
-    // The memory plan before anything is loaded. A plan that cannot be made (a missing config
-    // or manifest) is left to the trainer's own, more precise errors, except with --dry-run,
-    // which exists to show it.
-    let plan = distill::run::memory_plan(&recipe, args.cache_teacher, &mut notes);
+    // The plan and its memory before anything is loaded; the trainer reads the same plan.
+    let plan = RunPlan::read(&recipe, args.cache_teacher)?;
+    let memory = plan.memory_plan(&recipe, &mut notes)?;
     for note in &notes {
         eprintln!("note: {note}");
     }
     if args.dry_run {
-        print_plan(&plan?, &args);
+        print_plan(&memory, &args);
         return Ok(());
     }
-    if let (Ok(plan), false) = (&plan, args.ignore_memory_plan) {
-        distill::run::check_fits(plan, device)?;
+    if !args.ignore_memory_plan {
+        distill::run::check_fits(&memory, device)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = stop.clone();
@@ -114,7 +113,14 @@ pub fn run(args: Args) -> Result<()> {
         args.backend,
         recipe.training.output_dir.display()
     );
-    let summary = with_backend(args.backend, Train { recipe, options })??;
+    let summary = with_backend(
+        args.backend,
+        Train {
+            recipe,
+            plan,
+            options,
+        },
+    )??;
     print!("{summary}");
     Ok(())
 }
@@ -143,6 +149,7 @@ fn print_plan(plan: &MemoryPlan, args: &Args) {
 
 struct Train {
     recipe: Recipe,
+    plan: RunPlan,
     options: TrainOptions,
 }
 
@@ -150,8 +157,9 @@ impl BackendTask for Train {
     type Output = Result<TrainSummary>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<TrainSummary> {
-        Ok(distill::train::<Autodiff<B>>(
+        Ok(distill::train_planned::<Autodiff<B>>(
             &self.recipe,
+            self.plan,
             &self.options,
             &device,
         )?)

@@ -5,7 +5,8 @@
 //!
 //! losses -> objective (spec, student, batch, teacher, chunk, body, pass) -> recipe ->
 //! measure (the evaluation metrics) -> verdict (a recipe's objective) -> teacher_cache ->
-//! teacher, data -> on_policy (generated text) -> evaluate -> checkpoint (the run directory)
+//! teacher, data -> on_policy (generated text) -> plan (what a run holds, before it
+//! loads) -> evaluate -> checkpoint (the run directory)
 //! -> trainer (the phases of an update) -> train (the loop) -> run (what a user starts).
 //!
 //! Public: what a caller configures and runs ([`Recipe`], [`run`], [`train`],
@@ -27,6 +28,7 @@ pub mod objective;
 pub mod on_policy;
 pub mod optimizer;
 mod options;
+mod plan;
 mod progress;
 pub mod recipe;
 mod recipe_change;
@@ -40,15 +42,17 @@ pub mod tensorboard;
 pub mod toy;
 mod train;
 mod trainer;
+pub mod update;
 mod verdict;
 
 pub use error::TrainError;
 pub use evaluate::EvalMetrics;
 pub use options::TrainOptions;
+pub use plan::{RunPlan, TeacherPlan};
 pub use recipe::Recipe;
 pub use summary::TrainSummary;
 pub use teacher::TeacherSource;
 /// `--cache-teacher`: the run-level use of the teacher cache.
 pub use teacher_cache::prepare as cached_teacher;
-pub use train::train;
+pub use train::{train, train_planned};
 pub use verdict::{objective_for, objective_with_verdict};

@@ -1,14 +1,14 @@
 //! A run as a user starts it: the recipe made ready for this machine (cached repo ids found,
-//! the GPU's storage), the checks that need nothing loaded (the shards exist, the memory plan
-//! fits); then [`crate::train`] trains. The CLI keeps only its flags, Ctrl-C and printing.
+//! the GPU's storage), the shards' presence, the plan ([`crate::RunPlan`]) checked against the
+//! machine's memory; then [`crate::train_planned`] trains. The CLI keeps only its flags, Ctrl-C and printing.
 
 use std::path::Path;
 
-use qwen2::memory::{current_rss_bytes, gib};
-use qwen2::{FrozenDtype, Qwen2Config};
+use qwen2::memory::gib;
+use qwen2::FrozenDtype;
 
 use crate::error::TrainError;
-use crate::memory_plan::{MemoryPlan, RunShape};
+use crate::memory_plan::MemoryPlan;
 use crate::recipe::Recipe;
 
 /// Where a run computes.
@@ -78,69 +78,6 @@ fn check_shards_exist(recipe: &Recipe, config: &Path) -> Result<(), TrainError> 
         config.display(),
         shards.display()
     )))
-}
-
-/// The run's memory plan, made before anything is loaded, from config.json, the shards'
-/// manifest and the weights' stored dtype. A folder whose weights are not downloaded yet is
-/// planned from config.json's dtype (said in `notes`), so a user learns whether a job fits
-/// before fetching gigabytes.
-pub fn memory_plan(
-    recipe: &Recipe,
-    cache_teacher: bool,
-    notes: &mut Vec<String>,
-) -> Result<MemoryPlan, TrainError> {
-    let student = Qwen2Config::from_file(&recipe.student.local_dir)?;
-    let teacher_dir = &recipe.teacher.local_dir;
-    let teacher = match recipe.needs_teacher() && !cache_teacher {
-        true => Some(Qwen2Config::from_file(teacher_dir)?),
-        false => None,
-    };
-    let manifest = preprocess::Manifest::load(&recipe.dataset.shards)?;
-    // Whether `memory.frozen_dtype` stores a model's matrices in bf16 ("auto" follows the
-    // checkpoint's own dtype, read from the safetensors headers or the GGUF directory alone).
-    let mut stores_bf16 = |path: &Path, config: &Qwen2Config| -> Result<bool, TrainError> {
-        let weights_absent = path.is_dir()
-            && !path.join("model.safetensors").exists()
-            && !path.join("model.safetensors.index.json").exists();
-        if weights_absent {
-            notes.push(format!(
-                "{} has no weight files yet; planning as if they are stored as its config.json \
-                 says ({})",
-                path.display(),
-                config.torch_dtype
-            ));
-            return Ok(recipe
-                .memory
-                .frozen_dtype
-                .stores_bf16(config.torch_dtype == "bfloat16"));
-        }
-        Ok(qwen2::frozen_in_bf16(path, recipe.memory.frozen_dtype)?)
-    };
-    let teacher_bf16 = match &teacher {
-        Some(config) => stores_bf16(teacher_dir, config)?,
-        None => false,
-    };
-    let student_base_bf16 = match &recipe.lora {
-        Some(_) => stores_bf16(&recipe.student.local_dir, &student)?,
-        None => false,
-    };
-    Ok(MemoryPlan::estimate(&RunShape {
-        student: &student,
-        teacher: teacher.as_ref(),
-        cache_top_k: recipe.teacher_cache.top_k,
-        batch: recipe.training.per_device_train_batch_size,
-        seq_len: manifest.seq_len,
-        chunk_positions: recipe.distillation.chunk_positions,
-        baseline_bytes: current_rss_bytes().unwrap_or(0),
-        lora: recipe.lora.as_ref(),
-        teacher_bf16,
-        student_base_bf16,
-        generated_len: match recipe.on_policy.generates() {
-            true => recipe.on_policy.prompt_len + recipe.on_policy.max_new_tokens,
-            false => 0,
-        },
-        recompute_layers: recipe.memory.activation_checkpointing,
-    }))
 }
 
 /// Refuses a CPU run whose plan exceeds the memory available now, with the plan part by part

@@ -26,6 +26,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::error::TrainError;
 use crate::options::TrainOptions;
+use crate::plan::RunPlan;
 use crate::recipe::Recipe;
 use crate::summary::TrainSummary;
 use crate::trainer::Trainer;
@@ -36,7 +37,19 @@ pub fn train<B: AutodiffBackend>(
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
-    let mut trainer = Trainer::<B>::setup(recipe, options, device)?;
+    let plan = RunPlan::read(recipe, options.cache_teacher)?;
+    train_planned::<B>(recipe, plan, options, device)
+}
+
+/// [`train`] with the run's plan already made (by `cargo xtask distill`, which checked it
+/// against the machine's memory before anything loaded).
+pub fn train_planned<B: AutodiffBackend>(
+    recipe: &Recipe,
+    plan: RunPlan,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError> {
+    let mut trainer = Trainer::<B>::setup(recipe, plan, options, device)?;
     if !trainer.resumed() {
         // The baseline the later evaluations improve on, logged at step 0.
         trainer.evaluate()?;

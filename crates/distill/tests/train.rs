@@ -268,9 +268,9 @@ fn training_from_the_teacher_cache_never_loads_the_teacher() {
     // Build: the training split at the recipe's temperature with the matched hidden state, the
     // validation split at temperature 1 for evaluation's KL.
     let student_config = Qwen2Config::from_file(&setup.student).unwrap();
+    let (cache, _) = cached_teacher::plan(&recipe, &student_config).unwrap();
     let prepared =
-        cached_teacher::prepare::<Cpu>(&recipe, &student_config, &options(false, false), &device)
-            .unwrap();
+        cached_teacher::prepare::<Cpu>(&recipe, &cache, &options(false, false), &device).unwrap();
     let train_cache = setup.shards.join("teacher-cache/train");
     let eval_cache = setup.shards.join("teacher-cache/validation");
     assert_eq!(prepared.summary.dirs, vec![train_cache.clone(), eval_cache]);

@@ -147,12 +147,9 @@ pub struct TeacherCacheSummary {
     pub teacher_dir_missing: bool,
 }
 
-/// Everything training needs from the teacher when it trains from caches.
+/// The opened caches, as the teacher's signal for training and evaluation, and what was done.
 pub struct PreparedTeacher<B: Backend> {
     pub source: TeacherSource<B>,
-    pub objective: Objective,
-    /// The teacher's hidden width (for the projections of intermediate matches).
-    pub teacher_width: usize,
     pub summary: TeacherCacheSummary,
 }
 
@@ -162,17 +159,30 @@ struct Job {
     spec: CacheSpec,
 }
 
-/// Builds (or reuses) the caches `recipe` needs and opens them; the teacher is loaded only
-/// when a cache has to be built, and dropped before this returns. `options.stop` (Ctrl-C)
-/// interrupts a build with [`CacheError::Stopped`](super::CacheError::Stopped),
-/// keeping its finished part files; `options.progress` draws the build's progress bar.
-pub fn prepare<B: Backend>(
+/// What `--cache-teacher` will read and build, decided before any weights load: the teacher's
+/// record (from its directory, or the cache's teacher.json when the directory is gone) and one
+/// job per cache (the training split's, then evaluation's).
+pub struct CachePlan {
+    record: TeacherRecord,
+    teacher_present: bool,
+    jobs: Vec<Job>,
+}
+
+impl CachePlan {
+    /// The teacher's hidden width (for the projections of intermediate matches).
+    pub fn teacher_width(&self) -> usize {
+        self.record.hidden_size
+    }
+}
+
+/// The caches `recipe` needs and the objective they serve (the tokenizer check's verdict made
+/// now with the teacher present, else read from the cache's record). Refuses what the cache
+/// cannot serve: another soft loss than the forward KL, layers the teacher lacks, a record
+/// made with another student tokenizer.
+pub fn plan(
     recipe: &Recipe,
     student_config: &Qwen2Config,
-    options: &TrainOptions,
-    device: &B::Device,
-) -> Result<PreparedTeacher<B>, TrainError> {
-    let progress = options.progress;
+) -> Result<(CachePlan, Objective), TrainError> {
     if recipe.kd_loss() != KdLoss::Kl {
         return Err(TrainError::Invalid(format!(
             "--cache-teacher: distillation.kd_loss_type is `{}`, but the cached soft loss is the \
@@ -260,6 +270,37 @@ pub fn prepare<B: Backend>(
         });
     }
 
+    Ok((
+        CachePlan {
+            record,
+            teacher_present,
+            jobs,
+        },
+        objective,
+    ))
+}
+
+/// Builds (or reuses) the caches `cache` plans and opens them; the teacher is loaded only
+/// when a cache has to be built, and dropped before this returns. `options.stop` (Ctrl-C)
+/// interrupts a build with [`CacheError::Stopped`](super::CacheError::Stopped),
+/// keeping its finished part files; `options.progress` draws the build's progress bar.
+pub fn prepare<B: Backend>(
+    recipe: &Recipe,
+    cache: &CachePlan,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<PreparedTeacher<B>, TrainError> {
+    let progress = options.progress;
+    let CachePlan {
+        record,
+        teacher_present,
+        jobs,
+    } = cache;
+    let teacher_present = *teacher_present;
+    let teacher_dir = &recipe.teacher.local_dir;
+    let record_path = train_cache_dir(recipe).join(TEACHER_RECORD_FILE);
+    let top_k = recipe.teacher_cache.top_k;
+
     // Which caches are missing or stale (they are built into directories of their own; an
     // evaluation cache that is the training cache is never built on its own).
     let mut to_build = Vec::new();
@@ -323,15 +364,15 @@ pub fn prepare<B: Backend>(
     }
     if teacher_present {
         let current = TeacherRecord::load(&record_path).ok();
-        if current.as_ref() != Some(&record) {
-            let text = serde_json::to_string_pretty(&record).expect("serialisable") + "\n";
+        if current.as_ref() != Some(record) {
+            let text = serde_json::to_string_pretty(record).expect("serialisable") + "\n";
             fsio::write_atomic(&record_path, text.as_bytes())?;
         }
     }
 
     let mut caches = Vec::with_capacity(jobs.len());
     summary.dirs.clear();
-    for job in &jobs {
+    for job in jobs.iter() {
         let cache = open_checked(recipe, job)?;
         if !summary.dirs.contains(&job.dir) {
             summary.bytes += cache.manifest().bytes;
@@ -341,8 +382,6 @@ pub fn prepare<B: Backend>(
     }
     Ok(PreparedTeacher {
         source: TeacherSource::Cached(CachedTeacher::new(caches, device.clone())),
-        objective,
-        teacher_width: record.hidden_size,
         summary,
     })
 }

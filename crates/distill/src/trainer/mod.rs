@@ -7,7 +7,6 @@ mod setup;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
 use qwen2::{GenerationConfig, Qwen2Config};
 
@@ -16,7 +15,7 @@ use crate::data::{epoch_order, BatchSource, SourceBatch};
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, EvalMetrics};
 use crate::metrics::{MetricsLog, Split};
-use crate::objective::{gradient_pass, inference_copy, Batch, Objective, Student, TeacherOutputs};
+use crate::objective::{inference_copy, Batch, Objective, Student, TeacherOutputs};
 use crate::on_policy::{self, roll_out, TextSource};
 use crate::optimizer::GroupedAdamW;
 use crate::options::TrainOptions;
@@ -25,6 +24,7 @@ use crate::recipe::{EvalStrategy, Recipe, SaveStrategy};
 use crate::schedule::LearningRate;
 use crate::summary::TrainSummary;
 use crate::teacher::TeacherSource;
+use crate::update::{Applied, GradientAccumulation};
 
 /// One optimizer update, as the phases after it see it.
 #[derive(Debug, Clone, Copy)]
@@ -100,8 +100,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let micro_batches = t
             .gradient_accumulation_steps
             .min(batches_per_epoch - self.state.trainer.batches_in_epoch);
-        let mut accumulator = GradientsAccumulator::<Student<B>>::new();
-        let (mut loss_sum, mut step_tokens) = (0.0, 0u64);
+        let mut accumulation = GradientAccumulation::<B>::default();
         for k in 0..micro_batches {
             let SourceBatch { batch, blocks } = self
                 .train_data
@@ -111,23 +110,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 .teacher
                 .outputs(&batch, self.train_data.split(), &blocks, &self.objective)?
                 .unwrap_or_else(TeacherOutputs::absent);
-            // LoRA dropout's masks, seeded by the position in the run: a resumed run draws
-            // the masks the uninterrupted one would have.
-            let dropout_seed = t.seed ^ ((step as u64) << 20) ^ k as u64;
-            let pass = qwen2::lora::with_dropout(dropout_seed, || {
-                gradient_pass(
-                    self.student(),
-                    &outputs,
-                    &batch,
-                    &self.objective,
-                    self.recipe.memory.activation_checkpointing,
-                )
-            });
-            loss_sum += pass.losses.total;
-            step_tokens += pass.losses.real_tokens as u64;
-            accumulator.accumulate(self.student(), pass.gradients);
+            accumulation.add(
+                self.student(),
+                &outputs,
+                &batch,
+                &self.objective,
+                self.recipe,
+                step,
+                k,
+            );
         }
-        let loss = loss_sum / micro_batches as f64;
+        let loss = accumulation.mean_loss();
+        let step_tokens = accumulation.tokens();
         if !loss.is_finite() {
             self.progress.abandon();
             return Err(TrainError::NonFinite {
@@ -138,13 +132,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         }
         let lr = self.schedule.at(step);
         let student = self.student.take().expect("put back after each update");
-        let (student, grad_norm) = self.optimizer.apply(
-            student,
-            accumulator.grads(),
-            micro_batches,
-            t.max_grad_norm,
-            lr,
-        );
+        let (student, Applied { grad_norm }) =
+            accumulation.apply(student, &mut self.optimizer, self.recipe, lr);
         self.student = Some(student);
         self.train_seconds += started.elapsed().as_secs_f64();
 

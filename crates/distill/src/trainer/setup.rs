@@ -1,7 +1,6 @@
 //! Setting a run up: the data, the teacher (live or cached), the student and the optimizer
 //! (from the newest checkpoint when resuming), where training stands, and the logs.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,10 +14,10 @@ use crate::checkpoint::{new_projections, Checkpoint, PositionalIds, ResumeState,
 use crate::data::{epoch_order, BatchSource};
 use crate::error::TrainError;
 use crate::metrics::MetricsLog;
-use crate::objective::{Objective, Student};
-use crate::on_policy::check_run as check_on_policy_run;
+use crate::objective::Student;
 use crate::optimizer::GroupedAdamW;
 use crate::options::TrainOptions;
+use crate::plan::{RunPlan, TeacherPlan};
 use crate::progress::Progress;
 use crate::recipe::{EvalStrategy, Recipe, Training};
 use crate::recipe_change::check_recipe_change;
@@ -26,13 +25,13 @@ use crate::schedule::LearningRate;
 use crate::summary::TrainSummary;
 use crate::teacher::TeacherSource;
 use crate::teacher_cache::prepare::{self as cached_teacher, TeacherCacheSummary};
-use crate::verdict::objective_for;
 
 impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// Opens the data, loads the teacher (or its cache) and the student (from the newest
     /// checkpoint with `options.resume`), and restores where training stands.
     pub fn setup(
         recipe: &'a Recipe,
+        plan: RunPlan,
         options: &'a TrainOptions,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
@@ -51,13 +50,15 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         }
 
         let (train_data, eval_data) = open_data(recipe)?;
-        check_on_policy_run(recipe, train_data.seq_len(), options.cache_teacher)?;
-        let student_dir = &recipe.student.local_dir;
-        let student_config = Qwen2Config::from_file(student_dir)?;
-        let generation = GenerationConfig::from_dir(student_dir, &student_config)?;
-        check_tokenizer_fits(recipe, &train_data, &student_config)?;
-        let (teacher, objective, teacher_width, cache_summary) =
-            open_teacher::<B>(recipe, &student_config, options, device)?;
+        let teacher_width = plan.teacher_width();
+        let RunPlan {
+            student: student_config,
+            teacher,
+            objective,
+            ..
+        } = plan;
+        let generation = GenerationConfig::from_dir(&recipe.student.local_dir, &student_config)?;
+        let (teacher, cache_summary) = open_teacher::<B>(recipe, &teacher, options, device)?;
 
         let model = load_student::<B>(recipe, &student_config, resume_from.as_ref(), device)?;
         let mut projections = new_projections::<B>(
@@ -240,72 +241,30 @@ fn open_data(recipe: &Recipe) -> Result<(BatchSource, Option<BatchSource>), Trai
     Ok((train_data, eval_data))
 }
 
-/// Refuses shards whose token ids the student has no embedding rows for.
-fn check_tokenizer_fits(
-    recipe: &Recipe,
-    data: &BatchSource,
-    student_config: &Qwen2Config,
-) -> Result<(), TrainError> {
-    if data.tokenizer_vocab_size() > student_config.vocab_size {
-        return Err(TrainError::Invalid(format!(
-            "{}: the shards' tokenizer has {} ids but the student {} has {} embedding rows: \
-             preprocess the data with the student's tokenizer",
-            recipe.dataset.shards.display(),
-            data.tokenizer_vocab_size(),
-            recipe.student.local_dir.display(),
-            student_config.vocab_size
-        )));
-    }
-    Ok(())
-}
-
-type OpenedTeacher<B> = (
-    TeacherSource<B>,
-    Objective,
-    usize,
-    Option<TeacherCacheSummary>,
-);
-
-/// The teacher's signal (none, live, or from the cache), the objective, and the teacher's
-/// hidden width (for the projections of intermediate matches).
+/// The teacher's signal as planned: none, the model loaded (frozen, stored as
+/// `memory.frozen_dtype` says), or the caches built or reused; with what the cache did.
 fn open_teacher<B: AutodiffBackend>(
     recipe: &Recipe,
-    student_config: &Qwen2Config,
+    teacher: &TeacherPlan,
     options: &TrainOptions,
     device: &B::Device,
-) -> Result<OpenedTeacher<B::InnerBackend>, TrainError> {
-    if !recipe.needs_teacher() {
-        let objective = objective_for(recipe, None, student_config.vocab_size)?;
-        return Ok((
-            TeacherSource::Absent,
-            objective,
-            student_config.hidden_size,
-            None,
-        ));
+) -> Result<(TeacherSource<B::InnerBackend>, Option<TeacherCacheSummary>), TrainError> {
+    match teacher {
+        TeacherPlan::Absent => Ok((TeacherSource::Absent, None)),
+        TeacherPlan::Cached(cache) => {
+            let prepared =
+                cached_teacher::prepare::<B::InnerBackend>(recipe, cache, options, device)?;
+            Ok((prepared.source, Some(prepared.summary)))
+        }
+        TeacherPlan::Live(_) => {
+            let (model, _, _) = load_frozen_model::<B::InnerBackend>(
+                &recipe.teacher.local_dir,
+                device,
+                recipe.memory.frozen_dtype,
+            )?;
+            Ok((TeacherSource::Live(Arc::new(model)), None))
+        }
     }
-    if options.cache_teacher {
-        let prepared =
-            cached_teacher::prepare::<B::InnerBackend>(recipe, student_config, options, device)?;
-        return Ok((
-            prepared.source,
-            prepared.objective,
-            prepared.teacher_width,
-            Some(prepared.summary),
-        ));
-    }
-    let (model, config, _) = load_frozen_model::<B::InnerBackend>(
-        &recipe.teacher.local_dir,
-        device,
-        recipe.memory.frozen_dtype,
-    )?;
-    recipe.distillation.check_layers(
-        Path::new("recipe"),
-        config.num_hidden_layers,
-        student_config.num_hidden_layers,
-    )?;
-    let objective = objective_for(recipe, Some(model.vocab_size()), student_config.vocab_size)?;
-    let width = model.hidden_size();
-    Ok((TeacherSource::Live(Arc::new(model)), objective, width, None))
 }
 
 /// Warmup (`warmup_steps`, else `warmup_ratio` of the run), then the recipe's schedule.
