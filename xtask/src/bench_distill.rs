@@ -15,12 +15,11 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args as ClapArgs;
-use distill::memory_plan::MemoryPlan;
 use distill::objective::{Batch, Objective, Projection, Student, TeacherOutputs, TeacherSignal};
-use distill::optimizer::GroupedAdamW;
 use distill::recipe::Recipe;
-use distill::update::GradientAccumulation;
-use distill::{objective_for, RunPlan, TeacherPlan};
+use distill::{
+    objective_for, GradientAccumulation, GroupedAdamW, MemoryPlan, RunPlan, TeacherPlan,
+};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{gib, peak_rss_bytes};
 use qwen2::{

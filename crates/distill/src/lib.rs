@@ -5,28 +5,30 @@
 //!
 //! losses -> objective (spec, student, batch, teacher, chunk, body, pass) -> recipe ->
 //! measure (the evaluation metrics) -> verdict (a recipe's objective) -> teacher_cache ->
-//! teacher, data -> on_policy (generated text) -> plan (what a run holds, before it
-//! loads) -> evaluate -> checkpoint (the run directory)
-//! -> trainer (the phases of an update) -> train (the loop) -> run (what a user starts).
+//! teacher, data -> on_policy (generated text) -> plan (what a run holds, known before it
+//! loads) -> evaluate -> checkpoint (the run directory) -> update (one optimizer update) ->
+//! trainer (the phases of a run) -> train (the loop) -> run (what a user starts).
 //!
-//! Public: what a caller configures and runs ([`Recipe`], [`run`], [`train`],
-//! [`TrainOptions`], [`TrainSummary`]), and the components tools and tests build on (losses,
-//! the objective, the metrics, evaluation, the teacher cache, the metrics log). The loop's own
-//! parts (checkpoint layout, schedule, progress, the trainer) are private. The tiny test setup
-//! ([`toy`]) is behind the `toy` feature.
+//! Public: what a caller configures, plans and runs ([`Recipe`], [`RunPlan`], [`run`],
+//! [`train`], [`TrainOptions`], [`TrainSummary`]), one update as the trainer runs it
+//! ([`GradientAccumulation`], [`GroupedAdamW`], for `bench distill-step`), the memory plan,
+//! and the component modules tools and tests build on (losses, objective, measure, metrics,
+//! tensorboard, on_policy, teacher_cache). The loop's own parts (data, checkpoint layout,
+//! schedule, progress, the trainer) are private. The tiny test setup ([`toy`]) is behind the
+//! `toy` feature.
 
 mod checkpoint;
-pub mod data;
+mod data;
 mod error;
-pub mod evaluate;
+mod evaluate;
 mod gradients;
 pub mod losses;
 pub mod measure;
-pub mod memory_plan;
+mod memory_plan;
 pub mod metrics;
 pub mod objective;
 pub mod on_policy;
-pub mod optimizer;
+mod optimizer;
 mod options;
 mod plan;
 mod progress;
@@ -42,11 +44,14 @@ pub mod tensorboard;
 pub mod toy;
 mod train;
 mod trainer;
-pub mod update;
+mod update;
 mod verdict;
 
+pub use data::BatchSource;
 pub use error::TrainError;
-pub use evaluate::EvalMetrics;
+pub use evaluate::{evaluate, EvalMetrics};
+pub use memory_plan::{machine_memory, MemoryPart, MemoryPlan, RunShape};
+pub use optimizer::GroupedAdamW;
 pub use options::TrainOptions;
 pub use plan::{RunPlan, TeacherPlan};
 pub use recipe::Recipe;
@@ -55,4 +60,5 @@ pub use teacher::TeacherSource;
 /// `--cache-teacher`: the run-level use of the teacher cache.
 pub use teacher_cache::prepare as cached_teacher;
 pub use train::{train, train_planned};
+pub use update::{Applied, GradientAccumulation};
 pub use verdict::{objective_for, objective_with_verdict};

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use distill::cached_teacher::{self, TEACHER_RECORD_FILE};
-use distill::data::BatchSource;
-use distill::evaluate::evaluate;
 use distill::objective::Student;
 use distill::recipe::Recipe;
 use distill::toy::{toy_config, write_random_model, write_small_setup, SmallSetup};
-use distill::{objective_for, train, TeacherSource, TrainError, TrainOptions};
+use distill::{
+    evaluate, objective_for, train, BatchSource, TeacherSource, TrainError, TrainOptions,
+};
 use qwen2::backend::Cpu;
 use qwen2::{load_model, Qwen2Config};
 

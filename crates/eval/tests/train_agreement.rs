@@ -7,12 +7,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use distill::data::BatchSource;
-use distill::evaluate::evaluate;
 use distill::measure::{measurement_objective, Comparison};
 use distill::objective::Student;
 use distill::toy::write_small_setup;
 use distill::TeacherSource;
+use distill::{evaluate, BatchSource};
 use eval::{evaluate_loaded, EvalOptions};
 use qwen2::backend::Cpu;
 use qwen2::load_model;
