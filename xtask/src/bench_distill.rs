@@ -23,8 +23,8 @@ use distill::{
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{gib, peak_rss_bytes};
 use qwen2::{
-    attach_lora, build_frozen_model, build_model, AttentionMask, LoraSettings, Model, Qwen2Config,
-    RandomWeights,
+    attach_lora, build_frozen_model, build_model, AttentionMask, FrozenProducts, LoraSettings,
+    Model, Qwen2Config, RandomWeights,
 };
 use serde_json::json;
 
@@ -58,6 +58,10 @@ pub struct Args {
     /// or float32 (the default, as PyTorch's reference update holds its teacher).
     #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
     frozen_dtype: String,
+    /// Products with the bf16 frozen matrices: float32 (widened, the default) or bfloat16
+    /// (`memory.frozen_products`: bf16 products with f32 sums, the kernel printed).
+    #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
+    frozen_products: String,
     /// Activation checkpointing by layer: the body runs forward without a graph and each layer
     /// again in the backward pass (`memory.activation_checkpointing` in a recipe).
     #[arg(long)]
@@ -114,6 +118,11 @@ impl BackendTask for Step {
         let hidden_mse =
             student_config.hidden_size == teacher_config.hidden_size && !args.cache_teacher;
         let frozen_bf16 = args.frozen_dtype == "bfloat16";
+        let products = match args.frozen_products.as_str() {
+            "bfloat16" => FrozenProducts::Bfloat16,
+            _ => FrozenProducts::Float32,
+        };
+        products.set();
         let lora = (args.lora_rank > 0).then(|| LoraSettings {
             rank: args.lora_rank,
             alpha: 2.0 * args.lora_rank as f64,
@@ -250,6 +259,8 @@ impl BackendTask for Step {
             "hidden_mse": hidden_mse,
             "lora_rank": args.lora_rank,
             "frozen_dtype": args.frozen_dtype,
+            "frozen_products": products.describe(),
+            "cpu_features": matmul::cpu_features(),
             "cache_teacher": args.cache_teacher,
             "activation_checkpointing": args.activation_checkpointing,
             "updates_timed": updates.len(),
@@ -269,7 +280,8 @@ impl BackendTask for Step {
             "memory_plan": plan.parts,
         });
         println!(
-            "distill step: {} -> {}{}, batch {} x {} tokens, {} backend (median of {} updates)",
+            "distill step: {} -> {}{}, batch {} x {} tokens, {} backend, frozen products {} \
+             (CPU: {}; median of {} updates)",
             if args.cache_teacher {
                 "teacher cache (top-64)".to_string()
             } else {
@@ -283,6 +295,8 @@ impl BackendTask for Step {
             args.batch,
             args.seq_len,
             args.backend,
+            products.describe(),
+            matmul::cpu_features().join(" "),
             updates.len()
         );
         let row = |name: &str, seconds: f64, flops: Option<f64>| {

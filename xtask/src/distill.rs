@@ -106,11 +106,12 @@ pub fn run(args: Args) -> Result<()> {
         cache_teacher: args.cache_teacher,
     };
     eprintln!(
-        "distill: {} -> {} on {} ({} backend), output in {}",
+        "distill: {} -> {} on {} ({} backend, frozen products {}), output in {}",
         recipe.teacher.local_dir.display(),
         recipe.student.local_dir.display(),
         recipe.dataset.shards.display(),
         args.backend,
+        recipe.memory.frozen_products.describe(),
         recipe.training.output_dir.display()
     );
     let summary = with_backend(

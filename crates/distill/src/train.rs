@@ -49,6 +49,7 @@ pub fn train_planned<B: AutodiffBackend>(
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
+    recipe.memory.frozen_products.set();
     let mut trainer = Trainer::<B>::setup(recipe, plan, options, device)?;
     if !trainer.resumed() {
         // The baseline the later evaluations improve on, logged at step 0.

@@ -29,4 +29,4 @@ pub use lora::{
 };
 pub use model::{freeze, AttentionMask, KvCache, LayerContext, LayerProbe, Model, ModelOutput};
 pub use save::{save_model, SaveOptions};
-pub use weight::{transpose_matrix, FrozenDtype};
+pub use weight::{transpose_matrix, FrozenDtype, FrozenProducts};

@@ -13,6 +13,7 @@
 //!   that widens the bf16 matrix again when the gradient of `x` is needed.
 
 use std::any::{Any, TypeId};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -23,6 +24,7 @@ use burn::backend::Autodiff;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
+use matmul::{Bf16Matrix, Orientation};
 use rayon::prelude::*;
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
@@ -46,6 +48,46 @@ impl FrozenDtype {
             FrozenDtype::Auto => auto_bf16,
             FrozenDtype::Bfloat16 => true,
             FrozenDtype::Float32 => false,
+        }
+    }
+}
+
+/// How products with frozen bf16 matrices are computed. A process-wide setting, as PyTorch's
+/// `torch.set_float32_matmul_precision` is: the recipe (`memory.frozen_products`) or a bench flag
+/// sets it once, before any product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrozenProducts {
+    /// Widen the bf16 matrix to f32 block by block and multiply in f32: exact, the default.
+    #[default]
+    Float32,
+    /// Round the activations to bf16 and multiply by the bf16 matrix with f32 sums, as
+    /// PyTorch's bf16 does (crates/matmul: `vdpbf16ps` on AVX512-BF16, otherwise widened while
+    /// packing); no f32 copy of the matrix is made.
+    Bfloat16,
+}
+
+static FROZEN_PRODUCTS_BF16: AtomicBool = AtomicBool::new(false);
+
+impl FrozenProducts {
+    /// Makes every later product with a frozen bf16 matrix, in this process, use `self`.
+    pub fn set(self) {
+        FROZEN_PRODUCTS_BF16.store(self == FrozenProducts::Bfloat16, Ordering::Relaxed);
+    }
+
+    /// The setting now.
+    pub fn current() -> Self {
+        match FROZEN_PRODUCTS_BF16.load(Ordering::Relaxed) {
+            true => FrozenProducts::Bfloat16,
+            false => FrozenProducts::Float32,
+        }
+    }
+
+    /// What a report says ran: "float32", or "bfloat16 (<kernel>)".
+    pub fn describe(self) -> String {
+        match self {
+            FrozenProducts::Float32 => "float32".into(),
+            FrozenProducts::Bfloat16 => format!("bfloat16 ({})", matmul::Kernel::detect().name()),
         }
     }
 }
@@ -125,8 +167,31 @@ impl FrozenMatrix {
             .collect()
     }
 
-    /// `x [N, in] · W`, widening one column block at a time.
+    /// `x [N, in] · W` or `g [N, out] · Wᵀ` in bf16 (see [`FrozenProducts::Bfloat16`]).
+    fn bf16_product<B: Backend>(&self, x: Tensor<B, 2>, orientation: Orientation) -> Tensor<B, 2> {
+        let device = x.device();
+        let [rows, _] = x.dims();
+        let values = x
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float activations");
+        let matrix = Bf16Matrix {
+            values: &self.values[..],
+            dims: self.dims,
+            orientation,
+        };
+        let (_, columns) = matrix.shape();
+        let product = matmul::matmul(matmul::Kernel::detect(), &values, rows, &matrix);
+        Tensor::from_data(TensorData::new(product, [rows, columns]), &device)
+    }
+
+    /// `x [N, in] · W`, widening one column block at a time (or in bf16, when
+    /// [`FrozenProducts::current`] says so).
     pub fn right_product<B: Backend>(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if FrozenProducts::current() == FrozenProducts::Bfloat16 {
+            return self.bf16_product(x, Orientation::AsStored);
+        }
         let device = x.device();
         let products: Vec<Tensor<B, 2>> = self
             .column_blocks()
@@ -145,6 +210,9 @@ impl FrozenMatrix {
     /// `g [N, out] · Wᵀ`, widening one column block at a time: the gradient of `x` in
     /// `x · W`.
     pub fn transposed_product<B: Backend>(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
+        if FrozenProducts::current() == FrozenProducts::Bfloat16 {
+            return self.bf16_product(g, Orientation::Transposed);
+        }
         let device = g.device();
         let mut sum: Option<Tensor<B, 2>> = None;
         for (start, end) in self.column_blocks() {
