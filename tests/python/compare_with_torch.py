@@ -6,7 +6,7 @@ the toolkit itself never needs Python.
 
   python3 tests/python/compare_with_torch.py --python /path/to/venv/bin/python [--backends flex,ndarray]
       [--shape qwen2.5-0.5b] [--seq-len 256] [--skip-train] [--json out.json] [--xtask BINARY]
-      [--lora-rank 16 --frozen-dtype bfloat16] [--seed-teacher]
+      [--lora-rank 16 --frozen-dtype bfloat16 [--frozen-products bfloat16]] [--seed-teacher]
 
 With --lora-rank both sides train a LoRA student (PEFT on PyTorch's side), frozen weights in
 --frozen-dtype (PyTorch then also computes in it); --seed-teacher makes the teacher the seed's
@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--xtask", help="a built xtask binary to run instead of `cargo xtask`")
     ap.add_argument("--lora-rank", type=int, default=0, help="LoRA students of this rank (0: full-parameter)")
     ap.add_argument("--frozen-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--frozen-products", default="float32", choices=["float32", "bfloat16"],
+                    help="our products with bf16 frozen matrices (PyTorch computes in --frozen-dtype)")
     ap.add_argument("--seed-teacher", action="store_true", help="the seed's untied teacher shape (with --shape qwen2.5-1.5b)")
     a = ap.parse_args()
     if a.seed_teacher and a.shape != "qwen2.5-1.5b":
@@ -126,7 +128,7 @@ def main():
         rows.append(("distill update 1x%d" % a.seq_len, "pytorch", t.get("tokens_per_s_median", t.get("tokens_per_s")), "tokens/s", t.get("peak_rss_gib")))
         for backend in backends:
             teacher = ["--teacher-shape", "deepseek-r1-distill-qwen-1.5b"] if a.seed_teacher else []
-            r = ours("distill-step", "--shape", a.shape, *teacher, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora, "--backend", backend)
+            r = ours("distill-step", "--shape", a.shape, *teacher, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora, "--frozen-products", a.frozen_products, "--backend", backend)
             results["ours"]["train-" + backend] = r
             rows.append(("distill update 1x%d" % a.seq_len, backend, r["tokens_per_second"], "tokens/s", (r["peak_rss_bytes"] or 0) / 2**30))
 

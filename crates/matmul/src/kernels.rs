@@ -9,20 +9,46 @@ use crate::Bf16Matrix;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     Avx512Bf16,
+    Avx512Widened,
     Avx2,
     Portable,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU has, detected once.
+    /// The fastest kernel this CPU has, chosen once per process. Where both AVX-512 kernels
+    /// run, a product at a model's shape (256 x 1024 x 1024) is timed with each and the faster
+    /// kept: `vdpbf16ps` does twice the work of an f32 FMA per instruction, but some CPUs issue
+    /// it at under half the rate (an Intel Xeon with AVX512-BF16, 2026-12-07: 0.7x the FMA's
+    /// FLOP rate), and there the f32 FMA on widened values wins.
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            [Kernel::Avx512Bf16, Kernel::Avx2]
+            let candidates: Vec<Kernel> = [Kernel::Avx512Bf16, Kernel::Avx512Widened, Kernel::Avx2]
                 .into_iter()
-                .find(|kernel| kernel.available())
-                .unwrap_or(Kernel::Portable)
+                .filter(|kernel| kernel.available())
+                .collect();
+            match candidates.as_slice() {
+                [] => Kernel::Portable,
+                [only] => *only,
+                [first, second, ..] if *first == Kernel::Avx512Bf16 => {
+                    match seconds_per_product(*first) <= seconds_per_product(*second) {
+                        true => *first,
+                        false => *second,
+                    }
+                }
+                [first, ..] => *first,
+            }
         })
+    }
+
+    /// The kernel for a product with `m` rows: batch-1 decoding's few rows read the matrix
+    /// once and are bound by memory bandwidth, where `vdpbf16ps` reads half the bytes of the
+    /// widened panels; more rows take [`Kernel::detect`]'s choice.
+    pub fn for_rows(m: usize) -> Self {
+        match m <= 8 && Kernel::Avx512Bf16.available() {
+            true => Kernel::Avx512Bf16,
+            false => Kernel::detect(),
+        }
     }
 
     /// Whether this CPU can run the kernel.
@@ -34,27 +60,35 @@ impl Kernel {
                     && std::arch::is_x86_feature_detected!("avx512bf16")
             }
             #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Widened => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512Bf16 | Kernel::Avx2 => false,
+            Kernel::Avx512Bf16 | Kernel::Avx512Widened | Kernel::Avx2 => false,
             Kernel::Portable => true,
         }
     }
 
     /// Every kernel this CPU can run, fastest first.
     pub fn all_available() -> Vec<Kernel> {
-        [Kernel::Avx512Bf16, Kernel::Avx2, Kernel::Portable]
-            .into_iter()
-            .filter(|kernel| kernel.available())
-            .collect()
+        [
+            Kernel::Avx512Bf16,
+            Kernel::Avx512Widened,
+            Kernel::Avx2,
+            Kernel::Portable,
+        ]
+        .into_iter()
+        .filter(|kernel| kernel.available())
+        .collect()
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 => "avx512-bf16 (vdpbf16ps)",
+            Kernel::Avx512Widened => "avx512 (bf16 widened while packing, f32 FMA)",
             Kernel::Avx2 => "avx2 (bf16 widened while packing, f32 FMA)",
             Kernel::Portable => "portable (scalar)",
         }
@@ -63,7 +97,7 @@ impl Kernel {
     /// Rows of `A` per register tile.
     pub fn tile_rows(self) -> usize {
         match self {
-            Kernel::Avx512Bf16 => 8,
+            Kernel::Avx512Bf16 | Kernel::Avx512Widened => 8,
             Kernel::Avx2 | Kernel::Portable => 6,
         }
     }
@@ -71,10 +105,32 @@ impl Kernel {
     /// Columns of `B` per panel.
     pub fn panel_columns(self) -> usize {
         match self {
-            Kernel::Avx512Bf16 => 32,
+            Kernel::Avx512Bf16 | Kernel::Avx512Widened => 32,
             Kernel::Avx2 | Kernel::Portable => 16,
         }
     }
+}
+
+/// The best of three timings of `kernel` on a 256 x 1024 x 1024 product (a few ms), the rows
+/// of a training micro-batch.
+fn seconds_per_product(kernel: Kernel) -> f64 {
+    let (m, k, n) = (256, 1024, 1024);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+    let b: Vec<half::bf16> = (0..k * n)
+        .map(|i| half::bf16::from_f32((i % 7) as f32 * 0.01))
+        .collect();
+    let matrix = crate::Bf16Matrix {
+        values: &b,
+        dims: [k, n],
+        orientation: crate::Orientation::AsStored,
+    };
+    (0..3)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            std::hint::black_box(crate::matmul(kernel, &a, m, &matrix));
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// A thread's packed panel of `B`, reused from panel to panel.
@@ -130,7 +186,7 @@ pub unsafe fn panel_product(
                 }
             }
         }
-        Kernel::Avx2 | Kernel::Portable => {
+        Kernel::Avx512Widened | Kernel::Avx2 | Kernel::Portable => {
             let packed = &mut buffer.values;
             pack::widened_panel(b, start, width, panel, packed);
             for block in 0..a.blocks {
@@ -141,6 +197,17 @@ pub unsafe fn panel_product(
                     let tile_a = &a.values[a.offset(tile, block)..];
                     let tile_c = c.add(tile * rows_per_tile * ldc + start);
                     match kernel {
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512Widened => avx512::widened_tile(
+                            rows,
+                            depth,
+                            tile_a,
+                            panel_block,
+                            tile_c,
+                            ldc,
+                            width,
+                            block > 0,
+                        ),
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2 => avx2::tile(
                             rows,
@@ -230,6 +297,83 @@ mod avx512 {
         rows!(1, 2, 3, 4, 5, 6, 7, 8)
     }
 
+    /// The f32 tile: `rows` (at most 8) rows, `width` (at most 32) columns, `depth` values of
+    /// `k`, from `[depth][8]` values of `A` and `[depth][32]` widened values of `B`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn widened_tile(
+        rows: usize,
+        depth: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        macro_rules! rows {
+            ($($n:literal),*) => {
+                match rows {
+                    $($n => widened_rows::<$n>(depth, a, b, c, ldc, width, accumulate),)*
+                    _ => unreachable!("a tile has 1 to {MR} rows"),
+                }
+            };
+        }
+        rows!(1, 2, 3, 4, 5, 6, 7, 8)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn widened_rows<const R: usize>(
+        depth: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        debug_assert!(a.len() >= depth * MR && b.len() >= depth * 32);
+        let mut sums = [[_mm512_setzero_ps(); 2]; R];
+        let (mut a, mut b) = (a.as_ptr(), b.as_ptr());
+        for _ in 0..depth {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(r));
+                sum[0] = _mm512_fmadd_ps(x, b0, sum[0]);
+                sum[1] = _mm512_fmadd_ps(x, b1, sum[1]);
+            }
+            a = a.add(MR);
+            b = b.add(32);
+        }
+        store(&sums, c, ldc, width, accumulate);
+    }
+
+    /// Adds (or writes) the tile's sums into `C`, the columns past `width` masked off.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const R: usize>(
+        sums: &[[__m512; 2]; R],
+        c: *mut f32,
+        ldc: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        let lanes = |count: usize| ((1u32 << count) - 1) as u16;
+        let masks = [lanes(width.min(16)), lanes(width - width.min(16))];
+        for (r, sum) in sums.iter().enumerate() {
+            for (half, &mask) in masks.iter().enumerate() {
+                if mask == 0 {
+                    continue;
+                }
+                let out = c.add(r * ldc + 16 * half);
+                let value = match accumulate {
+                    true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), sum[half]),
+                    false => sum[half],
+                };
+                _mm512_mask_storeu_ps(out, mask, value);
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_rows<const R: usize>(
         pairs: usize,
@@ -254,21 +398,7 @@ mod avx512 {
             a = a.add(MR);
             b = b.add(32);
         }
-        let lanes = |count: usize| ((1u32 << count) - 1) as u16;
-        let masks = [lanes(width.min(16)), lanes(width - width.min(16))];
-        for (r, sum) in sums.iter().enumerate() {
-            for (half, &mask) in masks.iter().enumerate() {
-                if mask == 0 {
-                    continue;
-                }
-                let out = c.add(r * ldc + 16 * half);
-                let value = match accumulate {
-                    true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), sum[half]),
-                    false => sum[half],
-                };
-                _mm512_mask_storeu_ps(out, mask, value);
-            }
-        }
+        store(&sums, c, ldc, width, accumulate);
     }
 }
 

@@ -4,13 +4,14 @@
 //! sums are f32. The matrix is never widened whole: its blocks are packed, a few KiB at a time,
 //! in the layout the kernel reads.
 //!
-//! Kernels, chosen at run time ([`Kernel::detect`]):
+//! Kernels, chosen at run time ([`Kernel::detect`], which times the two AVX-512 ones where
+//! both run):
 //! - [`Kernel::Avx512Bf16`]: `vdpbf16ps`, 32 bf16 products summed in pairs into 16 f32 lanes
-//!   per instruction; reads half the bytes of an f32 product. Like the instruction, it flushes
-//!   subnormal inputs and results to zero (no weight or activation of a trained model is one).
-//! - [`Kernel::Avx2`]: CPUs without AVX512-BF16 widen `B` to f32 inside the packing step (and
-//!   round `A` to bf16 the same way), then multiply with f32 FMAs: the same values up to the
-//!   order of the sums, half the bytes read from the stored matrix, no f32 copy of it.
+//!   per instruction. Like the instruction, it flushes subnormal inputs and results to zero (no
+//!   weight or activation of a trained model is one).
+//! - [`Kernel::Avx512Widened`] and [`Kernel::Avx2`]: `B` widened to f32 inside the packing step
+//!   (and `A` rounded to bf16 the same way), then f32 FMAs on 16 or 8 lanes: the same values up
+//!   to the order of the sums, half the bytes read from the stored matrix, no f32 copy of it.
 //! - [`Kernel::Portable`]: plain loops, for other CPUs and as the tests' second opinion.
 //!
 //! `B` is read either as stored (`[k, n]`, row-major) or transposed (stored `[n, k]`), so one

@@ -49,7 +49,7 @@ impl PackedA {
             tile_rows,
             block_len: match kernel {
                 Kernel::Avx512Bf16 => KC / 2 * tile_rows,
-                Kernel::Avx2 | Kernel::Portable => KC * tile_rows,
+                Kernel::Avx512Widened | Kernel::Avx2 | Kernel::Portable => KC * tile_rows,
             },
         };
         match kernel {
@@ -71,7 +71,7 @@ impl PackedA {
                         }
                     });
             }
-            Kernel::Avx2 | Kernel::Portable => {
+            Kernel::Avx512Widened | Kernel::Avx2 | Kernel::Portable => {
                 let tile_len = blocks * KC * tile_rows;
                 packed.values = vec![0f32; tiles * tile_len];
                 packed

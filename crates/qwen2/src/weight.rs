@@ -83,11 +83,15 @@ impl FrozenProducts {
         }
     }
 
-    /// What a report says ran: "float32", or "bfloat16 (<kernel>)".
+    /// What a report says ran: "float32", or "bfloat16 (<kernel>, ...)".
     pub fn describe(self) -> String {
+        let (many, few) = (matmul::Kernel::detect(), matmul::Kernel::for_rows(1));
         match self {
             FrozenProducts::Float32 => "float32".into(),
-            FrozenProducts::Bfloat16 => format!("bfloat16 ({})", matmul::Kernel::detect().name()),
+            FrozenProducts::Bfloat16 if many == few => format!("bfloat16 ({})", many.name()),
+            FrozenProducts::Bfloat16 => {
+                format!("bfloat16 ({}; up to 8 rows: {})", many.name(), few.name())
+            }
         }
     }
 }
@@ -182,7 +186,7 @@ impl FrozenMatrix {
             orientation,
         };
         let (_, columns) = matrix.shape();
-        let product = matmul::matmul(matmul::Kernel::detect(), &values, rows, &matrix);
+        let product = matmul::matmul(matmul::Kernel::for_rows(rows), &values, rows, &matrix);
         Tensor::from_data(TensorData::new(product, [rows, columns]), &device)
     }
 
