@@ -17,13 +17,14 @@
 //! `B` is read either as stored (`[k, n]`, row-major) or transposed (stored `[n, k]`), so one
 //! stored matrix serves both `x · W` and the backward pass's `g · Wᵀ`.
 
-mod kernels;
+mod kernel;
 mod pack;
+mod tiles;
 
 use half::bf16;
 use rayon::prelude::*;
 
-pub use kernels::Kernel;
+pub use kernel::Kernel;
 
 /// How a product reads the stored bf16 matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,7 @@ pub fn matmul(kernel: Kernel, a: &[f32], m: usize, b: &Bf16Matrix) -> Vec<f32> {
     let group = panels.div_ceil(threads * 4).clamp(1, 8);
     let out = SharedOutput(c.as_mut_ptr());
     (0..panels.div_ceil(group)).into_par_iter().for_each_init(
-        kernels::PanelBuffer::default,
+        tiles::PanelBuffer::default,
         |buffer, g| {
             let first = g * group * panel;
             let last = ((g + 1) * group * panel).min(n);
@@ -104,7 +105,7 @@ pub fn matmul(kernel: Kernel, a: &[f32], m: usize, b: &Bf16Matrix) -> Vec<f32> {
                 // SAFETY: each task writes only columns `first..last` of `c`, which no other
                 // task touches, and `c` outlives the parallel loop.
                 unsafe {
-                    kernels::panel_product(kernel, &packed_a, b, start, width, buffer, out.0, n)
+                    tiles::panel_product(kernel, &packed_a, b, start, width, buffer, out.0, n)
                 };
             }
         },

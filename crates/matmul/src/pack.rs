@@ -9,7 +9,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::kernels::Kernel;
+use crate::kernel::Kernel;
 use crate::{Bf16Matrix, Orientation};
 
 /// `k` per block (even, so bf16 pairs never straddle two blocks).
