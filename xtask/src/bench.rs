@@ -11,7 +11,10 @@ use clap::{Args as ClapArgs, Subcommand};
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::generate::{generate, GenerateOptions, Sampling};
 use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
-use qwen2::{build_model, load_model, AttentionMask, Qwen2Config, RandomWeights};
+use qwen2::{
+    build_frozen_model, build_model, load_frozen_model, load_model, AttentionMask, FrozenDtype,
+    FrozenProducts, Qwen2Config, RandomWeights,
+};
 use serde_json::json;
 
 #[derive(Subcommand, Debug)]
@@ -59,6 +62,15 @@ pub struct InferArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Load the weights frozen, stored as bfloat16, float32 or auto (bf16 when the checkpoint
+    /// is; `memory.frozen_dtype`), as a teacher is; without it the model loads as a trainable
+    /// f32 student.
+    #[arg(long, value_parser = ["auto", "bfloat16", "float32"])]
+    frozen_dtype: Option<String>,
+    /// Products with bf16-stored matrices: float32 (widened) or bfloat16
+    /// (`memory.frozen_products`).
+    #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
+    frozen_products: String,
 }
 
 fn infer(args: InferArgs) -> Result<()> {
@@ -83,19 +95,44 @@ impl BackendTask for Infer {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
+        let products = match args.frozen_products.as_str() {
+            "bfloat16" => FrozenProducts::Bfloat16,
+            _ => FrozenProducts::Float32,
+        };
+        products.set();
+        let frozen = args.frozen_dtype.as_deref().map(|dtype| match dtype {
+            "bfloat16" => FrozenDtype::Bfloat16,
+            "float32" => FrozenDtype::Float32,
+            _ => FrozenDtype::Auto,
+        });
         let rss_before_load = current_rss_bytes().unwrap_or(0);
         let started = Instant::now();
-        let (model, config, source) = match (&args.model, &args.shape) {
-            (Some(dir), _) => {
+        let (model, config, source, bf16) = match (&args.model, &args.shape, frozen) {
+            (Some(dir), _, None) => {
                 let (model, config) = load_model::<B>(dir, &device)?;
-                (model, config, dir.display().to_string())
+                (model, config, dir.display().to_string(), false)
             }
-            (None, Some(shape)) => {
+            (Some(dir), _, Some(dtype)) => {
+                let (model, config, bf16) = load_frozen_model::<B>(dir, &device, dtype)?;
+                (model, config, dir.display().to_string(), bf16)
+            }
+            (None, Some(shape), frozen) => {
                 let config = Qwen2Config::preset(shape).expect("checked");
-                let model = build_model::<B>(&config, &mut RandomWeights::new(0), &device)?;
-                (model, config, format!("random weights, {shape} shapes"))
+                let bf16 = frozen == Some(FrozenDtype::Bfloat16);
+                let model = match frozen {
+                    None => build_model::<B>(&config, &mut RandomWeights::new(0), &device)?,
+                    Some(_) => {
+                        build_frozen_model::<B>(&config, &mut RandomWeights::new(0), &device, bf16)?
+                    }
+                };
+                (
+                    model,
+                    config,
+                    format!("random weights, {shape} shapes"),
+                    bf16,
+                )
             }
-            (None, None) => unreachable!("checked"),
+            (None, None, _) => unreachable!("checked"),
         };
         B::sync(&device)?;
         let load_time = started.elapsed();
@@ -139,6 +176,17 @@ impl BackendTask for Infer {
         // Decoding step i attends to seq + i keys; the mean context stands for all steps.
         let decode_flops = config.forward_flops_per_token(seq + decoded / 2) * decoded as f64;
         let decode_seconds = generation.decode_time.as_secs_f64();
+        // A decoding step reads every matrix once (the input embedding only its rows, unless
+        // it is also the tied lm_head): its bytes per token against what this machine copies.
+        let untied_embedding = match config.tie_word_embeddings {
+            true => 0,
+            false => config.vocab_size * config.hidden_size,
+        };
+        let weight_bytes_per_token =
+            ((config.num_parameters() - untied_embedding) * if bf16 { 2 } else { 4 }) as f64;
+        let decode_bytes_per_second =
+            weight_bytes_per_token * decoded as f64 / decode_seconds.max(1e-9);
+        let copy_bandwidth = copy_bandwidth_bytes_per_second();
         let report = json!({
             "bench": "infer",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -163,6 +211,13 @@ impl BackendTask for Infer {
             "decode_ms_per_token": decode_seconds * 1e3 / decoded.max(1) as f64,
             "generation_tokens_per_second": generation.generated_tokens_per_second(),
             "decode_gflops": gflops(decode_flops, decode_seconds),
+            "weights": if bf16 { "bfloat16" } else { "float32" },
+            "frozen_products": products.describe(),
+            "cpu_features": matmul::cpu_features(),
+            "decode_weight_bytes_per_token": weight_bytes_per_token,
+            "decode_weight_gb_per_second": decode_bytes_per_second / 1e9,
+            "copy_bandwidth_gb_per_second": copy_bandwidth / 1e9,
+            "decode_bandwidth_fraction": decode_bytes_per_second / copy_bandwidth,
             // New tokens over prefill + decoding: what PyTorch's `generate` timing measures.
             "generate_tokens_per_second_with_prefill": generation.tokens.len() as f64
                 / (generation.prefill_time + generation.decode_time).as_secs_f64().max(1e-9),
@@ -170,9 +225,13 @@ impl BackendTask for Infer {
             "peak_rss_bytes": peak_rss,
         });
         println!(
-            "bench infer [{source}] {} params, {} backend, batch {batch} x {seq}",
+            "bench infer [{source}] {} params, {} backend, batch {batch} x {seq}, weights {}, \
+             products {} (CPU: {})",
             config.num_parameters(),
             args.backend,
+            report["weights"].as_str().unwrap_or(""),
+            products.describe(),
+            matmul::cpu_features().join(" "),
         );
         println!(
             "  forward     {:>9.1} ms  {:>8.2} tokens/s  {:>7.1} GFLOP/s  (median of {})",
@@ -194,6 +253,13 @@ impl BackendTask for Infer {
             report["decode_gflops"].as_f64().unwrap_or(0.0),
         );
         println!(
+            "              reads {:.2} GiB of weights per token: {:.1} GB/s, {:.0}% of the {:.1} GB/s this machine copies (read + write, 2 threads)",
+            weight_bytes_per_token / (1u64 << 30) as f64,
+            decode_bytes_per_second / 1e9,
+            100.0 * decode_bytes_per_second / copy_bandwidth,
+            copy_bandwidth / 1e9,
+        );
+        println!(
             "  generate    {:>9.2} tokens/s with the prefill ({} new tokens after {seq}), as transformers' generate is timed",
             report["generate_tokens_per_second_with_prefill"].as_f64().unwrap_or(0.0),
             generation.tokens.len(),
@@ -210,4 +276,25 @@ impl BackendTask for Infer {
         }
         Ok(())
     }
+}
+
+/// Bytes per second a copy of 512 MiB moves on this machine's threads, read and written bytes
+/// counted as STREAM's copy does (the best of 3).
+fn copy_bandwidth_bytes_per_second() -> f64 {
+    use rayon::prelude::*;
+    let len = 64 << 20;
+    let source = vec![1.0f64; len];
+    let mut target = vec![0.0f64; len];
+    let chunk = len / rayon::current_num_threads().max(1) / 8;
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            target
+                .par_chunks_mut(chunk)
+                .zip(source.par_chunks(chunk))
+                .for_each(|(t, s)| t.copy_from_slice(s));
+            std::hint::black_box(&target);
+            (2 * len * 8) as f64 / started.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
 }
