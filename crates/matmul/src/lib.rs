@@ -14,12 +14,16 @@
 //!   to the order of the sums, half the bytes read from the stored matrix, no f32 copy of it.
 //! - [`Kernel::Portable`]: plain loops, for other CPUs and as the tests' second opinion.
 //!
+//! A single row (batch-1 decoding) with `vdpbf16ps` reads the stored matrix without packing it
+//! (`vector.rs`): the bytes are the bound there.
+//!
 //! `B` is read either as stored (`[k, n]`, row-major) or transposed (stored `[n, k]`), so one
 //! stored matrix serves both `x · W` and the backward pass's `g · Wᵀ`.
 
 mod kernel;
 mod pack;
 mod tiles;
+mod vector;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -84,6 +88,11 @@ pub fn matmul(kernel: Kernel, a: &[f32], m: usize, b: &Bf16Matrix) -> Vec<f32> {
     );
     let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 {
+        return c;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && kernel == Kernel::Avx512Bf16 {
+        vector::row_product(a, b, &mut c);
         return c;
     }
     let packed_a = pack::PackedA::new(kernel, a, m, k);

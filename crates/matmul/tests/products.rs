@@ -78,6 +78,8 @@ fn every_kernel_matches_the_reference() {
             (13, 600, 70),
             (17, 513, 129),
             (1, 896, 200),
+            (1, 257, 70),
+            (1, 64, 545),
         ] {
             for orientation in [Orientation::AsStored, Orientation::Transposed] {
                 check(kernel, m, k, n, orientation);
