@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args as ClapArgs;
 use eval::{
-    evaluate_adapter, evaluate_loaded, evaluate_model, plot_training_curves, ContinuationOptions,
-    EvalOptions, Report,
+    evaluate_adapter, evaluate_loaded, evaluate_model, load_for_evaluation, plot_training_curves,
+    ContinuationOptions, EvalOptions, Report,
 };
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
-use qwen2::load_model;
+use qwen2::{FrozenDtype, FrozenProducts};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -73,6 +73,14 @@ pub struct Args {
     /// Compute backend: flex (the default CPU backend), ndarray (CPU) or cuda (a `--features cuda` build).
     #[arg(long, default_value = "flex")]
     backend: BackendKind,
+    /// Load every model (and the teacher) frozen, stored as auto, bfloat16 or float32
+    /// (`memory.frozen_dtype`), as training loads a teacher; default: f32 parameters.
+    #[arg(long, value_parser = ["auto", "bfloat16", "float32"])]
+    frozen_dtype: Option<String>,
+    /// Products with bf16-stored matrices: float32 (widened) or bfloat16
+    /// (`memory.frozen_products`).
+    #[arg(long, default_value = "float32", value_parser = ["bfloat16", "float32"])]
+    frozen_products: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -112,9 +120,19 @@ pub fn run(args: Args) -> Result<()> {
             max_new_tokens: args.max_new_tokens,
             seed: args.continuation_seed,
         }),
+        frozen_dtype: args.frozen_dtype.as_deref().map(|dtype| match dtype {
+            "bfloat16" => FrozenDtype::Bfloat16,
+            "float32" => FrozenDtype::Float32,
+            _ => FrozenDtype::Auto,
+        }),
+        frozen_products: match args.frozen_products.as_str() {
+            "bfloat16" => FrozenProducts::Bfloat16,
+            _ => FrozenProducts::Float32,
+        },
         ..EvalOptions::default()
     };
     options.validate()?;
+    options.frozen_products.set();
 
     let models = args
         .models
@@ -215,7 +233,7 @@ pub fn evaluate_to_report<B: Backend>(
     let teacher = match &plan.teacher {
         Some(dir) => {
             eprintln!("loading the teacher {}", dir.display());
-            let (teacher, _) = load_model::<B>(dir, device)?;
+            let teacher = load_for_evaluation::<B>(dir, &options, device)?;
             eprintln!("evaluating teacher");
             report.models.push(evaluate_loaded(
                 &teacher, dir, "teacher", None, &plan.data, &options,

@@ -4,12 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::backend::Backend;
 use preprocess::ShardReader;
 use qwen2::memory::{peak_rss_bytes, reset_peak_rss};
 use qwen2::tokenizer::Tokenizer;
-use qwen2::{load_model, AttentionMask, GenerationConfig, Model, Qwen2Config};
+use qwen2::{
+    load_frozen_model, load_model, AttentionMask, FrozenDtype, FrozenProducts, GenerationConfig,
+    Model, Qwen2Config,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::continuations::{continuation_report, ContinuationOptions, ContinuationReport};
@@ -41,6 +43,14 @@ pub struct EvalOptions {
     /// Sampled continuations of held-out prompts, scored by the teacher (None: not measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuations: Option<ContinuationOptions>,
+    /// Load every model frozen, its matrices stored as this says (`memory.frozen_dtype`), as a
+    /// teacher is loaded for training; None: as f32 parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_dtype: Option<FrozenDtype>,
+    /// How products with bf16-stored matrices are computed (`memory.frozen_products`; the
+    /// caller sets it process-wide with [`FrozenProducts::set`]).
+    #[serde(default)]
+    pub frozen_products: FrozenProducts,
 }
 
 impl Default for EvalOptions {
@@ -55,6 +65,8 @@ impl Default for EvalOptions {
             logit_chunk: 128,
             teacher_dir: None,
             continuations: None,
+            frozen_dtype: None,
+            frozen_products: FrozenProducts::Float32,
         }
     }
 }
@@ -156,8 +168,20 @@ pub fn evaluate_model<B: Backend>(
     options: &EvalOptions,
     device: &B::Device,
 ) -> Result<ModelReport, EvalError> {
-    let load = || Ok(load_model::<B>(model_dir, device)?.0);
+    let load = || load_for_evaluation::<B>(model_dir, options, device);
     load_and_evaluate(load, model_dir, label, teacher, shards, options)
+}
+
+/// `model_dir` loaded as `options.frozen_dtype` says: f32 parameters, or frozen.
+pub fn load_for_evaluation<B: Backend>(
+    model_dir: &Path,
+    options: &EvalOptions,
+    device: &B::Device,
+) -> Result<Model<B>, EvalError> {
+    Ok(match options.frozen_dtype {
+        None => load_model::<B>(model_dir, device)?.0,
+        Some(dtype) => load_frozen_model::<B>(model_dir, device, dtype)?.0,
+    })
 }
 
 /// [`evaluate_model`] for a LoRA adapter (PEFT's layout) on its base: the adapter is merged
@@ -326,7 +350,7 @@ pub fn evaluate_loaded<B: Backend>(
     Ok(ModelReport {
         label: label.to_string(),
         model_dir: model_dir.display().to_string(),
-        parameters: model.num_params(),
+        parameters: model.num_weights(),
         eval_loss: sums.mean_cross_entropy(),
         perplexity: sums.perplexity(),
         kl_to_teacher: sums.mean_kl(),

@@ -35,7 +35,8 @@ pub use continuations::{ContinuationOptions, ContinuationReport};
 pub use curves::plot_training_curves;
 pub use error::EvalError;
 pub use evaluate::{
-    default_prompts, evaluate_adapter, evaluate_loaded, evaluate_model, EvalOptions, ModelReport,
+    default_prompts, evaluate_adapter, evaluate_loaded, evaluate_model, load_for_evaluation,
+    EvalOptions, ModelReport,
 };
 pub use provenance::Machine;
 pub use quality::{score_batch, score_batch_compared, Comparison, QualitySums};

@@ -23,6 +23,7 @@ fn options() -> EvalOptions {
         logit_chunk: 5,
         teacher_dir: None,
         continuations: None,
+        ..EvalOptions::default()
     }
 }
 

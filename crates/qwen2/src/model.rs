@@ -466,6 +466,27 @@ impl<B: Backend> Model<B> {
         self.layers.len()
     }
 
+    /// Every weight the model holds: its parameters (Burn's `num_params`) and the matrices
+    /// frozen in bf16, which are not parameters.
+    pub fn num_weights(&self) -> usize {
+        let frozen = |weight: &Weight<B>| {
+            weight
+                .frozen
+                .as_ref()
+                .map_or(0, |matrix| matrix.dims()[0] * matrix.dims()[1])
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .flat_map(|layer| layer.linears())
+            .map(|(_, _, linear)| frozen(&linear.weight))
+            .sum();
+        burn::module::Module::num_params(self)
+            + frozen(&self.embed_tokens)
+            + self.lm_head.as_ref().map_or(0, frozen)
+            + layers
+    }
+
     pub fn device(&self) -> B::Device {
         self.norm.weight.device()
     }
