@@ -101,7 +101,10 @@ pub fn matmul(kernel: Kernel, a: &[f32], m: usize, b: &Bf16Matrix) -> Vec<f32> {
     let panel = kernel.panel_columns();
     let panels = n.div_ceil(panel);
     let threads = rayon::current_num_threads().max(1);
-    let group = panels.div_ceil(threads * 4).clamp(1, 8);
+    let group = match panels >= threads * 64 {
+        true => 8,
+        false => 1,
+    };
     let out = SharedOutput(c.as_mut_ptr());
     (0..panels.div_ceil(group)).into_par_iter().for_each_init(
         tiles::PanelBuffer::default,
