@@ -60,5 +60,5 @@ pub use teacher::TeacherSource;
 /// `--cache-teacher`: the run-level use of the teacher cache.
 pub use teacher_cache::prepare as cached_teacher;
 pub use train::{train, train_planned};
-pub use update::{Applied, GradientAccumulation};
+pub use update::GradientAccumulation;
 pub use verdict::{objective_for, objective_with_verdict};

@@ -28,6 +28,17 @@ pub enum TeacherPlan {
     Cached(CachePlan),
 }
 
+impl TeacherPlan {
+    /// The teacher's decoder layers, when there is a teacher.
+    pub fn layers(&self) -> Option<usize> {
+        match self {
+            TeacherPlan::Absent => None,
+            TeacherPlan::Live(config) => Some(config.num_hidden_layers),
+            TeacherPlan::Cached(cache) => Some(cache.teacher_layers()),
+        }
+    }
+}
+
 /// What a run will hold and compute, known before anything loads.
 pub struct RunPlan {
     pub student: Qwen2Config,
@@ -59,16 +70,18 @@ impl RunPlan {
             }
             (true, false) => {
                 let teacher = Qwen2Config::from_file(&recipe.teacher.local_dir)?;
-                recipe.distillation.check_layers(
-                    Path::new("recipe"),
-                    teacher.num_hidden_layers,
-                    student.num_hidden_layers,
-                )?;
                 let objective =
                     objective_for(recipe, Some(teacher.vocab_size), student.vocab_size)?;
                 (TeacherPlan::Live(teacher), objective)
             }
         };
+        if let Some(layers) = teacher.layers() {
+            recipe.distillation.check_layers(
+                Path::new("recipe"),
+                layers,
+                student.num_hidden_layers,
+            )?;
+        }
         Ok(Self {
             student,
             teacher,

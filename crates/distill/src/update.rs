@@ -18,13 +18,6 @@ pub struct GradientAccumulation<B: AutodiffBackend> {
     tokens: u64,
 }
 
-/// What an applied update reports.
-#[derive(Debug, Clone, Copy)]
-pub struct Applied {
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
 impl<B: AutodiffBackend> Default for GradientAccumulation<B> {
     fn default() -> Self {
         Self {
@@ -79,20 +72,20 @@ impl<B: AutodiffBackend> GradientAccumulation<B> {
     }
 
     /// The update: the gradients' mean, clipped to `training.max_grad_norm`, applied at `lr`.
+    /// Returns the student and the global gradient norm before clipping.
     pub fn apply(
         mut self,
         student: Student<B>,
         optimizer: &mut GroupedAdamW<B>,
         recipe: &Recipe,
         lr: f64,
-    ) -> (Student<B>, Applied) {
-        let (student, grad_norm) = optimizer.apply(
+    ) -> (Student<B>, f64) {
+        optimizer.apply(
             student,
             self.gradients.grads(),
             self.micro_batches,
             recipe.training.max_grad_norm,
             lr,
-        );
-        (student, Applied { grad_norm })
+        )
     }
 }

@@ -19,21 +19,19 @@ impl Kernel {
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            let candidates: Vec<Kernel> = [Kernel::Avx512Bf16, Kernel::Avx512Widened, Kernel::Avx2]
-                .into_iter()
-                .filter(|kernel| kernel.available())
-                .collect();
-            match candidates.as_slice() {
-                [] => Kernel::Portable,
-                [only] => *only,
-                [first, second, ..] if *first == Kernel::Avx512Bf16 => {
-                    match seconds_per_product(*first) <= seconds_per_product(*second) {
-                        true => *first,
-                        false => *second,
-                    }
-                }
-                [first, ..] => *first,
+            // AVX512-BF16 implies AVX-512F: the two AVX-512 kernels are timed against each other.
+            if Kernel::Avx512Bf16.available() {
+                let faster = seconds_per_product(Kernel::Avx512Bf16)
+                    <= seconds_per_product(Kernel::Avx512Widened);
+                return match faster {
+                    true => Kernel::Avx512Bf16,
+                    false => Kernel::Avx512Widened,
+                };
             }
+            [Kernel::Avx512Widened, Kernel::Avx2]
+                .into_iter()
+                .find(|kernel| kernel.available())
+                .unwrap_or(Kernel::Portable)
         })
     }
 

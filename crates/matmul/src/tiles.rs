@@ -6,6 +6,20 @@ use crate::kernel::Kernel;
 use crate::pack::{self, PackedA, KC};
 use crate::Bf16Matrix;
 
+/// Calls `$tile::<R>(args)` with `R` the tile's row count (one of `$counts`): a constant in
+/// each instance, so the tile's sums stay in registers.
+macro_rules! for_rows {
+    ($rows:expr, $tile:ident, [$($n:literal),*], $args:tt) => {
+        match $rows {
+            $($n => $tile::<$n> $args,)*
+            _ => unreachable!("a tile has 1 to {} rows", [$($n),*].len()),
+        }
+    };
+}
+
+/// An f32 tile: `(rows, depth, a, b, c, ldc, width, accumulate)`.
+type F32Tile = unsafe fn(usize, usize, &[f32], &[f32], *mut f32, usize, usize, bool);
+
 /// A thread's packed panel of `B`, reused from panel to panel.
 #[derive(Default)]
 pub struct PanelBuffer {
@@ -60,6 +74,13 @@ pub unsafe fn panel_product(
             }
         }
         Kernel::Avx512Widened | Kernel::Avx2 | Kernel::Portable => {
+            let f32_tile: F32Tile = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Widened => avx512::widened_tile,
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => avx2::tile,
+                _ => portable_tile,
+            };
             let packed = &mut buffer.values;
             pack::widened_panel(b, start, width, panel, packed);
             for block in 0..a.blocks {
@@ -69,40 +90,16 @@ pub unsafe fn panel_product(
                     let rows = rows_per_tile.min(a.m - tile * rows_per_tile);
                     let tile_a = &a.values[a.offset(tile, block)..];
                     let tile_c = c.add(tile * rows_per_tile * ldc + start);
-                    match kernel {
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx512Widened => avx512::widened_tile(
-                            rows,
-                            depth,
-                            tile_a,
-                            panel_block,
-                            tile_c,
-                            ldc,
-                            width,
-                            block > 0,
-                        ),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2 => avx2::tile(
-                            rows,
-                            depth,
-                            tile_a,
-                            panel_block,
-                            tile_c,
-                            ldc,
-                            width,
-                            block > 0,
-                        ),
-                        _ => portable_tile(
-                            rows,
-                            depth,
-                            tile_a,
-                            panel_block,
-                            tile_c,
-                            ldc,
-                            width,
-                            block > 0,
-                        ),
-                    }
+                    f32_tile(
+                        rows,
+                        depth,
+                        tile_a,
+                        panel_block,
+                        tile_c,
+                        ldc,
+                        width,
+                        block > 0,
+                    );
                 }
             }
         }
@@ -159,15 +156,12 @@ mod avx512 {
         width: usize,
         accumulate: bool,
     ) {
-        macro_rules! rows {
-            ($($n:literal),*) => {
-                match rows {
-                    $($n => tile_rows::<$n>(pairs, a, b, c, ldc, width, accumulate),)*
-                    _ => unreachable!("a tile has 1 to {MR} rows"),
-                }
-            };
-        }
-        rows!(1, 2, 3, 4, 5, 6, 7, 8)
+        for_rows!(
+            rows,
+            tile_rows,
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            (pairs, a, b, c, ldc, width, accumulate)
+        )
     }
 
     /// The f32 tile: `rows` (at most 8) rows, `width` (at most 32) columns, `depth` values of
@@ -183,15 +177,12 @@ mod avx512 {
         width: usize,
         accumulate: bool,
     ) {
-        macro_rules! rows {
-            ($($n:literal),*) => {
-                match rows {
-                    $($n => widened_rows::<$n>(depth, a, b, c, ldc, width, accumulate),)*
-                    _ => unreachable!("a tile has 1 to {MR} rows"),
-                }
-            };
-        }
-        rows!(1, 2, 3, 4, 5, 6, 7, 8)
+        for_rows!(
+            rows,
+            widened_rows,
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            (depth, a, b, c, ldc, width, accumulate)
+        )
     }
 
     #[target_feature(enable = "avx512f")]
@@ -294,15 +285,12 @@ mod avx2 {
         width: usize,
         accumulate: bool,
     ) {
-        macro_rules! rows {
-            ($($n:literal),*) => {
-                match rows {
-                    $($n => tile_rows::<$n>(depth, a, b, c, ldc, width, accumulate),)*
-                    _ => unreachable!("a tile has 1 to {MR} rows"),
-                }
-            };
-        }
-        rows!(1, 2, 3, 4, 5, 6)
+        for_rows!(
+            rows,
+            tile_rows,
+            [1, 2, 3, 4, 5, 6],
+            (depth, a, b, c, ldc, width, accumulate)
+        )
     }
 
     #[target_feature(enable = "avx2,fma")]

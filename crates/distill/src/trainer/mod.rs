@@ -24,7 +24,7 @@ use crate::recipe::{EvalStrategy, Recipe, SaveStrategy};
 use crate::schedule::LearningRate;
 use crate::summary::TrainSummary;
 use crate::teacher::TeacherSource;
-use crate::update::{Applied, GradientAccumulation};
+use crate::update::GradientAccumulation;
 
 /// One optimizer update, as the phases after it see it.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +132,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         }
         let lr = self.schedule.at(step);
         let student = self.student.take().expect("put back after each update");
-        let (student, Applied { grad_norm }) =
+        let (student, grad_norm) =
             accumulation.apply(student, &mut self.optimizer, self.recipe, lr);
         self.student = Some(student);
         self.train_seconds += started.elapsed().as_secs_f64();
