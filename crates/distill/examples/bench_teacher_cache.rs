@@ -20,7 +20,7 @@ use preprocess::shards::{ShardLayout, ShardWriter};
 use preprocess::ShardReader;
 use qwen2::backend::Cpu;
 use qwen2::memory::{gib, peak_rss_bytes};
-use qwen2::{build_model, Qwen2Config, RandomWeights};
+use qwen2::{build_model, ModelConfig, RandomWeights};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,7 +38,7 @@ fn main() {
     let tokens_dir = work.join("tokens");
     let mut shards = first_blocks(Path::new(&shards_dir), &split, blocks, &tokens_dir);
 
-    let config = Qwen2Config::preset(&preset).unwrap_or_else(|| panic!("unknown preset {preset}"));
+    let config = ModelConfig::preset(&preset).unwrap_or_else(|| panic!("unknown preset {preset}"));
     let device = Default::default();
     let teacher =
         build_model::<Cpu>(&config, &mut RandomWeights::new(0), &device).expect("random teacher");

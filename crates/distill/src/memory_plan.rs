@@ -8,7 +8,7 @@
 //! `activation_floats_per_token_layer`) and checked against measured peaks (docs/memory-and-lora.md;
 //! `cargo xtask bench distill-step` prints the plan beside the measured peak).
 
-use qwen2::{LoraSettings, Qwen2Config};
+use qwen2::{LoraSettings, ModelConfig};
 use serde::Serialize;
 
 const F32: u64 = 4;
@@ -31,9 +31,9 @@ pub struct MemoryPlan {
 /// The shapes a plan is made from.
 #[derive(Debug, Clone)]
 pub struct RunShape<'a> {
-    pub student: &'a Qwen2Config,
+    pub student: &'a ModelConfig,
     /// `None` when the teacher's outputs come from the offline cache.
-    pub teacher: Option<&'a Qwen2Config>,
+    pub teacher: Option<&'a ModelConfig>,
     /// Cached top-k logits per position when training from the cache.
     pub cache_top_k: usize,
     /// Sequences per micro-batch.
@@ -62,7 +62,7 @@ pub struct RunShape<'a> {
 /// (3 x heads x keys) and a few hidden-width tensors (norm inputs, q/k/v/o, the residual stream;
 /// about 4 x hidden). Fitted to measured peaks: Qwen2.5-0.5B full-parameter at 128, 256 and 512
 /// tokens and Qwen2.5-1.5B LoRA at 256 and 512 (docs/memory-and-lora.md).
-fn activation_floats_per_token_layer(config: &Qwen2Config, keys: usize) -> u64 {
+fn activation_floats_per_token_layer(config: &ModelConfig, keys: usize) -> u64 {
     let h = config.hidden_size as u64;
     let i = config.intermediate_size as u64;
     let heads = config.num_attention_heads as u64;
@@ -176,7 +176,7 @@ impl MemoryPlan {
         if shape.generated_len > 0 {
             // Keys and values of every layer, of the student and the teacher (which may
             // continue the prompts instead), for the micro-batch's rows.
-            let kv = |config: &Qwen2Config| {
+            let kv = |config: &ModelConfig| {
                 (2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim) as u64
             };
             let models = kv(student) + shape.teacher.map_or(0, kv);
@@ -200,7 +200,7 @@ impl MemoryPlan {
             let widest_block = [Some(student), shape.teacher]
                 .into_iter()
                 .flatten()
-                .flat_map(qwen2::model::parameter_shapes)
+                .flat_map(ModelConfig::tensor_shapes)
                 .filter(|(_, hf_shape)| hf_shape.len() == 2)
                 .map(|(_, hf_shape)| (hf_shape[1] * hf_shape[0].min(block)) as u64)
                 .max()
@@ -242,8 +242,9 @@ impl MemoryPlan {
 }
 
 /// Bytes of a frozen model: matrices in bf16 or f32, norms and biases in f32.
-fn frozen_bytes(config: &Qwen2Config, bf16: bool) -> u64 {
-    let vectors: u64 = qwen2::model::parameter_shapes(config)
+fn frozen_bytes(config: &ModelConfig, bf16: bool) -> u64 {
+    let vectors: u64 = config
+        .tensor_shapes()
         .iter()
         .filter(|(_, shape)| shape.len() == 1)
         .map(|(_, shape)| shape[0] as u64)
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn states_are_sixteen_bytes_per_student_parameter_and_the_cache_drops_the_teacher() {
-        let student = Qwen2Config::preset("qwen2.5-0.5b").unwrap();
+        let student = ModelConfig::preset("qwen2.5-0.5b").unwrap();
         let live_shape = RunShape {
             student: &student,
             teacher: Some(&student),

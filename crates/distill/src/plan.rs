@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use qwen2::memory::current_rss_bytes;
-use qwen2::Qwen2Config;
+use qwen2::ModelConfig;
 
 use crate::error::TrainError;
 use crate::memory_plan::{MemoryPlan, RunShape};
@@ -23,7 +23,7 @@ pub enum TeacherPlan {
     /// Hard labels alone: no teacher.
     Absent,
     /// The teacher runs live on every batch.
-    Live(Qwen2Config),
+    Live(ModelConfig),
     /// `--cache-teacher`: the caches to read (and build first, when missing).
     Cached(CachePlan),
 }
@@ -41,7 +41,7 @@ impl TeacherPlan {
 
 /// What a run will hold and compute, known before anything loads.
 pub struct RunPlan {
-    pub student: Qwen2Config,
+    pub student: ModelConfig,
     pub teacher: TeacherPlan,
     /// The objective, with the tokenizer check's verdict (masked ids, compared rows).
     pub objective: Objective,
@@ -57,7 +57,7 @@ impl RunPlan {
     pub fn read(recipe: &Recipe, cache_teacher: bool) -> Result<Self, TrainError> {
         let manifest = preprocess::Manifest::load(&recipe.dataset.shards)?;
         on_policy::check_run(recipe, manifest.seq_len, cache_teacher)?;
-        let student = Qwen2Config::from_file(&recipe.student.local_dir)?;
+        let student = ModelConfig::from_file(&recipe.student.local_dir)?;
         check_tokenizer_fits(recipe, manifest.tokenizer.vocab_size, &student)?;
         let (teacher, objective) = match (recipe.needs_teacher(), cache_teacher) {
             (false, _) => (
@@ -69,7 +69,7 @@ impl RunPlan {
                 (TeacherPlan::Cached(plan), objective)
             }
             (true, false) => {
-                let teacher = Qwen2Config::from_file(&recipe.teacher.local_dir)?;
+                let teacher = ModelConfig::from_file(&recipe.teacher.local_dir)?;
                 let objective =
                     objective_for(recipe, Some(teacher.vocab_size), student.vocab_size)?;
                 (TeacherPlan::Live(teacher), objective)
@@ -140,7 +140,7 @@ impl RunPlan {
         recipe: &Recipe,
         notes: &mut Vec<String>,
     ) -> Result<MemoryPlan, TrainError> {
-        let mut stores_bf16 = |path: &Path, config: &Qwen2Config| -> Result<bool, TrainError> {
+        let mut stores_bf16 = |path: &Path, config: &ModelConfig| -> Result<bool, TrainError> {
             let weights_absent = path.is_dir()
                 && !path.join("model.safetensors").exists()
                 && !path.join("model.safetensors.index.json").exists();
@@ -178,7 +178,7 @@ impl RunPlan {
 fn check_tokenizer_fits(
     recipe: &Recipe,
     tokenizer_vocab_size: usize,
-    student: &Qwen2Config,
+    student: &ModelConfig,
 ) -> Result<(), TrainError> {
     if tokenizer_vocab_size > student.vocab_size {
         return Err(TrainError::Invalid(format!(

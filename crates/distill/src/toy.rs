@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use preprocess::{preprocess, PreprocessOptions};
-use qwen2::{build_model, save_model, Qwen2Config, RandomWeights, SaveOptions, WeightSource};
+use qwen2::{build_model, save_model, ModelConfig, RandomWeights, SaveOptions, WeightSource};
 use serde_json::{json, Value};
 
 use crate::error::TrainError;
@@ -79,8 +79,8 @@ pub fn byte_tokenizer_json() -> Value {
 }
 
 /// A Qwen2 shape over the byte vocabulary.
-pub fn toy_config(hidden: usize, layers: usize, heads: usize) -> Qwen2Config {
-    Qwen2Config {
+pub fn toy_config(hidden: usize, layers: usize, heads: usize) -> ModelConfig {
+    ModelConfig {
         vocab_size: VOCAB_ROWS,
         hidden_size: hidden,
         intermediate_size: hidden * 2,
@@ -95,6 +95,7 @@ pub fn toy_config(hidden: usize, layers: usize, heads: usize) -> Qwen2Config {
         bos_token_id: None,
         eos_token_ids: vec![EOS_ID],
         torch_dtype: "float32".into(),
+        variant: qwen2::config::DecoderVariant::default(),
     }
 }
 
@@ -117,7 +118,7 @@ impl WeightSource for ScaledRandom {
 /// Writes a random model of `config` with the byte tokenizer to `dir` (HF layout, float32).
 pub fn write_random_model<B: Backend>(
     dir: &Path,
-    config: &Qwen2Config,
+    config: &ModelConfig,
     seed: u64,
     weight_factor: f32,
     device: &B::Device,

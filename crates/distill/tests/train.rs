@@ -17,7 +17,7 @@ use distill::{
     evaluate, objective_for, train, BatchSource, TeacherSource, TrainError, TrainOptions,
 };
 use qwen2::backend::Cpu;
-use qwen2::{load_model, Qwen2Config};
+use qwen2::{load_model, ModelConfig};
 
 type Train = Autodiff<Cpu>;
 
@@ -267,7 +267,7 @@ fn training_from_the_teacher_cache_never_loads_the_teacher() {
 
     // Build: the training split at the recipe's temperature with the matched hidden state, the
     // validation split at temperature 1 for evaluation's KL.
-    let student_config = Qwen2Config::from_file(&setup.student).unwrap();
+    let student_config = ModelConfig::from_file(&setup.student).unwrap();
     let (cache, _) = cached_teacher::plan(&recipe, &student_config).unwrap();
     let prepared =
         cached_teacher::prepare::<Cpu>(&recipe, &cache, &options(false, false), &device).unwrap();

@@ -10,7 +10,7 @@ use qwen2::memory::{peak_rss_bytes, reset_peak_rss};
 use qwen2::tokenizer::Tokenizer;
 use qwen2::{
     load_frozen_model, load_model, AttentionMask, FrozenDtype, FrozenProducts, GenerationConfig,
-    Model, Qwen2Config,
+    Model, ModelConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -310,7 +310,7 @@ pub fn evaluate_loaded<B: Backend>(
 
     let generates = !options.generation_prompts.is_empty() || options.continuations.is_some();
     let generation_setup = if generates {
-        let config = Qwen2Config::from_file(model_dir)?;
+        let config = ModelConfig::from_file(model_dir)?;
         let generation_config = GenerationConfig::from_dir(model_dir, &config)?;
         Some((
             Tokenizer::from_dir(model_dir)?,

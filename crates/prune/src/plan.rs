@@ -2,7 +2,7 @@
 //! Width is chosen the same in every kept layer (one `intermediate_size` and one head count in
 //! config.json), by each layer's own importance; kept parts stay in the teacher's order.
 
-use qwen2::Qwen2Config;
+use qwen2::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{flag_error, Result};
@@ -27,7 +27,7 @@ impl PrunePlan {
     /// The plan `spec` asks for. `importance` is needed where [`PruneSpec::needs_importance`].
     pub fn new(
         spec: &PruneSpec,
-        teacher: &Qwen2Config,
+        teacher: &ModelConfig,
         importance: Option<&Importance>,
     ) -> Result<Self> {
         spec.validate(teacher)?;
@@ -111,8 +111,8 @@ impl PrunePlan {
     }
 
     /// The student's config.json: the teacher's, with the kept counts.
-    pub fn student_config(&self, teacher: &Qwen2Config) -> Qwen2Config {
-        Qwen2Config {
+    pub fn student_config(&self, teacher: &ModelConfig) -> ModelConfig {
+        ModelConfig {
             num_hidden_layers: self.layers.len(),
             num_attention_heads: self.heads.first().map_or(0, Vec::len),
             intermediate_size: self.neurons.first().map_or(0, Vec::len),

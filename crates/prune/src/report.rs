@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use qwen2::Qwen2Config;
+use qwen2::ModelConfig;
 use serde::Serialize;
 
 use crate::importance::Importance;
@@ -12,8 +12,8 @@ use crate::plan::{importance_order, PrunePlan};
 #[derive(Debug, Clone, Serialize)]
 pub struct StudentReport {
     pub teacher: String,
-    pub teacher_config: Qwen2Config,
-    pub student_config: Qwen2Config,
+    pub teacher_config: ModelConfig,
+    pub student_config: ModelConfig,
     /// The depth measure `--num-layers` chose by.
     pub spec_layer_ranking: &'static str,
     pub plan: PrunePlan,

@@ -1,7 +1,7 @@
 //! What the user asks of the student: which layers it keeps, and how wide it is. Checked
 //! against the teacher's config.json before anything is loaded, so a bad request costs nothing.
 
-use qwen2::Qwen2Config;
+use qwen2::ModelConfig;
 
 use crate::error::{flag_error, Result};
 
@@ -100,7 +100,7 @@ impl PruneSpec {
     }
 
     /// Refuses what the teacher cannot give, naming the flag and the limit.
-    pub fn validate(&self, teacher: &Qwen2Config) -> Result<()> {
+    pub fn validate(&self, teacher: &ModelConfig) -> Result<()> {
         let layers = teacher.num_hidden_layers;
         match &self.layers {
             Some(LayerChoice::Keep(kept)) => {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use preprocess::Block;
 use qwen2::safetensors::Dtype;
-use qwen2::{build_model, load_model, open_weights, save_model, GenerationConfig, Qwen2Config};
+use qwen2::{build_model, load_model, open_weights, save_model, GenerationConfig, ModelConfig};
 
 use crate::error::{flag_error, Result};
 use crate::importance::{held_out_loss, measure_importance};
@@ -39,7 +39,7 @@ pub fn init_student<B: Backend>(
     device: &B::Device,
     mut progress: impl FnMut(&str),
 ) -> Result<StudentReport> {
-    let teacher_config = Qwen2Config::from_file(request.teacher)?;
+    let teacher_config = ModelConfig::from_file(request.teacher)?;
     request.spec.validate(&teacher_config)?;
     if request.spec.needs_importance() && request.calibration.is_empty() {
         return Err(flag_error(

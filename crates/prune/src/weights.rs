@@ -2,20 +2,20 @@
 //! student tensor name with the teacher tensor it comes from, cut to the kept layers, heads,
 //! neurons and channels. The student is then built and saved like any other model.
 
-use qwen2::{ModelError, Qwen2Config, WeightSource};
+use qwen2::{ModelConfig, ModelError, WeightSource};
 
 use crate::plan::PrunePlan;
 
 pub struct PrunedWeights {
     teacher: Box<dyn WeightSource>,
-    teacher_config: Qwen2Config,
+    teacher_config: ModelConfig,
     plan: PrunePlan,
 }
 
 impl PrunedWeights {
     pub fn new(
         teacher: Box<dyn WeightSource>,
-        teacher_config: Qwen2Config,
+        teacher_config: ModelConfig,
         plan: PrunePlan,
     ) -> Self {
         Self {

@@ -15,7 +15,7 @@ use prune::{
 use qwen2::backend::{FlexCpu, NdArrayCpu};
 use qwen2::safetensors::Dtype;
 use qwen2::{
-    build_model, load_model, open_weights, save_model, AttentionMask, Model, Qwen2Config,
+    build_model, load_model, open_weights, save_model, AttentionMask, Model, ModelConfig,
     SaveOptions, WeightSource,
 };
 
@@ -120,7 +120,7 @@ fn keeping_everything_reproduces_the_teacher_bit_for_bit() {
     let (student_config, mut student) = open_weights(&out).unwrap();
     assert_eq!(
         student_config,
-        Qwen2Config {
+        ModelConfig {
             torch_dtype: "float32".into(),
             ..teacher_config.clone()
         }
@@ -285,7 +285,7 @@ fn importance_ranks_an_idle_layer_last_and_prunes_dead_neurons_first() {
 
 #[test]
 fn bad_requests_name_the_flag_and_the_limit() {
-    let config = Qwen2Config::from_file(&parity_teacher()).unwrap();
+    let config = ModelConfig::from_file(&parity_teacher()).unwrap();
     let refused = |spec: PruneSpec| spec.validate(&config).unwrap_err().to_string();
     let layers = |choice| PruneSpec {
         layers: Some(choice),

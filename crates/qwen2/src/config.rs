@@ -1,6 +1,10 @@
-//! `config.json` of a Qwen2 checkpoint, in both styles found in the wild:
-//! transformers 4.x (`rope_theta` at top level, possibly a JSON integer; `torch_dtype`) and
-//! transformers 5.x (`rope_parameters: {rope_theta, rope_type}`; `dtype`).
+//! `config.json` of a decoder checkpoint (Qwen2, Llama, Qwen3), in both styles found in the
+//! wild: transformers 4.x (`rope_theta` and `rope_scaling` at top level, `rope_theta` possibly
+//! a JSON integer; `torch_dtype`) and transformers 5.x (`rope_parameters: {rope_theta,
+//! rope_type, ...}`; `dtype`).
+//! The three architectures are one decoder with switches ([`DecoderVariant`]): which linear
+//! layers carry a bias, whether q and k are RMS-normed per head (Qwen3), and how RoPE
+//! frequencies are scaled (Llama 3's `llama3`, `linear`).
 //! What this implementation cannot run is refused here, naming the field, rather than
 //! silently computing something else.
 
@@ -12,9 +16,101 @@ use serde_json::Value;
 
 use crate::error::{read_json, ModelError, Result};
 
+/// The decoder families this implementation runs, by transformers' `model_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    #[default]
+    Qwen2,
+    Llama,
+    Qwen3,
+}
+
+impl Architecture {
+    /// For error texts.
+    pub const SUPPORTED: &'static str =
+        "qwen2 (Qwen2ForCausalLM), llama (LlamaForCausalLM), qwen3 (Qwen3ForCausalLM)";
+
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "qwen2" => Some(Self::Qwen2),
+            "llama" => Some(Self::Llama),
+            "qwen3" => Some(Self::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// config.json's `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Qwen2 => "qwen2",
+            Self::Llama => "llama",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+
+    /// config.json's `architectures` entry.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+/// How RoPE's inverse frequencies are rescaled for long contexts (transformers'
+/// `rope_type`). Neither scaling changes the attention factor (it stays 1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    #[default]
+    Default,
+    /// Every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, a smooth blend
+    /// between `original_max_position_embeddings / low_freq_factor` and `/ high_freq_factor`.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// What the three decoders do differently; everything else is shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderVariant {
+    pub architecture: Architecture,
+    /// q, k and v projections have biases (Qwen2 always; Llama and Qwen3 with
+    /// `attention_bias`).
+    pub qkv_bias: bool,
+    /// o_proj has a bias (Llama and Qwen3 with `attention_bias`; never Qwen2).
+    pub o_proj_bias: bool,
+    /// gate, up and down projections have biases (Llama's `mlp_bias`).
+    pub mlp_bias: bool,
+    /// q and k are RMS-normed per head before RoPE (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    pub rope_scaling: RopeScaling,
+}
+
+impl Default for DecoderVariant {
+    /// Qwen2's.
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::Qwen2,
+            qkv_bias: true,
+            o_proj_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            rope_scaling: RopeScaling::Default,
+        }
+    }
+}
+
 /// The architecture hyper-parameters, as a plain struct.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Qwen2Config {
+pub struct ModelConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -30,9 +126,13 @@ pub struct Qwen2Config {
     pub eos_token_ids: Vec<u32>,
     /// The dtype the checkpoint was saved in (`bfloat16`, `float16`, `float32`).
     pub torch_dtype: String,
+    /// Qwen2's unless the checkpoint says otherwise (records written before Llama and Qwen3
+    /// were supported are all Qwen2).
+    #[serde(default)]
+    pub variant: DecoderVariant,
 }
 
-impl Qwen2Config {
+impl ModelConfig {
     /// Reads `DIR/config.json` (or a path to the file itself), or a GGUF file's metadata.
     pub fn from_file(path: &Path) -> Result<Self> {
         if gguf::is_gguf_path(path) {
@@ -51,12 +151,15 @@ impl Qwen2Config {
     pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
         let fields = Fields { json, path };
         let model_type = fields.string("model_type")?;
-        if model_type != "qwen2" {
+        let Some(architecture) = Architecture::from_model_type(&model_type) else {
             return Err(fields.error(
                 "model_type",
-                format!("`{model_type}` is not supported: only `qwen2` (Qwen2ForCausalLM) is"),
+                format!(
+                    "`{model_type}` is not supported; supported: {}",
+                    Architecture::SUPPORTED
+                ),
             ));
-        }
+        };
         if fields
             .optional("use_sliding_window")
             .and_then(Value::as_bool)
@@ -64,7 +167,7 @@ impl Qwen2Config {
         {
             return Err(fields.error(
                 "use_sliding_window",
-                "sliding-window attention is not implemented; set it to false (Qwen2.5 and \
+                "sliding-window attention is not implemented; set it to false (Qwen2.5, Qwen3 and \
                  DeepSeek-R1-Distill checkpoints ship false)"
                     .into(),
             ));
@@ -80,24 +183,13 @@ impl Qwen2Config {
 
         let rope_parameters = fields.optional("rope_parameters").filter(|v| !v.is_null());
         let rope_scaling = fields.optional("rope_scaling").filter(|v| !v.is_null());
-        for (field, params) in [
-            ("rope_parameters", rope_parameters),
-            ("rope_scaling", rope_scaling),
-        ] {
-            if let Some(params) = params {
-                let rope_type = params
-                    .get("rope_type")
-                    .or_else(|| params.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                if rope_type != "default" {
-                    return Err(fields.error(
-                        &format!("{field}.rope_type"),
-                        format!("`{rope_type}` RoPE scaling is not supported: only `default` is"),
-                    ));
-                }
+        let rope_scaling = match (rope_parameters, rope_scaling) {
+            (Some(params), _) if rope_type(params) != "default" => {
+                fields.rope_scaling("rope_parameters", params)?
             }
-        }
+            (_, Some(params)) => fields.rope_scaling("rope_scaling", params)?,
+            _ => RopeScaling::Default,
+        };
         let rope_theta = match fields.optional("rope_theta").filter(|v| !v.is_null()) {
             Some(value) => number(value)
                 .ok_or_else(|| fields.error("rope_theta", "expected a number".into()))?,
@@ -113,6 +205,33 @@ impl Qwen2Config {
                 }
             },
         };
+        let flag = |name: &str| -> Result<bool> {
+            match fields.optional(name) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(value)) => Ok(*value),
+                Some(other) => {
+                    Err(fields.error(name, format!("expected true or false, found {other}")))
+                }
+            }
+        };
+        let variant = match architecture {
+            Architecture::Qwen2 => DecoderVariant {
+                rope_scaling,
+                ..DecoderVariant::default()
+            },
+            Architecture::Llama | Architecture::Qwen3 => {
+                let attention_bias = flag("attention_bias")?;
+                DecoderVariant {
+                    architecture,
+                    qkv_bias: attention_bias,
+                    o_proj_bias: attention_bias,
+                    // Qwen3's MLP has no bias switch (transformers ignores the key there).
+                    mlp_bias: architecture == Architecture::Llama && flag("mlp_bias")?,
+                    qk_norm: architecture == Architecture::Qwen3,
+                    rope_scaling,
+                }
+            }
+        };
 
         let hidden_size = fields.usize("hidden_size")?;
         let num_attention_heads = fields.usize("num_attention_heads")?;
@@ -120,20 +239,25 @@ impl Qwen2Config {
             Some(_) => fields.usize("num_key_value_heads")?,
             None => num_attention_heads,
         };
-        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
-            return Err(fields.error(
-                "num_attention_heads",
-                format!("{num_attention_heads} does not divide hidden_size {hidden_size}"),
-            ));
-        }
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(fields.error(
                 "num_key_value_heads",
                 format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
             ));
         }
+        // An explicit head_dim need not be hidden_size / heads (Qwen3-0.6B: 16 heads of 128 in
+        // a 1024-wide model); without one, the heads must split hidden_size evenly.
         let head_dim = match fields.optional("head_dim").filter(|v| !v.is_null()) {
             Some(_) => fields.usize("head_dim")?,
+            None if hidden_size % num_attention_heads != 0 => {
+                return Err(fields.error(
+                    "num_attention_heads",
+                    format!(
+                        "{num_attention_heads} does not divide hidden_size {hidden_size} (and no \
+                         head_dim is given)"
+                    ),
+                ))
+            }
             None => hidden_size / num_attention_heads,
         };
         if head_dim % 2 != 0 {
@@ -185,6 +309,7 @@ impl Qwen2Config {
             bos_token_id,
             eos_token_ids,
             torch_dtype,
+            variant,
         })
     }
 
@@ -195,9 +320,11 @@ impl Qwen2Config {
             [one] => Value::from(*one),
             many => Value::from(many.to_vec()),
         };
-        serde_json::json!({
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
+        let variant = &self.variant;
+        let architecture = variant.architecture;
+        let mut json = serde_json::json!({
+            "architectures": [architecture.class_name()],
+            "model_type": architecture.model_type(),
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
@@ -207,19 +334,35 @@ impl Qwen2Config {
             "initializer_range": 0.02,
             "intermediate_size": self.intermediate_size,
             "max_position_embeddings": self.max_position_embeddings,
-            "max_window_layers": self.num_hidden_layers,
             "num_attention_heads": self.num_attention_heads,
             "num_hidden_layers": self.num_hidden_layers,
             "num_key_value_heads": self.num_key_value_heads,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "sliding_window": null,
             "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": self.torch_dtype,
             "use_cache": true,
-            "use_sliding_window": false,
             "vocab_size": self.vocab_size,
-        })
+        });
+        match architecture {
+            Architecture::Qwen2 | Architecture::Qwen3 => {
+                json["max_window_layers"] = self.num_hidden_layers.into();
+                json["sliding_window"] = Value::Null;
+                json["use_sliding_window"] = false.into();
+            }
+            Architecture::Llama => {
+                json["mlp_bias"] = variant.mlp_bias.into();
+                json["pretraining_tp"] = 1.into();
+            }
+        }
+        if architecture != Architecture::Qwen2 {
+            json["attention_bias"] = variant.qkv_bias.into();
+        }
+        if variant.rope_scaling != RopeScaling::Default {
+            json["rope_scaling"] =
+                serde_json::to_value(&variant.rope_scaling).expect("plain struct");
+        }
+        json
     }
 
     /// Every parameter of the model, by its Hugging Face name and PyTorch shape, in the order
@@ -228,24 +371,38 @@ impl Qwen2Config {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
+        let variant = &self.variant;
         let mut names = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
         for layer in 0..self.num_hidden_layers {
             let p = format!("model.layers.{layer}");
-            for (part, shape) in [
-                ("input_layernorm.weight", vec![h]),
-                ("self_attn.q_proj.weight", vec![q, h]),
-                ("self_attn.q_proj.bias", vec![q]),
-                ("self_attn.k_proj.weight", vec![kv, h]),
-                ("self_attn.k_proj.bias", vec![kv]),
-                ("self_attn.v_proj.weight", vec![kv, h]),
-                ("self_attn.v_proj.bias", vec![kv]),
-                ("self_attn.o_proj.weight", vec![h, q]),
-                ("post_attention_layernorm.weight", vec![h]),
-                ("mlp.gate_proj.weight", vec![i, h]),
-                ("mlp.up_proj.weight", vec![i, h]),
-                ("mlp.down_proj.weight", vec![h, i]),
+            let mut push =
+                |part: &str, shape: Vec<usize>| names.push((format!("{p}.{part}"), shape));
+            push("input_layernorm.weight", vec![h]);
+            for (linear, out_features, in_features, bias) in [
+                ("self_attn.q_proj", q, h, variant.qkv_bias),
+                ("self_attn.k_proj", kv, h, variant.qkv_bias),
+                ("self_attn.v_proj", kv, h, variant.qkv_bias),
+                ("self_attn.o_proj", h, q, variant.o_proj_bias),
             ] {
-                names.push((format!("{p}.{part}"), shape));
+                push(&format!("{linear}.weight"), vec![out_features, in_features]);
+                if bias {
+                    push(&format!("{linear}.bias"), vec![out_features]);
+                }
+            }
+            if variant.qk_norm {
+                push("self_attn.q_norm.weight", vec![self.head_dim]);
+                push("self_attn.k_norm.weight", vec![self.head_dim]);
+            }
+            push("post_attention_layernorm.weight", vec![h]);
+            for (linear, out_features, in_features) in [
+                ("mlp.gate_proj", i, h),
+                ("mlp.up_proj", i, h),
+                ("mlp.down_proj", h, i),
+            ] {
+                push(&format!("{linear}.weight"), vec![out_features, in_features]);
+                if variant.mlp_bias {
+                    push(&format!("{linear}.bias"), vec![out_features]);
+                }
             }
         }
         names.push(("model.norm.weight".into(), vec![h]));
@@ -257,14 +414,10 @@ impl Qwen2Config {
 
     /// Number of parameters, counting a tied embedding once.
     pub fn num_parameters(&self) -> usize {
-        let h = self.hidden_size;
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
-        let attention = h * q + q + 2 * (h * kv + kv) + q * h;
-        let mlp = 3 * h * self.intermediate_size;
-        let layer = attention + mlp + 2 * h;
-        let embeddings = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
-        self.num_hidden_layers * layer + embeddings + h
+        self.tensor_shapes()
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
     }
 
     /// Floating-point operations of one forward pass, per token, counting a multiply-add as two:
@@ -280,7 +433,7 @@ impl Qwen2Config {
         (2 * (self.num_hidden_layers * (linear + attention) + self.vocab_size * h)) as f64
     }
 
-    /// The names [`Qwen2Config::preset`] knows, for help and error texts.
+    /// The names [`ModelConfig::preset`] knows, for help and error texts.
     pub const PRESETS: &'static str =
         "tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b";
 
@@ -301,6 +454,7 @@ impl Qwen2Config {
             bos_token_id: Some(151643),
             eos_token_ids: vec![151643],
             torch_dtype: "float32".into(),
+            variant: DecoderVariant::default(),
         };
         match name {
             "tiny" => Some(shape(512, 64, 160, 4, 4, 2, true, 1e6)),
@@ -313,6 +467,15 @@ impl Qwen2Config {
             _ => None,
         }
     }
+}
+
+/// The `rope_type` (5.x) or `type` (4.x) of a rope parameters object.
+fn rope_type(params: &Value) -> &str {
+    params
+        .get("rope_type")
+        .or_else(|| params.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default")
 }
 
 /// A JSON number that may be an integer (`10000`) or a float (`1000000.0`).
@@ -358,6 +521,54 @@ impl Fields<'_> {
         }
     }
 
+    /// The RoPE scaling that `params` (the object under `field`) describes.
+    fn rope_scaling(&self, field: &str, params: &Value) -> Result<RopeScaling> {
+        let value = |key: &str| -> Result<f64> {
+            params.get(key).and_then(number).ok_or_else(|| {
+                self.error(&format!("{field}.{key}"), "missing or not a number".into())
+            })
+        };
+        let rope_type = rope_type(params);
+        match rope_type {
+            "default" => Ok(RopeScaling::Default),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: value("factor")?,
+            }),
+            "llama3" => {
+                let scaling = RopeScaling::Llama3 {
+                    factor: value("factor")?,
+                    low_freq_factor: value("low_freq_factor")?,
+                    high_freq_factor: value("high_freq_factor")?,
+                    original_max_position_embeddings: value("original_max_position_embeddings")?
+                        as usize,
+                };
+                if let RopeScaling::Llama3 {
+                    low_freq_factor,
+                    high_freq_factor,
+                    ..
+                } = scaling
+                {
+                    if high_freq_factor <= low_freq_factor {
+                        return Err(self.error(
+                            &format!("{field}.high_freq_factor"),
+                            format!(
+                                "{high_freq_factor} must exceed low_freq_factor {low_freq_factor}"
+                            ),
+                        ));
+                    }
+                }
+                Ok(scaling)
+            }
+            other => Err(self.error(
+                &format!("{field}.rope_type"),
+                format!(
+                    "`{other}` RoPE scaling is not supported: only `default`, `linear` and \
+                     `llama3` are"
+                ),
+            )),
+        }
+    }
+
     fn usize(&self, field: &str) -> Result<usize> {
         match self.json.get(field) {
             Some(value) => value
@@ -387,7 +598,7 @@ pub struct GenerationConfig {
 impl GenerationConfig {
     /// Reads `DIR/generation_config.json`; a model without one generates greedily and stops at
     /// config.json's eos.
-    pub fn from_dir(dir: &Path, config: &Qwen2Config) -> Result<Self> {
+    pub fn from_dir(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let path = dir.join("generation_config.json");
         if !path.exists() {
             return Ok(Self {
@@ -472,7 +683,7 @@ pub const GGUF_ARCHITECTURES: &str =
 /// percent of the values' RMS; two unrelated matrices differ by about 141%.
 pub const GGUF_TIED_TOLERANCE: f64 = 0.15;
 
-impl Qwen2Config {
+impl ModelConfig {
     /// The hyper-parameters of a GGUF file from its `general.*`, `qwen2.*` and
     /// `tokenizer.ggml.*` keys, checked against its tensors' shapes. The output is tied when the
     /// file has no `output.weight`, or (unless `untie`) when it has one that equals
@@ -556,7 +767,7 @@ impl Qwen2Config {
                 .and_then(|v| v.as_u64())
                 .map(|v| v as u32)
         };
-        let mut config = Qwen2Config {
+        let mut config = ModelConfig {
             vocab_size,
             hidden_size,
             intermediate_size: count("feed_forward_length")?,
@@ -574,6 +785,7 @@ impl Qwen2Config {
             bos_token_id: token_id("bos_token_id"),
             eos_token_ids: token_id("eos_token_id").into_iter().collect(),
             torch_dtype: "bfloat16".into(),
+            variant: DecoderVariant::default(),
         };
         config.check_gguf_shapes(file)?;
         if file.tensor("output.weight").is_some() {
@@ -645,7 +857,7 @@ pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
 
 /// The relative RMS difference between a GGUF's `output.weight` and `token_embd.weight`, over
 /// every 16th row (enough to tell one matrix quantized twice from two matrices).
-pub fn gguf_output_difference(file: &GgufFile, config: &Qwen2Config) -> Result<f64> {
+pub fn gguf_output_difference(file: &GgufFile, config: &ModelConfig) -> Result<f64> {
     let rows: Vec<usize> = (0..config.vocab_size).step_by(16).collect();
     let embedding = file.read_rows_f32("token_embd.weight", &rows)?;
     let output = file.read_rows_f32("output.weight", &rows)?;

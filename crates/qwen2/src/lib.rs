@@ -16,7 +16,7 @@ pub mod save;
 pub mod tokenizer;
 pub mod weight;
 
-pub use config::{GenerationConfig, Qwen2Config};
+pub use config::{GenerationConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Sampling};
 pub use gguf::{is_gguf, GgufModel, GgufOptions};

@@ -9,10 +9,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
-use crate::config::Qwen2Config;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::gguf::{is_gguf, GgufModel};
-use crate::model::{Attention, DecoderLayer, Linear, Mlp, Model, RmsNorm};
+use crate::model::{inverse_frequencies, Attention, DecoderLayer, Linear, Mlp, Model, RmsNorm};
 use crate::safetensors::{Checkpoint, Dtype};
 use crate::weight::{FrozenDtype, FrozenMatrix, Weight};
 
@@ -72,7 +72,7 @@ impl WeightSource for RandomWeights {
 
 /// A model's weights as they are stored: a Hugging Face folder or a GGUF file.
 struct StoredModel {
-    config: Qwen2Config,
+    config: ModelConfig,
     source: Box<dyn WeightSource>,
     /// What `frozen_dtype = auto` chooses: bf16 for a bf16 checkpoint (nothing is rounded) and
     /// for a quantized GGUF (its dequantized values are exact in no type narrower than f32).
@@ -88,7 +88,7 @@ fn open_stored(path: &Path) -> Result<StoredModel> {
             source: Box::new(model),
         });
     }
-    let config = Qwen2Config::from_file(path)?;
+    let config = ModelConfig::from_file(path)?;
     let checkpoint = Checkpoint::open(path)?;
     Ok(StoredModel {
         config,
@@ -99,7 +99,7 @@ fn open_stored(path: &Path) -> Result<StoredModel> {
 
 /// The config and the weights of the model at `path` (a Hugging Face folder or a GGUF file),
 /// to read tensor by tensor.
-pub fn open_weights(path: &Path) -> Result<(Qwen2Config, Box<dyn WeightSource>)> {
+pub fn open_weights(path: &Path) -> Result<(ModelConfig, Box<dyn WeightSource>)> {
     let stored = open_stored(path)?;
     Ok((stored.config, stored.source))
 }
@@ -116,7 +116,7 @@ pub fn frozen_in_bf16(path: &Path, dtype: FrozenDtype) -> Result<bool> {
 
 /// Loads a Qwen2 model (a checkpoint directory with config.json and safetensors, or a GGUF
 /// file) onto `device`.
-pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(Model<B>, Qwen2Config)> {
+pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(Model<B>, ModelConfig)> {
     let mut stored = open_stored(path)?;
     let model = build_model(&stored.config, stored.source.as_mut(), device)?;
     Ok((model, stored.config))
@@ -129,7 +129,7 @@ pub fn load_frozen_model<B: Backend>(
     path: &Path,
     device: &B::Device,
     dtype: FrozenDtype,
-) -> Result<(Model<B>, Qwen2Config, bool)> {
+) -> Result<(Model<B>, ModelConfig, bool)> {
     let mut stored = open_stored(path)?;
     let bf16 = dtype.stores_bf16(stored.auto_bf16);
     let model = build_frozen_model(&stored.config, stored.source.as_mut(), device, bf16)?;
@@ -138,7 +138,7 @@ pub fn load_frozen_model<B: Backend>(
 
 /// Builds the model tensor by tensor from `source`.
 pub fn build_model<B: Backend>(
-    config: &Qwen2Config,
+    config: &ModelConfig,
     source: &mut dyn WeightSource,
     device: &B::Device,
 ) -> Result<Model<B>> {
@@ -147,7 +147,7 @@ pub fn build_model<B: Backend>(
 
 /// Builds a frozen model (see [`load_frozen_model`]) tensor by tensor from `source`.
 pub fn build_frozen_model<B: Backend>(
-    config: &Qwen2Config,
+    config: &ModelConfig,
     source: &mut dyn WeightSource,
     device: &B::Device,
     bf16: bool,
@@ -160,7 +160,7 @@ pub fn build_frozen_model<B: Backend>(
 
 /// Builds the model tensor by tensor from `source`, matrices frozen in bf16 with `frozen_bf16`.
 fn build<B: Backend>(
-    config: &Qwen2Config,
+    config: &ModelConfig,
     source: &mut dyn WeightSource,
     device: &B::Device,
     frozen_bf16: bool,
@@ -229,31 +229,44 @@ fn build<B: Backend>(
                 lora: None,
             })
         };
+        let variant = &config.variant;
+        let (qkv_bias, o_bias, mlp_bias) =
+            (variant.qkv_bias, variant.o_proj_bias, variant.mlp_bias);
+        let norm = |source: &mut dyn WeightSource, name: &str, len: usize| -> Result<RmsNorm<B>> {
+            Ok(RmsNorm {
+                weight: vector::<B>(source, &format!("{p}.{name}.weight"), len, device)?,
+                eps: config.rms_norm_eps,
+            })
+        };
+        let (q_norm, k_norm) = if variant.qk_norm {
+            (
+                Some(norm(source, "self_attn.q_norm", config.head_dim)?),
+                Some(norm(source, "self_attn.k_norm", config.head_dim)?),
+            )
+        } else {
+            (None, None)
+        };
         let self_attn = Attention {
-            q_proj: linear(source, "self_attn.q_proj", q, h, true)?,
-            k_proj: linear(source, "self_attn.k_proj", kv, h, true)?,
-            v_proj: linear(source, "self_attn.v_proj", kv, h, true)?,
-            o_proj: linear(source, "self_attn.o_proj", h, q, false)?,
+            q_proj: linear(source, "self_attn.q_proj", q, h, qkv_bias)?,
+            k_proj: linear(source, "self_attn.k_proj", kv, h, qkv_bias)?,
+            v_proj: linear(source, "self_attn.v_proj", kv, h, qkv_bias)?,
+            o_proj: linear(source, "self_attn.o_proj", h, q, o_bias)?,
+            q_norm,
+            k_norm,
             num_heads: config.num_attention_heads,
             num_kv_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
         };
         let mlp = Mlp {
-            gate_proj: linear(source, "mlp.gate_proj", i, h, false)?,
-            up_proj: linear(source, "mlp.up_proj", i, h, false)?,
-            down_proj: linear(source, "mlp.down_proj", h, i, false)?,
-        };
-        let norm = |source: &mut dyn WeightSource, name: &str| -> Result<RmsNorm<B>> {
-            Ok(RmsNorm {
-                weight: vector::<B>(source, &format!("{p}.{name}.weight"), h, device)?,
-                eps: config.rms_norm_eps,
-            })
+            gate_proj: linear(source, "mlp.gate_proj", i, h, mlp_bias)?,
+            up_proj: linear(source, "mlp.up_proj", i, h, mlp_bias)?,
+            down_proj: linear(source, "mlp.down_proj", h, i, mlp_bias)?,
         };
         layers.push(DecoderLayer {
             self_attn,
             mlp,
-            input_layernorm: norm(source, "input_layernorm")?,
-            post_attention_layernorm: norm(source, "post_attention_layernorm")?,
+            input_layernorm: norm(source, "input_layernorm", h)?,
+            post_attention_layernorm: norm(source, "post_attention_layernorm", h)?,
         });
     }
     let norm = RmsNorm {
@@ -270,7 +283,10 @@ fn build<B: Backend>(
         layers,
         norm,
         lm_head,
-        rope_theta: config.rope_theta,
-        head_dim: config.head_dim,
+        inv_freq: inverse_frequencies(
+            config.head_dim,
+            config.rope_theta,
+            &config.variant.rope_scaling,
+        ),
     })
 }

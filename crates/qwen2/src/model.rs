@@ -1,11 +1,14 @@
-//! The Qwen2 architecture (Qwen2ForCausalLM), written to equal Hugging Face transformers to
-//! float32 precision. Structs are named after the parts of the paper: `Attention`, `Mlp`,
-//! `DecoderLayer`, `Model`.
+//! The decoder of Qwen2ForCausalLM, LlamaForCausalLM and Qwen3ForCausalLM, written to equal
+//! Hugging Face transformers to float32 precision. The three differ only in switches of
+//! [`crate::config::DecoderVariant`]: which linear layers have biases, Qwen3's per-head RMSNorm
+//! of q and k, and Llama 3's RoPE frequency scaling. Structs are named after the parts of the
+//! paper: `Attention`, `Mlp`, `DecoderLayer`, `Model`.
 //!
 //! Conventions that matter for parity (see tests/fixtures/qwen2-parity/README.md):
 //! - attention mask = causal AND key padding; masked scores are set to f32::MIN (as HF's
 //!   `finfo.min`), so a row that sees no key gives a uniform softmax, never NaN;
-//! - RoPE is rotate-half over the whole head dim, applied to q and k after their biases;
+//! - RoPE is rotate-half over the whole head dim, applied to q and k after their biases (and
+//!   after Qwen3's q/k norms);
 //! - GQA: kv head h serves query heads h*g .. h*g+g-1 (`repeat_interleave` order);
 //! - RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, in f32;
 //! - hidden states: layers + 1 entries, the last one after the final norm.
@@ -20,7 +23,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use crate::config::Qwen2Config;
+use crate::config::RopeScaling;
 use crate::lora::adapter::Lora;
 use crate::weight::Weight;
 
@@ -54,13 +57,55 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+    /// Normalizes the last axis.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
         // 1/rms by a true division, as torch's rsqrt does on CPU: burn-ndarray's `recip` takes
         // an approximate SIMD reciprocal (about 12 bits) on aligned data and an exact one
         // otherwise, so it is both inexact and different from run to run.
         let inverse_rms = Tensor::ones_like(&rms) / rms;
-        x * inverse_rms * self.weight.val().unsqueeze::<3>()
+        x * inverse_rms * self.weight.val().unsqueeze::<D>()
+    }
+}
+
+/// RoPE's inverse frequencies `theta^(-2i/d)`, rescaled as `scaling` says, in the float32
+/// arithmetic of transformers' rope initialisers (`_compute_default_rope_parameters`,
+/// `_compute_linear_scaling_rope_parameters`, `_compute_llama3_parameters`).
+pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    let base: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    match *scaling {
+        RopeScaling::Default => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let (factor, low, high) = (
+                factor as f32,
+                low_freq_factor as f32,
+                high_freq_factor as f32,
+            );
+            let context = original_max_position_embeddings as f32;
+            let (low_freq_wavelength, high_freq_wavelength) = (context / low, context / high);
+            base.iter()
+                .map(|&frequency| {
+                    let wavelength = 2.0 * std::f32::consts::PI / frequency;
+                    if wavelength < high_freq_wavelength {
+                        frequency
+                    } else if wavelength > low_freq_wavelength {
+                        frequency / factor
+                    } else {
+                        // Between the two: blend the scaled and the unscaled frequency.
+                        let smooth = (context / wavelength - low) / (high - low);
+                        (1.0 - smooth) * frequency / factor + smooth * frequency
+                    }
+                })
+                .collect()
+        }
     }
 }
 
@@ -73,13 +118,10 @@ pub struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// `positions[b][t]` is the absolute position of token t of row b.
-    pub fn new(positions: &[Vec<usize>], head_dim: usize, theta: f64, device: &B::Device) -> Self {
-        let half = head_dim / 2;
-        // Same float32 arithmetic as transformers' default rope init: theta^(2i/d) in f32.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+    /// `positions[b][t]` is the absolute position of token t of row b; `inv_freq` has
+    /// head_dim / 2 entries ([`inverse_frequencies`]).
+    pub fn new(positions: &[Vec<usize>], inv_freq: &[f32], device: &B::Device) -> Self {
+        let head_dim = 2 * inv_freq.len();
         let batch = positions.len();
         let seq = positions.first().map_or(0, Vec::len);
         let mut cos = Vec::with_capacity(batch * seq * head_dim);
@@ -88,7 +130,7 @@ impl<B: Backend> Rope<B> {
             for &position in row {
                 for repeat in 0..2 {
                     let _ = repeat; // cos/sin = cat(freqs, freqs)
-                    for &f in &inv_freq {
+                    for &f in inv_freq {
                         let angle = position as f32 * f;
                         cos.push(angle.cos());
                         sin.push(angle.sin());
@@ -183,6 +225,9 @@ pub struct Attention<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
+    /// Qwen3's per-head RMSNorm of queries and keys (over head_dim, before RoPE).
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -210,11 +255,25 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let queries = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
-        let mut keys = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
-        let mut values = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let heads = |t: Tensor<B, 3>, n: usize, norm: Option<&RmsNorm<B>>| {
+            let t = t.reshape([batch, seq, n, self.head_dim]);
+            let t = match norm {
+                Some(norm) => norm.forward(t),
+                None => t,
+            };
+            t.swap_dims(1, 2)
+        };
+        let queries = rope.apply(heads(
+            self.q_proj.forward(x.clone()),
+            self.num_heads,
+            self.q_norm.as_ref(),
+        ));
+        let mut keys = rope.apply(heads(
+            self.k_proj.forward(x.clone()),
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        ));
+        let mut values = heads(self.v_proj.forward(x), self.num_kv_heads, None);
         if let Some(cache) = cache {
             (keys, values) = LayerCache::append(cache, keys, values);
         }
@@ -359,7 +418,7 @@ impl<B: Backend> Default for LayerProbe<B> {
     }
 }
 
-/// Qwen2ForCausalLM: embeddings, decoder layers, final norm, lm_head.
+/// The causal LM: embeddings, decoder layers, final norm, lm_head.
 #[derive(Module, Debug)]
 pub struct Model<B: Backend> {
     /// `[hidden, vocab]`: the transpose of HF's `model.embed_tokens.weight` (see module docs).
@@ -368,8 +427,9 @@ pub struct Model<B: Backend> {
     pub norm: RmsNorm<B>,
     /// `[hidden, vocab]`; `None` when the lm_head is tied to the embeddings.
     pub lm_head: Option<Weight<B>>,
-    pub rope_theta: f64,
-    pub head_dim: usize,
+    /// RoPE's inverse frequencies, head_dim / 2 of them ([`inverse_frequencies`]).
+    #[module(skip)]
+    pub inv_freq: Vec<f32>,
 }
 
 /// What a forward pass returns.
@@ -532,7 +592,7 @@ impl<B: Backend> Model<B> {
         let (batch, seq) = (attention_mask.batch(), attention_mask.len());
         let positions = vec![(0..seq).collect::<Vec<_>>(); batch];
         LayerContext {
-            rope: Rope::new(&positions, self.head_dim, self.rope_theta, &self.device()),
+            rope: Rope::new(&positions, &self.inv_freq, &self.device()),
             blocked: self.blocked_scores(attention_mask, 0, seq),
         }
     }
@@ -619,7 +679,7 @@ impl<B: Backend> Model<B> {
         output_hidden_states: bool,
     ) -> (Tensor<B, 3>, Option<Vec<Tensor<B, 3>>>) {
         let device = self.device();
-        let rope = Rope::new(positions, self.head_dim, self.rope_theta, &device);
+        let rope = Rope::new(positions, &self.inv_freq, &device);
         let mut x = self.embed(input_ids);
         let mut hidden_states = output_hidden_states.then(Vec::new);
         for (index, layer) in self.layers.iter().enumerate() {
@@ -721,38 +781,4 @@ pub fn freeze<B: Backend>(mut model: Model<B>, bf16: bool) -> Model<B> {
     }
     // Norms and biases: no_grad on the whole module reaches the parameters left.
     model.no_grad()
-}
-
-/// Shapes of every parameter, by Hugging Face name, in the PyTorch layout.
-pub fn parameter_shapes(config: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
-    let h = config.hidden_size;
-    let q = config.num_attention_heads * config.head_dim;
-    let kv = config.num_key_value_heads * config.head_dim;
-    let i = config.intermediate_size;
-    let mut shapes = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![config.vocab_size, h],
-    )];
-    for layer in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{layer}");
-        shapes.extend([
-            (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
-            (format!("{p}.self_attn.q_proj.bias"), vec![q]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
-            (format!("{p}.input_layernorm.weight"), vec![h]),
-            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-        ]);
-    }
-    shapes.push(("model.norm.weight".to_string(), vec![h]));
-    if !config.tie_word_embeddings {
-        shapes.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
-    }
-    shapes
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::config::{GenerationConfig, Qwen2Config};
+use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::lora::adapter::Lora;
 use crate::model::Model;
@@ -114,6 +114,15 @@ impl<B: Backend> Model<B> {
                     tensors.push(vector(format!("{p}.{part}.bias"), bias.val()));
                 }
             }
+            let attention = &layer.self_attn;
+            for (part, norm) in [
+                ("self_attn.q_norm", &attention.q_norm),
+                ("self_attn.k_norm", &attention.k_norm),
+            ] {
+                if let Some(norm) = norm {
+                    tensors.push(vector(format!("{p}.{part}.weight"), norm.weight.val()));
+                }
+            }
             tensors.push(vector(
                 format!("{p}.input_layernorm.weight"),
                 layer.input_layernorm.weight.val(),
@@ -146,7 +155,7 @@ pub struct SaveOptions<'a> {
 /// half-written model where a complete one is expected.
 pub fn save_model<B: Backend>(
     model: &Model<B>,
-    config: &Qwen2Config,
+    config: &ModelConfig,
     dir: &Path,
     options: &SaveOptions<'_>,
 ) -> Result<()> {
@@ -157,7 +166,7 @@ pub fn save_model<B: Backend>(
 
 fn write_model_files<B: Backend>(
     model: &Model<B>,
-    config: &Qwen2Config,
+    config: &ModelConfig,
     staging: &Path,
     options: &SaveOptions<'_>,
 ) -> Result<()> {
@@ -182,7 +191,7 @@ fn write_model_files<B: Backend>(
 /// config.json (with `torch_dtype` set to the weights' `dtype`) and generation_config.json
 /// (the given one, or greedy decoding stopping at config.json's eos).
 pub(crate) fn write_configs(
-    config: &Qwen2Config,
+    config: &ModelConfig,
     dtype: Dtype,
     generation: Option<&GenerationConfig>,
     dir: &Path,

@@ -18,7 +18,7 @@ use qwen2::backend::{FlexCpu, NdArrayCpu};
 use qwen2::loss::next_token_cross_entropy;
 use qwen2::{
     attach_lora, build_model, load_frozen_model, AttentionMask, FrozenDtype, FrozenProducts,
-    LoraSettings, Model, Qwen2Config, RandomWeights,
+    LoraSettings, Model, ModelConfig, RandomWeights,
 };
 
 const MODELS: [&str; 3] = ["teacher", "student", "student_h32"];
@@ -66,7 +66,7 @@ fn fixtures_move_within_bf16_rounding<B: Backend>(backend: &str) {
 
 fn lora_gradients_through_a_bf16_base<B: Backend>(backend: &str) {
     type Ad<B> = Autodiff<B>;
-    let config = Qwen2Config::preset("tiny").unwrap();
+    let config = ModelConfig::preset("tiny").unwrap();
     let device = Default::default();
     let lora = LoraSettings {
         rank: 4,

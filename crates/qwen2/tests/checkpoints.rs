@@ -8,7 +8,7 @@ use std::path::Path;
 use common::*;
 use qwen2::safetensors::{write_safetensors, Dtype, TensorToWrite};
 use qwen2::save::SaveOptions;
-use qwen2::{load_model, save_model, ModelError, Qwen2Config};
+use qwen2::{load_model, save_model, ModelConfig, ModelError};
 use serde_json::{json, Value};
 
 fn copy_model(from: &Path, to: &Path) {
@@ -63,7 +63,7 @@ fn load_error(dir: &Path) -> String {
 
 #[test]
 fn both_config_styles_load_to_the_same_model() {
-    let v4 = Qwen2Config::from_file(&model_dir("teacher")).unwrap();
+    let v4 = ModelConfig::from_file(&model_dir("teacher")).unwrap();
     assert_eq!(v4.rope_theta, 10000.0, "integer rope_theta is read");
     assert_eq!(v4.torch_dtype, "bfloat16");
 
@@ -83,7 +83,7 @@ fn both_config_styles_load_to_the_same_model() {
     object.insert("layer_types".into(), json!(vec!["full_attention"; 4]));
     write_config(&dir, &config);
 
-    assert_eq!(Qwen2Config::from_file(&dir).unwrap(), v4);
+    assert_eq!(ModelConfig::from_file(&dir).unwrap(), v4);
     assert_same_logits(&logits_of(&dir), &logits_of(&model_dir("teacher")));
 }
 
@@ -168,6 +168,143 @@ fn saved_tensor_names_are_exactly_the_checkpoints() {
     }
 }
 
+/// Llama and Qwen3 models save to the files they were loaded from (names, shapes, values and
+/// the config's switches), so transformers reloads them as the same architecture.
+#[test]
+fn llama_and_qwen3_save_then_load_bit_identically() {
+    let temp = tempfile::tempdir().unwrap();
+    for name in ["llama", "llama_bias", "qwen3"] {
+        let source = fixtures().join("../families").join(name);
+        let (model, config) = load_model::<B>(&source, &Default::default()).unwrap();
+        let out = temp.path().join(name);
+        let options = SaveOptions {
+            dtype: Dtype::F32,
+            tokenizer_dir: None,
+            generation: None,
+        };
+        save_model(&model, &config, &out, &options).unwrap();
+        let reloaded_config = ModelConfig::from_file(&out).unwrap();
+        assert_eq!(reloaded_config.variant, config.variant, "{name}: switches");
+        assert_eq!(
+            reloaded_config.head_dim, config.head_dim,
+            "{name}: head_dim"
+        );
+        let written = read_config(&out);
+        let original = read_config(&source);
+        for key in [
+            "model_type",
+            "architectures",
+            "tie_word_embeddings",
+            "head_dim",
+        ] {
+            assert_eq!(written[key], original[key], "{name}: {key}");
+        }
+        let tensors = |dir: &Path| {
+            let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+            let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut all: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+                .tensors()
+                .into_iter()
+                .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(tensors(&out), tensors(&source), "{name}: tensors");
+    }
+}
+
+#[test]
+fn contradicting_or_unsupported_rope_and_head_fields_are_named() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = fixtures().join("../families/llama");
+    let cases: [(&str, Value, &str); 4] = [
+        (
+            "rope_parameters",
+            json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}),
+            "rope_parameters.low_freq_factor",
+        ),
+        (
+            "rope_parameters",
+            json!({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+            "rope_parameters.rope_type",
+        ),
+        ("head_dim", json!(31), "head_dim"),
+        ("head_dim", Value::Null, "num_attention_heads"),
+    ];
+    for (index, (field, value, named)) in cases.into_iter().enumerate() {
+        let dir = temp.path().join(format!("case-{index}"));
+        copy_model(&source, &dir);
+        let mut config = read_config(&dir);
+        config[field] = value;
+        if named == "num_attention_heads" {
+            config["num_attention_heads"] = json!(3);
+            config["num_key_value_heads"] = json!(1);
+        }
+        write_config(&dir, &config);
+        let error = load_error(&dir);
+        assert!(
+            error.contains(&format!("`{named}`")) || error.contains(named),
+            "{field}: {error}"
+        );
+        assert!(error.contains("config.json"), "{error}");
+    }
+}
+
+/// A real Llama 3.2 config.json (transformers 4.x style: `rope_scaling` beside `rope_theta`)
+/// and a Qwen3 one read to the switches they describe.
+#[test]
+fn published_llama_and_qwen3_configs_read_to_their_switches() {
+    use qwen2::config::{Architecture, RopeScaling};
+    let llama = json!({
+        "architectures": ["LlamaForCausalLM"], "attention_bias": false, "bos_token_id": 128000,
+        "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+        "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false,
+        "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16,
+        "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "vocab_size": 128256
+    });
+    let config = ModelConfig::from_json(&llama, Path::new("Llama-3.2-1B/config.json")).unwrap();
+    assert_eq!(config.variant.architecture, Architecture::Llama);
+    assert!(!config.variant.qkv_bias && !config.variant.qk_norm);
+    assert_eq!(
+        config.variant.rope_scaling,
+        RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192
+        }
+    );
+    assert_eq!(
+        config.num_parameters(),
+        1_235_814_400,
+        "Llama-3.2-1B's published count"
+    );
+
+    let qwen3 = json!({
+        "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "bos_token_id": 151643,
+        "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+        "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28,
+        "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": null,
+        "rope_theta": 1000000, "sliding_window": null, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "use_sliding_window": false, "vocab_size": 151936
+    });
+    let config = ModelConfig::from_json(&qwen3, Path::new("Qwen3-0.6B/config.json")).unwrap();
+    assert_eq!(config.variant.architecture, Architecture::Qwen3);
+    assert!(config.variant.qk_norm && !config.variant.qkv_bias);
+    assert_eq!(config.head_dim, 128);
+    assert_eq!(
+        config.num_parameters(),
+        596_049_920,
+        "Qwen3-0.6B's published count"
+    );
+}
+
 #[test]
 fn missing_config_and_malformed_json_are_named() {
     let temp = tempfile::tempdir().unwrap();
@@ -192,7 +329,7 @@ fn missing_config_and_malformed_json_are_named() {
 fn unsupported_configs_are_refused_naming_the_field() {
     let temp = tempfile::tempdir().unwrap();
     let cases: [(&str, Value, &str); 4] = [
-        ("model_type", json!("llama"), "model_type"),
+        ("model_type", json!("mistral"), "model_type"),
         ("use_sliding_window", json!(true), "use_sliding_window"),
         (
             "rope_scaling",
@@ -428,7 +565,7 @@ fn sharded_checkpoints_load() {
 
 #[test]
 fn error_type_is_typed() {
-    let error = Qwen2Config::from_json(&json!({"model_type": "qwen2"}), Path::new("x/config.json"))
+    let error = ModelConfig::from_json(&json!({"model_type": "qwen2"}), Path::new("x/config.json"))
         .unwrap_err();
     assert!(matches!(error, ModelError::Config { .. }));
 }

@@ -14,7 +14,7 @@ use gguf::{GgufFile, Value};
 use qwen2::gguf::{export_gguf, import_gguf, GgufOptions};
 use qwen2::safetensors::Dtype;
 use qwen2::tokenizer::Tokenizer;
-use qwen2::{load_model, AttentionMask, Qwen2Config};
+use qwen2::{load_model, AttentionMask, ModelConfig};
 
 const LOGIT_TOLERANCE: f32 = 1e-4;
 
@@ -52,8 +52,8 @@ qwen2::on_every_cpu_backend!(gguf_models_give_transformers_logits);
 
 #[test]
 fn config_comes_from_the_metadata_and_a_duplicated_output_is_tied() {
-    let teacher = Qwen2Config::from_file(&gguf_fixture("tiny-teacher-q8_0.gguf")).unwrap();
-    let parity = Qwen2Config::from_file(&model_dir("teacher")).unwrap();
+    let teacher = ModelConfig::from_file(&gguf_fixture("tiny-teacher-q8_0.gguf")).unwrap();
+    let parity = ModelConfig::from_file(&model_dir("teacher")).unwrap();
     assert_eq!(teacher.hidden_size, parity.hidden_size);
     assert_eq!(teacher.num_key_value_heads, parity.num_key_value_heads);
     assert_eq!(teacher.rope_theta, parity.rope_theta);
@@ -62,14 +62,14 @@ fn config_comes_from_the_metadata_and_a_duplicated_output_is_tied() {
         !teacher.tie_word_embeddings,
         "its output differs from its embedding"
     );
-    let tied = Qwen2Config::from_file(&gguf_fixture("tiny-student-tied-output.gguf")).unwrap();
+    let tied = ModelConfig::from_file(&gguf_fixture("tiny-student-tied-output.gguf")).unwrap();
     assert!(
         tied.tie_word_embeddings,
         "output.weight equals token_embd.weight"
     );
     let file = GgufFile::open(&gguf_fixture("tiny-student-tied-output.gguf")).unwrap();
     assert!(
-        !Qwen2Config::from_gguf(&file, true)
+        !ModelConfig::from_gguf(&file, true)
             .unwrap()
             .tie_word_embeddings
     );
@@ -284,7 +284,7 @@ fn bad_gguf_models_are_refused_naming_the_key_and_what_works() {
         Value::String("llama".into()),
         dir.path(),
     );
-    let message = Qwen2Config::from_file(&llama).unwrap_err().to_string();
+    let message = ModelConfig::from_file(&llama).unwrap_err().to_string();
     assert!(
         message.contains("general.architecture") && message.contains("qwen2"),
         "{message}"
@@ -296,7 +296,7 @@ fn bad_gguf_models_are_refused_naming_the_key_and_what_works() {
         Value::U32(100),
         dir.path(),
     );
-    let message = Qwen2Config::from_file(&wrong_width)
+    let message = ModelConfig::from_file(&wrong_width)
         .unwrap_err()
         .to_string();
     assert!(

@@ -10,10 +10,10 @@ use burn::tensor::{Distribution, Tensor};
 use common::*;
 use qwen2::weight::Weight;
 use qwen2::{attach_lora, build_model, freeze, load_adapter, merge_lora, save_adapter};
-use qwen2::{AttentionMask, LoraSettings, Model, Qwen2Config, RandomWeights};
+use qwen2::{AttentionMask, LoraSettings, Model, ModelConfig, RandomWeights};
 
-fn tiny() -> Qwen2Config {
-    Qwen2Config::preset("tiny").unwrap()
+fn tiny() -> ModelConfig {
+    ModelConfig::preset("tiny").unwrap()
 }
 
 fn settings(rank: usize, targets: &[&str]) -> LoraSettings {

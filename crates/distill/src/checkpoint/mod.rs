@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use qwen2::lora::ADAPTER_CONFIG;
 use qwen2::safetensors::Dtype;
-use qwen2::{save_adapter, save_model, GenerationConfig, LoraSettings, Qwen2Config, SaveOptions};
+use qwen2::{save_adapter, save_model, GenerationConfig, LoraSettings, ModelConfig, SaveOptions};
 use serde::{Deserialize, Serialize};
 
 pub use positional_ids::PositionalIds;
@@ -125,7 +125,7 @@ impl ResumeState {
 pub struct StudentFiles<'a, B: Backend> {
     /// The inference copy of the trained student.
     pub student: &'a Student<B>,
-    pub student_config: &'a Qwen2Config,
+    pub student_config: &'a ModelConfig,
     pub generation: &'a GenerationConfig,
     pub tokenizer_dir: &'a Path,
     /// The adapter's settings when the student is a LoRA student.

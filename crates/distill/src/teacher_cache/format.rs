@@ -36,7 +36,7 @@ impl TeacherFingerprint {
     /// file (its metadata's config and its size).
     pub fn of_dir(dir: &Path) -> Result<Self, CacheError> {
         if qwen2::is_gguf(dir) {
-            let config = qwen2::Qwen2Config::from_file(dir)
+            let config = qwen2::ModelConfig::from_file(dir)
                 .map_err(|err| CacheError::io(dir, std::io::Error::other(err.to_string())))?;
             let bytes = std::fs::metadata(dir)
                 .map_err(|err| CacheError::io(dir, err))?

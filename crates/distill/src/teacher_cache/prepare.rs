@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use preprocess::ShardReader;
-use qwen2::{load_model, Qwen2Config};
+use qwen2::{load_model, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -186,7 +186,7 @@ impl CachePlan {
 /// tokenizer.
 pub fn plan(
     recipe: &Recipe,
-    student_config: &Qwen2Config,
+    student_config: &ModelConfig,
 ) -> Result<(CachePlan, Objective), TrainError> {
     if recipe.kd_loss() != KdLoss::Kl {
         return Err(TrainError::Invalid(format!(
@@ -206,7 +206,7 @@ pub fn plan(
         teacher_dir.join("config.json").is_file()
     };
     let (record, objective) = if teacher_present {
-        let config = Qwen2Config::from_file(teacher_dir)?;
+        let config = ModelConfig::from_file(teacher_dir)?;
         let objective = objective_for(recipe, Some(config.vocab_size), student_config.vocab_size)?;
         let record = TeacherRecord {
             format: RECORD_FORMAT.to_string(),

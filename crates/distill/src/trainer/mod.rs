@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use qwen2::{GenerationConfig, Qwen2Config};
+use qwen2::{GenerationConfig, ModelConfig};
 
 use crate::checkpoint::{FinalStudent, ResumeState, RunDir, StepRecord, StudentFiles};
 use crate::data::{epoch_order, BatchSource, SourceBatch};
@@ -47,7 +47,7 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     recipe: &'a Recipe,
     options: &'a TrainOptions,
     run_dir: RunDir,
-    student_config: Qwen2Config,
+    student_config: ModelConfig,
     generation: GenerationConfig,
     teacher: TeacherSource<B::InnerBackend>,
     objective: Objective,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use qwen2::{
-    attach_lora, load_adapter, load_frozen_model, load_model, GenerationConfig, Model, Qwen2Config,
+    attach_lora, load_adapter, load_frozen_model, load_model, GenerationConfig, Model, ModelConfig,
 };
 
 use super::Trainer;
@@ -160,7 +160,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 /// under fresh adapters (or the checkpoint's).
 fn load_student<B: AutodiffBackend>(
     recipe: &Recipe,
-    config: &Qwen2Config,
+    config: &ModelConfig,
     resume_from: Option<&Checkpoint>,
     device: &B::Device,
 ) -> Result<Model<B>, TrainError> {

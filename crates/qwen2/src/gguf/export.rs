@@ -8,13 +8,13 @@ use std::path::Path;
 use gguf::tokenizer::TokenizerMetadata;
 use gguf::{GgmlType, TensorToWrite, Value};
 
-use crate::config::{gguf_tensor_name, Qwen2Config};
+use crate::config::{gguf_tensor_name, Architecture, DecoderVariant, ModelConfig};
 use crate::error::{read_json, ModelError, Result};
 use crate::safetensors::Checkpoint;
 
 /// What an export wrote.
 pub struct ExportSummary {
-    pub config: Qwen2Config,
+    pub config: ModelConfig,
     pub tensors: usize,
     /// Matrices whose rows are not whole Q8_0 blocks, stored as F16 instead (llama.cpp does the
     /// same).
@@ -49,7 +49,24 @@ pub fn export_type(name: &str) -> Option<GgmlType> {
 /// Writes the Hugging Face model folder `dir` as a GGUF file `out` (whole or not at all),
 /// storing its matrices as `kind`.
 pub fn export_gguf(dir: &Path, out: &Path, kind: GgmlType, name: &str) -> Result<ExportSummary> {
-    let config = Qwen2Config::from_file(dir)?;
+    let config = ModelConfig::from_file(dir)?;
+    // llama.cpp's `llama` layout permutes q and k for its RoPE and `qwen3` has other keys:
+    // only the `qwen2` layout is written, and written exactly.
+    if config.variant != DecoderVariant::default() {
+        let architecture = config.variant.architecture.model_type();
+        return Err(ModelError::Config {
+            path: dir.join("config.json"),
+            field: if config.variant.architecture == Architecture::Qwen2 {
+                "rope_scaling".into()
+            } else {
+                "model_type".into()
+            },
+            message: format!(
+                "GGUF export writes llama.cpp's qwen2 layout only (Qwen2 without RoPE scaling); \
+                 this is a {architecture} model: export it with llama.cpp's convert_hf_to_gguf.py"
+            ),
+        });
+    }
     let checkpoint = Checkpoint::open(dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {

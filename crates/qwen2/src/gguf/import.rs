@@ -11,7 +11,7 @@ use crate::save::{write_configs, write_dir_atomically, write_tokenizer_files};
 
 /// What an import wrote.
 pub struct ImportSummary {
-    pub config: crate::Qwen2Config,
+    pub config: crate::ModelConfig,
     /// The GGUF's types and how its output matrix was read ([`GgufModel::describe`]).
     pub description: String,
     pub tensors: usize,

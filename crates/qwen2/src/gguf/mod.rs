@@ -20,7 +20,7 @@ pub use import::{import_gguf, ImportSummary};
 
 use gguf::GgufFile;
 
-use crate::config::Qwen2Config;
+use crate::config::ModelConfig;
 use crate::error::Result;
 
 /// Whether a path names a GGUF file rather than a model folder.
@@ -37,7 +37,7 @@ pub struct GgufOptions {
 /// An opened GGUF model: the file and what its metadata says.
 pub struct GgufModel {
     pub file: GgufFile,
-    pub config: Qwen2Config,
+    pub config: ModelConfig,
     /// When tied, the stored copy that serves as the one matrix.
     tied_source: &'static str,
 }
@@ -49,7 +49,7 @@ impl GgufModel {
 
     pub fn open_with(path: &Path, options: GgufOptions) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let config = Qwen2Config::from_gguf(&file, options.untie)?;
+        let config = ModelConfig::from_gguf(&file, options.untie)?;
         let bits = |name: &str| {
             file.tensor(name)
                 .and_then(|t| t.kind())

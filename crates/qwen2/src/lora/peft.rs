@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::{json, Value};
 
-use crate::config::Qwen2Config;
+use crate::config::ModelConfig;
 use crate::error::{read_json, ModelError, Result};
 use crate::lora::adapter::Lora;
 use crate::lora::attach::merge_lora;
@@ -174,7 +174,7 @@ pub fn read_adapter_settings(dir: &Path) -> Result<LoraSettings> {
 /// hold nothing else: an adapter trained on another base is refused, naming the tensor.
 pub fn load_adapter<B: Backend>(
     mut model: Model<B>,
-    config: &Qwen2Config,
+    config: &ModelConfig,
     dir: &Path,
 ) -> Result<(Model<B>, LoraSettings)> {
     let settings = read_adapter_settings(dir)?;
@@ -251,7 +251,7 @@ pub fn load_merged<B: Backend>(
     base_dir: &Path,
     adapter_dir: &Path,
     device: &B::Device,
-) -> Result<(Model<B>, Qwen2Config, LoraSettings)> {
+) -> Result<(Model<B>, ModelConfig, LoraSettings)> {
     let (base, config) = crate::load::load_model::<B>(base_dir, device)?;
     let (adapted, settings) = load_adapter(freeze(base, false), &config, adapter_dir)?;
     Ok((merge_lora(adapted), config, settings))

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Qwen2Config;
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
 /// The linear layers LoRA can target, named as PEFT and torchtune name them.
@@ -68,7 +68,7 @@ impl LoraSettings {
 
     /// Refuses settings no model can take and, given the model's `config`, settings that model
     /// cannot take; `origin` names the file and section they came from, for the message.
-    pub fn validate(&self, config: Option<&Qwen2Config>, origin: &str) -> Result<()> {
+    pub fn validate(&self, config: Option<&ModelConfig>, origin: &str) -> Result<()> {
         let invalid = |field: &str, message: String| {
             Err(ModelError::Invalid(format!(
                 "{origin}: `{field}`: {message}"
@@ -125,7 +125,7 @@ impl LoraSettings {
     }
 
     /// Trainable parameters the adapters add to a model of `config`'s shape.
-    pub fn parameters(&self, config: &Qwen2Config) -> usize {
+    pub fn parameters(&self, config: &ModelConfig) -> usize {
         self.targets()
             .iter()
             .map(|name| {
@@ -138,7 +138,7 @@ impl LoraSettings {
 }
 
 /// `[in, out]` of a targeted module in a model of `config`'s shape.
-fn module_shape(config: &Qwen2Config, name: &str) -> [usize; 2] {
+fn module_shape(config: &ModelConfig, name: &str) -> [usize; 2] {
     let h = config.hidden_size;
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
