@@ -21,6 +21,8 @@ pub enum TrainError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     File(#[from] fsio::FileError),
+    #[error(transparent)]
+    Alignment(#[from] crate::cross_tokenizer::alignment::AlignmentError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -3,7 +3,7 @@
 //! Components (losses, logging) are kept apart from the recipe that drives them (the training
 //! loop), as torchtune does. Dependencies run one way (`tests/python/module_graph.py`):
 //!
-//! losses -> objective (spec, student, batch, teacher, chunk, body, pass) -> recipe ->
+//! losses, cross_tokenizer (alignment, its losses) -> objective (spec, student, batch, teacher, chunk, body, pass) -> recipe ->
 //! measure (the evaluation metrics) -> verdict (a recipe's objective) -> teacher_cache ->
 //! teacher, data -> on_policy (generated text) -> plan (what a run holds, known before it
 //! loads) -> evaluate -> checkpoint (the run directory) -> update (one optimizer update) ->
@@ -18,6 +18,7 @@
 //! `toy` feature.
 
 mod checkpoint;
+pub mod cross_tokenizer;
 mod data;
 mod error;
 mod evaluate;

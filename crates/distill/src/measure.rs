@@ -102,6 +102,8 @@ pub fn measurement_objective(
         chunk_positions,
         vocab_rows: comparison.vocab_rows.clone(),
         masked_token_ids: comparison.masked_token_ids.clone(),
+        // Across tokenizers no KL is defined; evaluation reports cross-entropy alone.
+        cross_tokenizer: None,
     }
 }
 
@@ -179,25 +181,30 @@ pub fn measure_batch<B: Backend>(
     let final_hidden = flatten(final_hidden);
     let positions = final_hidden.dims()[0];
     let mut top1_agreements = 0;
-    let means = chunked_terms(batch, objective, positions, |start, len| {
-        let student_logits = chunk_logits(student, final_hidden.clone().narrow(0, start, len));
-        let teacher_chunk = teacher.chunk(start, len);
-        top1_agreements += agreements(
-            student_logits.clone(),
-            &teacher_chunk,
-            objective,
-            &weights.soft[start..start + len],
-        );
-        let (hard, soft) = chunk_terms(
-            objective,
-            student_logits,
-            teacher_chunk,
-            &weights,
-            start,
-            len,
-        );
-        (scalar(hard), scalar(soft))
-    });
+    let means = chunked_terms(
+        batch,
+        objective,
+        teacher.chunk_ranges(positions, objective.chunk_positions),
+        |start, len| {
+            let student_logits = chunk_logits(student, final_hidden.clone().narrow(0, start, len));
+            let teacher_chunk = teacher.chunk(start, len);
+            top1_agreements += agreements(
+                student_logits.clone(),
+                &teacher_chunk,
+                objective,
+                &weights.soft[start..start + len],
+            );
+            let (hard, soft) = chunk_terms(
+                objective,
+                student_logits,
+                teacher_chunk,
+                &weights,
+                start,
+                len,
+            );
+            (scalar(hard), scalar(soft))
+        },
+    );
     // The objective's terms are means (each position weighted by 1/count); back to sums.
     let labels = label_count(batch);
     let mut sums = QualitySums {
@@ -205,7 +212,11 @@ pub fn measure_batch<B: Backend>(
         labels: labels as u64,
         ..QualitySums::default()
     };
-    if !matches!(teacher.signal, TeacherSignal::Absent) {
+    // Across tokenizers the two distributions share no support: no KL, no agreement.
+    if !matches!(
+        teacher.signal,
+        TeacherSignal::Absent | TeacherSignal::Aligned { .. }
+    ) {
         let compared = soft_count(batch, &objective.masked_token_ids);
         // The soft term is T^2 x KL (the distillation loss's scale); the metric is the KL.
         let kl_mean = means.soft / (objective.temperature * objective.temperature);
@@ -242,7 +253,7 @@ fn agreements<B: Backend>(
         }
     };
     let teacher_top1 = match teacher {
-        ChunkTeacher::Absent => return 0,
+        ChunkTeacher::Absent | ChunkTeacher::Aligned { .. } => return 0,
         ChunkTeacher::Logits(logits) => top1(logits.clone()),
         // The cache's ids are sorted by logit, highest first, over the compared rows.
         ChunkTeacher::TopK { ids, .. } => host_ints(ids.clone().narrow(1, 0, 1)),

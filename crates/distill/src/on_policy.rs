@@ -187,6 +187,16 @@ pub fn check_run(recipe: &Recipe, block_len: usize, cache_teacher: bool) -> Resu
     if !o.generates() {
         return Ok(());
     }
+    if let Some(kind) = recipe.distillation.cross_tokenizer {
+        return Err(TrainError::Invalid(format!(
+            "distillation.cross_tokenizer = \"{}\" with on_policy.lmbda = {} / seq_kd = {}: \
+             generated text is not aligned across tokenizers yet; set on_policy.lmbda = 0 and \
+             seq_kd = false, or distill a student of the teacher's tokenizer",
+            kind.name(),
+            o.lmbda,
+            o.seq_kd
+        )));
+    }
     if cache_teacher {
         return Err(TrainError::Invalid(format!(
             "--cache-teacher: on_policy.lmbda = {} and seq_kd = {} train on text generated during \

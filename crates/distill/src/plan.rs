@@ -57,6 +57,14 @@ impl RunPlan {
     pub fn read(recipe: &Recipe, cache_teacher: bool) -> Result<Self, TrainError> {
         let manifest = preprocess::Manifest::load(&recipe.dataset.shards)?;
         on_policy::check_run(recipe, manifest.seq_len, cache_teacher)?;
+        if let (Some(kind), true) = (recipe.distillation.cross_tokenizer, cache_teacher) {
+            return Err(TrainError::Invalid(format!(
+                "--cache-teacher with distillation.cross_tokenizer = \"{}\": the cache keeps the \
+                 teacher's top-k at the student's positions, which across tokenizers are not the \
+                 teacher's; train without --cache-teacher (the teacher runs live on its own tokens)",
+                kind.name()
+            )));
+        }
         let student = ModelConfig::from_file(&recipe.student.local_dir)?;
         check_tokenizer_fits(recipe, manifest.tokenizer.vocab_size, &student)?;
         let (teacher, objective) = match (recipe.needs_teacher(), cache_teacher) {

@@ -1,10 +1,12 @@
-//! Where the teacher's signal comes from: none, a live model, or the offline cache.
+//! Where the teacher's signal comes from: none, a live model (on the student's tokens, or on
+//! its own tokens of the same text), or the offline cache.
 
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use qwen2::Model;
 
+use crate::cross_tokenizer::Aligner;
 use crate::error::TrainError;
 use crate::objective::{Batch, Objective, TeacherOutputs};
 use crate::teacher_cache::CachedTeacher;
@@ -15,6 +17,12 @@ pub enum TeacherSource<B: Backend> {
     Absent,
     /// A frozen teacher model run on every batch, on the inference backend.
     Live(Arc<Model<B>>),
+    /// A frozen teacher of another tokenizer, run on its own tokens of each batch's text
+    /// (`distillation.cross_tokenizer`).
+    AcrossTokenizers {
+        model: Arc<Model<B>>,
+        aligner: Arc<Aligner>,
+    },
     /// The offline teacher cache (`--cache-teacher`): the cached top-k logits (and hidden
     /// states) of `split` and `blocks`.
     Cached(CachedTeacher<B>),
@@ -28,7 +36,9 @@ impl<B: Backend> TeacherSource<B> {
     /// The teacher model, when it runs live.
     pub fn live(&self) -> Option<&Arc<Model<B>>> {
         match self {
-            TeacherSource::Live(model) => Some(model),
+            TeacherSource::Live(model) | TeacherSource::AcrossTokenizers { model, .. } => {
+                Some(model)
+            }
             _ => None,
         }
     }
@@ -45,6 +55,10 @@ impl<B: Backend> TeacherSource<B> {
         Ok(match self {
             TeacherSource::Absent => None,
             TeacherSource::Live(model) => Some(TeacherOutputs::from_model(model, batch, objective)),
+            TeacherSource::AcrossTokenizers { model, aligner } => {
+                let aligned = aligner.align(&batch.input_ids, &batch.mask.rows)?;
+                Some(TeacherOutputs::from_model_aligned(model, &aligned))
+            }
             TeacherSource::Cached(cache) => Some(cache.outputs(batch, split, blocks, objective)?),
         })
     }

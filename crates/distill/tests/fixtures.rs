@@ -119,6 +119,7 @@ fn objective(chunk_positions: usize) -> Objective {
         chunk_positions,
         vocab_rows: None,
         masked_token_ids: Vec::new(),
+        cross_tokenizer: None,
     }
 }
 

@@ -194,6 +194,7 @@ fn objective(temperature: f64, layers_t: &[usize]) -> Objective {
         chunk_positions: 24,
         vocab_rows: None,
         masked_token_ids: Vec::new(),
+        cross_tokenizer: None,
     }
 }
 

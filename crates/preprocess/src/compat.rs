@@ -82,6 +82,9 @@ pub struct CompatReport {
     /// Same BPE vocabulary, merges, normalizer and pre-tokenizer.
     pub same_bpe: bool,
     pub differing_ids: Vec<IdDifference>,
+    /// Token strings both vocabularies have (added tokens included): what the `hybrid`
+    /// cross-tokenizer loss compares exactly.
+    pub shared_tokens: usize,
     pub verdict: TokenizerCompat,
 }
 
@@ -112,6 +115,13 @@ pub fn check_tokenizers(
         })
         .collect();
     let bos_differs = teacher.summary.bos_added != student.summary.bos_added;
+    let student_vocabulary = student.tokenizer.get_vocab(true);
+    let shared_tokens = teacher
+        .tokenizer
+        .get_vocab(true)
+        .keys()
+        .filter(|token| student_vocabulary.contains_key(*token))
+        .count();
     let shared_vocab_rows = shared_vocab_rows(&teacher.summary, &student.summary);
 
     let verdict = match bpe_difference {
@@ -129,6 +139,7 @@ pub fn check_tokenizers(
         teacher: teacher.summary,
         student: student.summary,
         differing_ids,
+        shared_tokens,
         verdict,
     })
 }
@@ -180,11 +191,13 @@ impl CompatReport {
     pub fn require_distillable(&self) -> Result<()> {
         match &self.verdict {
             TokenizerCompat::DifferentBpe { reason } => Err(PreprocessError::IncompatibleTokenizers(format!(
-                "cannot distill {} into {}: their tokenizers are different BPEs ({reason}). Logit \
-                 distillation compares the two models id by id, so both must split text into the same \
-                 ids: pick a student of the teacher's family (same tokenizer.json vocabulary and merges)",
+                "cannot distill {} into {} id by id: their tokenizers are different BPEs ({reason}). \
+                 Set `cross_tokenizer = \"hybrid\"` (exact divergence over the {} tokens both \
+                 vocabularies spell the same, ULD over the rest) or `\"uld\"` under [distillation] \
+                 to align the two tokenizations by text, or pick a student of the teacher's family",
                 self.teacher.dir.display(),
-                self.student.dir.display()
+                self.student.dir.display(),
+                self.shared_tokens
             ))),
             _ => Ok(()),
         }
@@ -313,6 +326,16 @@ impl CompatReport {
                 let _ = writeln!(out, "  ... and {} more", self.differing_ids.len() - 40);
             }
         }
+        let _ = writeln!(
+            out,
+            "tokens spelled the same in both vocabularies: {} ({:.1}% of the teacher's {}, {:.1}% of \
+             the student's {})",
+            self.shared_tokens,
+            100.0 * self.shared_tokens as f64 / self.teacher.tokenizer_size.max(1) as f64,
+            self.teacher.tokenizer_size,
+            100.0 * self.shared_tokens as f64 / self.student.tokenizer_size.max(1) as f64,
+            self.student.tokenizer_size,
+        );
         for warning in self.warnings() {
             let _ = writeln!(out, "warning: {warning}");
         }
@@ -322,7 +345,12 @@ impl CompatReport {
                 "SpecialIdsDiffer: distillation can proceed with {} ids masked from the loss over {shared_vocab_rows} shared rows",
                 ids_to_mask.len()
             ),
-            TokenizerCompat::DifferentBpe { .. } => "DifferentBpe: distillation is refused".to_string(),
+            TokenizerCompat::DifferentBpe { .. } => format!(
+                "DifferentBpe: distillation id by id is refused; across tokenizers \
+                 (`distillation.cross_tokenizer`) `hybrid` compares the {} shared tokens exactly and \
+                 the rest by ULD, `uld` compares sorted distributions only",
+                self.shared_tokens
+            ),
         };
         let _ = writeln!(out, "verdict: {verdict}");
         out

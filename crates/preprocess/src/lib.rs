@@ -33,6 +33,7 @@ mod model_files;
 pub mod pack;
 pub mod pipeline;
 pub mod shards;
+pub mod token_text;
 pub mod tokenize;
 pub mod wikitext;
 
@@ -43,4 +44,5 @@ pub use model_files::tokenizer_sha256;
 pub use pack::Block;
 pub use pipeline::{preprocess, PreprocessOptions, PreprocessOutcome};
 pub use shards::{open_parquet_with_schema, shuffled_order, ShardReader};
+pub use token_text::{SharedTokens, TokenText};
 pub use tokenize::ModelTokenizer;

@@ -8,6 +8,7 @@ use super::batch::{flatten, Batch};
 use super::spec::{IntermediateMatch, LossBreakdown, Objective};
 use super::student::Student;
 use super::teacher::ChunkTeacher;
+use crate::cross_tokenizer::group_distributions;
 use crate::losses::{
     cross_entropy_per_position, divergence_per_position, hidden_loss, top_k_kl_per_position,
 };
@@ -83,6 +84,21 @@ pub(crate) fn chunk_terms<B: Backend>(
     let t = objective.temperature;
     let divergence = match teacher {
         ChunkTeacher::Absent => return (hard, Tensor::zeros([1], &device)),
+        ChunkTeacher::Aligned {
+            teacher_logits,
+            student,
+            teacher,
+            total_groups,
+        } => {
+            let (Some(teacher_logits), Some(loss)) = (teacher_logits, &objective.cross_tokenizer)
+            else {
+                return (hard, Tensor::zeros([1], &device));
+            };
+            let student = group_distributions(student_logits, t, &student);
+            let teacher = group_distributions(teacher_logits, t, &teacher);
+            let soft = loss.per_group(student, teacher).sum() / total_groups.max(1) as f64;
+            return (hard, soft);
+        }
         ChunkTeacher::Logits(teacher_logits) => {
             let (student_logits, teacher_logits) = match &objective.vocab_rows {
                 Some(rows) => {
@@ -176,20 +192,20 @@ pub(crate) fn scalar<B: Backend>(x: Tensor<B, 1>) -> f64 {
 
 /// The chunk loop both modes share: `chunk(start, len)` evaluates (and, in the gradient mode,
 /// back-propagates) the vocabulary-sized terms of positions `start..start+len` and returns
-/// their `(hard, soft)` values; this sums them into the batch's breakdown.
+/// their `(hard, soft)` values; this sums them into the batch's breakdown. `chunks` are the
+/// teacher's ([`super::TeacherOutputs::chunk_ranges`]).
 pub(crate) fn chunked_terms(
     batch: &Batch,
     objective: &Objective,
-    positions: usize,
+    chunks: Vec<std::ops::Range<usize>>,
     mut chunk: impl FnMut(usize, usize) -> (f64, f64),
 ) -> LossBreakdown {
     let mut breakdown = LossBreakdown {
         real_tokens: batch.real_tokens(),
         ..LossBreakdown::default()
     };
-    let chunk_positions = objective.chunk_positions.max(1);
-    for start in (0..positions).step_by(chunk_positions) {
-        let (hard, soft) = chunk(start, chunk_positions.min(positions - start));
+    for range in chunks {
+        let (hard, soft) = chunk(range.start, range.len());
         breakdown.hard += hard;
         breakdown.soft += soft;
     }

@@ -70,40 +70,45 @@ pub fn gradient_pass<B: AutodiffBackend>(
     let alpha = objective.hard_label_weight;
     let mut accumulator = GradientsAccumulator::<Student<B>>::new();
     let mut hidden_gradients = Vec::new();
-    let mut breakdown = chunked_terms(batch, objective, positions, |start, len| {
-        let started = Instant::now();
-        // A leaf cut from the body's graph: the chunk's backward stops here, and its gradient
-        // with respect to the hidden state is carried to the body's backward below.
-        let hidden_leaf = final_hidden
-            .clone()
-            .detach()
-            .narrow(0, start, len)
-            .require_grad();
-        let student_logits = chunk_logits(&student.model, hidden_leaf.clone());
-        let teacher_chunk = teacher.chunk(start, len).into_autodiff::<B>();
-        let (hard, soft) = chunk_terms(
-            objective,
-            student_logits,
-            teacher_chunk,
-            &weights,
-            start,
-            len,
-        );
-        let values = (scalar(hard.clone()), scalar(soft.clone()));
-        times.student_forward_and_loss += started.elapsed().as_secs_f64();
+    let mut breakdown = chunked_terms(
+        batch,
+        objective,
+        teacher.chunk_ranges(positions, objective.chunk_positions),
+        |start, len| {
+            let started = Instant::now();
+            // A leaf cut from the body's graph: the chunk's backward stops here, and its gradient
+            // with respect to the hidden state is carried to the body's backward below.
+            let hidden_leaf = final_hidden
+                .clone()
+                .detach()
+                .narrow(0, start, len)
+                .require_grad();
+            let student_logits = chunk_logits(&student.model, hidden_leaf.clone());
+            let teacher_chunk = teacher.chunk(start, len).into_autodiff::<B>();
+            let (hard, soft) = chunk_terms(
+                objective,
+                student_logits,
+                teacher_chunk,
+                &weights,
+                start,
+                len,
+            );
+            let values = (scalar(hard.clone()), scalar(soft.clone()));
+            times.student_forward_and_loss += started.elapsed().as_secs_f64();
 
-        let started = Instant::now();
-        let chunk_loss = hard * alpha + soft * (1.0 - alpha);
-        let gradients = chunk_loss.backward();
-        hidden_gradients.push(
-            hidden_leaf
-                .grad(&gradients)
-                .expect("the chunk depends on its hidden state"),
-        );
-        accumulator.accumulate(student, GradientsParams::from_grads(gradients, student));
-        times.backward += started.elapsed().as_secs_f64();
-        values
-    });
+            let started = Instant::now();
+            let chunk_loss = hard * alpha + soft * (1.0 - alpha);
+            let gradients = chunk_loss.backward();
+            hidden_gradients.push(
+                hidden_leaf
+                    .grad(&gradients)
+                    .expect("the chunk depends on its hidden state"),
+            );
+            accumulator.accumulate(student, GradientsParams::from_grads(gradients, student));
+            times.backward += started.elapsed().as_secs_f64();
+            values
+        },
+    );
 
     let upstream = Tensor::<B, 2>::from_inner(Tensor::cat(hidden_gradients, 0));
     match body {
@@ -169,19 +174,24 @@ pub fn loss_only<B: Backend>(
     let weights = PositionWeights::new(batch, objective);
     let (final_hidden, states) = student_forward(student, batch, objective);
     let positions = final_hidden.dims()[0];
-    let mut breakdown = chunked_terms(batch, objective, positions, |start, len| {
-        let student_logits =
-            chunk_logits(&student.model, final_hidden.clone().narrow(0, start, len));
-        let (hard, soft) = chunk_terms(
-            objective,
-            student_logits,
-            teacher.chunk(start, len),
-            &weights,
-            start,
-            len,
-        );
-        (scalar(hard), scalar(soft))
-    });
+    let mut breakdown = chunked_terms(
+        batch,
+        objective,
+        teacher.chunk_ranges(positions, objective.chunk_positions),
+        |start, len| {
+            let student_logits =
+                chunk_logits(&student.model, final_hidden.clone().narrow(0, start, len));
+            let (hard, soft) = chunk_terms(
+                objective,
+                student_logits,
+                teacher.chunk(start, len),
+                &weights,
+                start,
+                len,
+            );
+            (scalar(hard), scalar(soft))
+        },
+    );
     if let Some(states) = states {
         intermediate_terms(
             student,

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cross_tokenizer::losses::CrossTokenizerLoss;
 use crate::losses::{DivergenceParams, HiddenLoss, KdLoss};
 
 /// One intermediate-layer match, layer indices in the transformers `hidden_states` convention.
@@ -46,6 +47,9 @@ pub struct Objective {
     /// Input tokens whose meaning differs between teacher and student: their positions are
     /// left out of the soft loss.
     pub masked_token_ids: Vec<u32>,
+    /// Teacher and student tokenize differently: the soft loss compares aligned groups of
+    /// tokens (crate::cross_tokenizer) instead of positions, and replaces `kd_loss`.
+    pub cross_tokenizer: Option<CrossTokenizerLoss>,
 }
 
 /// Loss values of one batch (means over the batch, as plain numbers).

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cross_tokenizer::losses::CrossTokenizerLossKind;
 use crate::losses::KdLoss;
 use crate::objective::IntermediateMatch;
 
@@ -27,6 +28,14 @@ pub struct Distillation {
     pub intermediate_matches: Vec<IntermediateMatch>,
     /// Positions per chunk of the vocabulary-sized losses (memory vs speed).
     pub chunk_positions: usize,
+    /// Distillation across tokenizers (crate::cross_tokenizer): `uld` or `hybrid`. Absent:
+    /// both models must share one tokenizer, and the loss compares them id by id.
+    pub cross_tokenizer: Option<CrossTokenizerLossKind>,
+    /// The hybrid loss's weights of its exact part (over tokens both vocabularies spell the
+    /// same) and its ULD part (over the rest). Both or neither; neither: TRL GOLD's adaptive
+    /// weights, shared tokens / teacher vocabulary rows and its complement.
+    pub hybrid_matched_weight: Option<f64>,
+    pub hybrid_unmatched_weight: Option<f64>,
 }
 
 impl Default for Distillation {
@@ -39,6 +48,9 @@ impl Default for Distillation {
             skew_alpha: 0.1,
             intermediate_matches: Vec::new(),
             chunk_positions: 256,
+            cross_tokenizer: None,
+            hybrid_matched_weight: None,
+            hybrid_unmatched_weight: None,
         }
     }
 }
@@ -77,6 +89,33 @@ impl Distillation {
                     "{} is out of range [0, 1) (0 = plain KL; at 1 the mixture is the distribution itself)",
                     d.skew_alpha
                 ),
+            ));
+        }
+        match (d.hybrid_matched_weight, d.hybrid_unmatched_weight) {
+            (None, None) => {}
+            (Some(matched), Some(unmatched)) => {
+                for (field, weight) in [
+                    ("distillation.hybrid_matched_weight", matched),
+                    ("distillation.hybrid_unmatched_weight", unmatched),
+                ] {
+                    if !(weight >= 0.0 && weight.is_finite()) {
+                        return Err(fields.error(field, "must be a finite number >= 0"));
+                    }
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(fields.error(
+                    "distillation.hybrid_unmatched_weight",
+                    "give both hybrid weights or neither (neither: weights from the shared \
+                     vocabulary's size)",
+                ))
+            }
+        }
+        if d.cross_tokenizer.is_some() && !d.intermediate_matches.is_empty() {
+            return Err(fields.error(
+                "distillation.intermediate_matches",
+                "hidden states cannot be matched across tokenizers (the two models' positions \
+                 are different tokens); remove the matches or the cross_tokenizer setting",
             ));
         }
         for (index, matched) in d.intermediate_matches.iter().enumerate() {

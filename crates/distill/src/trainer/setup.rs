@@ -11,6 +11,7 @@ use qwen2::{
 
 use super::Trainer;
 use crate::checkpoint::{new_projections, Checkpoint, PositionalIds, ResumeState, RunDir};
+use crate::cross_tokenizer::Aligner;
 use crate::data::{epoch_order, BatchSource};
 use crate::error::TrainError;
 use crate::metrics::MetricsLog;
@@ -262,7 +263,18 @@ fn open_teacher<B: AutodiffBackend>(
                 device,
                 recipe.memory.frozen_dtype,
             )?;
-            Ok((TeacherSource::Live(Arc::new(model)), None))
+            let model = Arc::new(model);
+            if recipe.distillation.cross_tokenizer.is_some() {
+                let aligner = Aligner::load(&recipe.teacher.local_dir, &recipe.student.local_dir)?;
+                return Ok((
+                    TeacherSource::AcrossTokenizers {
+                        model,
+                        aligner: Arc::new(aligner),
+                    },
+                    None,
+                ));
+            }
+            Ok((TeacherSource::Live(model), None))
         }
     }
 }
