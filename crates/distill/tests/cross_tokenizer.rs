@@ -223,4 +223,105 @@ fn text_the_teacher_cannot_spell_is_refused_naming_the_row() {
     assert!(error.contains("not UTF-8"), "{error}");
 }
 
-qwen2::on_every_cpu_backend!(losses_and_gradients_equal_trl,);
+/// Through the trainer's objective (a Llama student, a Qwen2 teacher of another vocabulary,
+/// two rows of different lengths): the loss is the groups' mean whatever the chunking (groups
+/// are never cut), and the student's gradients do not depend on it either.
+fn the_objective_across_tokenizers_does_not_depend_on_chunking<Cpu: Backend>() {
+    use distill::losses::{DivergenceParams, KdLoss};
+    use distill::objective::{loss_and_gradients, Batch, Objective, Student, TeacherOutputs};
+    use qwen2::config::{Architecture, DecoderVariant};
+    use qwen2::{build_model, AttentionMask, RandomWeights};
+
+    let aligner = aligner();
+    let reference = Reference::open();
+    let text = reference.ids("student_ids");
+    let short = text[..40].to_vec();
+    let mut padded = short.clone();
+    padded.resize(text.len(), 0);
+    let rows = vec![text.clone(), padded];
+    let mask = vec![
+        vec![true; text.len()],
+        (0..text.len()).map(|t| t < short.len()).collect(),
+    ];
+    let aligned = aligner.align(&rows, &mask).unwrap();
+
+    let device = Default::default();
+    let mut student_config = distill::toy::toy_config(32, 2, 4);
+    student_config.vocab_size = 656;
+    student_config.variant = DecoderVariant {
+        architecture: Architecture::Llama,
+        qkv_bias: false,
+        ..DecoderVariant::default()
+    };
+    let mut teacher_config = distill::toy::toy_config(48, 2, 4);
+    teacher_config.vocab_size = 520;
+    let teacher = std::sync::Arc::new(
+        build_model::<Cpu>(&teacher_config, &mut RandomWeights::new(3), &device).unwrap(),
+    );
+    let teacher_outputs = TeacherOutputs::from_model_aligned(&teacher, &aligned);
+    let shared = SharedTokens::of(&aligner.teacher, &aligner.student);
+    let batch = Batch::new(rows, AttentionMask { rows: mask });
+    let mut results = Vec::new();
+    for chunk_positions in [1000, 37, 1] {
+        let student = Student {
+            model: build_model::<Autodiff<Cpu>>(
+                &student_config,
+                &mut RandomWeights::new(5),
+                &device,
+            )
+            .unwrap(),
+            projections: vec![],
+        };
+        let objective = Objective {
+            temperature: 1.0,
+            hard_label_weight: 0.5,
+            kd_loss: KdLoss::Kl,
+            divergence: DivergenceParams {
+                jsd_beta: 0.0,
+                skew_alpha: 0.1,
+            },
+            intermediate_matches: vec![],
+            chunk_positions,
+            vocab_rows: None,
+            masked_token_ids: vec![],
+            cross_tokenizer: Some(CrossTokenizerLoss {
+                kind: CrossTokenizerLossKind::Hybrid,
+                shared: SharedColumns::new(&shared, 520, 656),
+                weights: Some((0.5, 0.5)),
+                beta: 0.0,
+            }),
+        };
+        let (grads, losses) = loss_and_gradients(&student, &teacher_outputs, &batch, &objective);
+        let norm: Vec<f32> = grads
+            .get::<Cpu, 1>(student.model.norm.weight.id)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
+        println!(
+            "chunk {chunk_positions}: soft {} hard {}",
+            losses.soft, losses.hard
+        );
+        assert!(losses.soft > 0.0);
+        results.push((losses.soft, norm));
+    }
+    for (soft, norm) in &results[1..] {
+        assert!(
+            ((soft - results[0].0) / results[0].0).abs() < 1e-5,
+            "{soft} vs {}",
+            results[0].0
+        );
+        let error = norm
+            .iter()
+            .zip(&results[0].1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(error < 1e-5, "norm gradient moved by {error}");
+    }
+}
+
+qwen2::on_every_cpu_backend!(
+    losses_and_gradients_equal_trl,
+    the_objective_across_tokenizers_does_not_depend_on_chunking,
+);

@@ -9,8 +9,14 @@
 //! The continuations are generated as training generates them (distill::on_policy: batched,
 //! KV-cached, each row stopping at its eos) and scored with distill::measure's cross-entropy on
 //! the generated tokens only.
+//!
+//! Across tokenizers the teacher reads its own tokens of the prompt's and the continuation's
+//! text (encoded apart, so the boundary stays where the model put it), and its summed
+//! cross-entropy over the continuation is divided by the model's generated tokens: nats per
+//! model token, comparable between models of one tokenizer (no shared vocabulary needed).
 
 use burn::tensor::backend::Backend;
+use distill::cross_tokenizer::Aligner;
 use distill::measure::{measure_batch, measurement_objective, Comparison, QualitySums};
 use distill::objective::TeacherOutputs;
 use distill::on_policy::continuation_batch;
@@ -54,10 +60,18 @@ pub struct ContinuationReport {
     pub samples: Vec<GenerationSample>,
 }
 
-/// Continues `prompts` with `model` and scores the continuations with `teacher`.
+/// Who scores the continuations.
+pub enum Scorer<'a, B: Backend> {
+    /// A teacher of the model's tokenizer.
+    SameTokenizer(&'a Model<B>),
+    /// A teacher of another tokenizer, reading its own tokens of the text.
+    AcrossTokenizers(&'a Model<B>, &'a Aligner),
+}
+
+/// Continues `prompts` with `model` and scores the continuations with `scorer`.
 pub fn continuation_report<B: Backend>(
     model: &Model<B>,
-    teacher: Option<&Model<B>>,
+    scorer: Option<Scorer<'_, B>>,
     tokenizer: &Tokenizer,
     eos_token_ids: &[u32],
     prompts: &[Vec<u32>],
@@ -94,36 +108,61 @@ pub fn continuation_report<B: Backend>(
                 });
             }
         }
-        if let Some(teacher) = teacher {
-            if let Some(id) = generation
-                .tokens
-                .iter()
-                .flatten()
-                .find(|&&id| id as usize >= teacher.vocab_size())
-            {
-                return Err(EvalError::Invalid(format!(
-                    "--continuations: the model generated token id {id}, which the teacher's {} \
-                     embedding rows do not hold; the teacher cannot score it (evaluate without \
-                     --continuations, or with a teacher of the same vocabulary)",
-                    teacher.vocab_size()
-                )));
+        match &scorer {
+            None => {}
+            Some(Scorer::SameTokenizer(teacher)) => {
+                if let Some(id) = generation
+                    .tokens
+                    .iter()
+                    .flatten()
+                    .find(|&&id| id as usize >= teacher.vocab_size())
+                {
+                    return Err(EvalError::Invalid(format!(
+                        "--continuations: the model generated token id {id}, which the teacher's \
+                         {} embedding rows do not hold; the teacher cannot score it (evaluate \
+                         without --continuations, or with a teacher of the same vocabulary)",
+                        teacher.vocab_size()
+                    )));
+                }
+                let batch = continuation_batch(chunk, &generation.tokens);
+                sums.add(&score_continuations(teacher, model.vocab_size(), &batch));
             }
-            let batch = continuation_batch(chunk, &generation.tokens);
-            let comparison = Comparison::same_tokenizer(teacher.vocab_size(), model.vocab_size());
-            let objective = measurement_objective(&comparison, 1.0, 256);
-            sums.add(&measure_batch(
-                teacher,
-                &TeacherOutputs::absent(),
-                &batch,
-                &objective,
-            ));
+            Some(Scorer::AcrossTokenizers(teacher, aligner)) => {
+                let (mut prompts, mut continuations) = (Vec::new(), Vec::new());
+                for (prompt, tokens) in chunk.iter().zip(&generation.tokens) {
+                    let (prompt, tokens) =
+                        aligner
+                            .teacher_tokens_of_continuation(prompt, tokens)
+                            .map_err(|e| EvalError::Invalid(format!("--continuations: {e}")))?;
+                    prompts.push(prompt);
+                    continuations.push(tokens);
+                }
+                let batch = continuation_batch(&prompts, &continuations);
+                let mut scored = score_continuations(teacher, teacher.vocab_size(), &batch);
+                // Per model token, not per teacher token: the model's tokens are the unit
+                // every row of the report shares.
+                scored.labels = generation.new_tokens() as u64;
+                sums.add(&scored);
+            }
         }
     }
     Ok(ContinuationReport {
         prompts: prompts.len(),
         mean_new_tokens: new_tokens as f64 / prompts.len().max(1) as f64,
-        teacher_cross_entropy: (sums.labels > 0).then(|| sums.mean_cross_entropy()),
+        teacher_cross_entropy: (scorer.is_some() && sums.labels > 0)
+            .then(|| sums.mean_cross_entropy()),
         generation_tokens_per_second: new_tokens as f64 / seconds.max(1e-9),
         samples,
     })
+}
+
+/// The teacher's cross-entropy sums on the scored positions of `batch` (its own tokens).
+fn score_continuations<B: Backend>(
+    teacher: &Model<B>,
+    model_vocab: usize,
+    batch: &distill::objective::Batch,
+) -> QualitySums {
+    let comparison = Comparison::same_tokenizer(teacher.vocab_size(), model_vocab);
+    let objective = measurement_objective(&comparison, 1.0, 256);
+    measure_batch(teacher, &TeacherOutputs::absent(), batch, &objective)
 }

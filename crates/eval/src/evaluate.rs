@@ -14,10 +14,11 @@ use qwen2::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::continuations::{continuation_report, ContinuationOptions, ContinuationReport};
+use crate::continuations::{continuation_report, ContinuationOptions, ContinuationReport, Scorer};
 use crate::error::EvalError;
 use crate::quality::{score_batch_compared, Comparison, QualitySums};
 use crate::speed::{forward_latency_ms, greedy_generations, GenerationSample};
+use distill::cross_tokenizer::Aligner;
 
 /// What to measure and how much of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +245,23 @@ pub fn evaluate_loaded<B: Backend>(
         )));
     }
     let seq_len = reader.seq_len();
+    // Across tokenizers no KL is defined: the shards are scored by the model alone, and the
+    // teacher scores the model's continuations on its own tokens of their text.
+    let aligner = match (teacher, &options.teacher_dir) {
+        (Some(_), Some(teacher_dir)) if teacher_dir.as_path() != model_dir => {
+            let report = preprocess::check_tokenizers(teacher_dir, model_dir)?;
+            match report.verdict {
+                preprocess::TokenizerCompat::DifferentBpe { .. } => Some(
+                    Aligner::load(teacher_dir, model_dir)
+                        .map_err(|e| EvalError::Invalid(e.to_string()))?,
+                ),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let continuation_teacher = teacher;
+    let teacher = if aligner.is_some() { None } else { teacher };
     let comparison = match (teacher, &options.teacher_dir) {
         (Some(teacher), Some(teacher_dir)) => Comparison::of_tokenizers(
             teacher_dir,
@@ -334,7 +352,12 @@ pub fn evaluate_loaded<B: Backend>(
             let prompts = held_out_prompts(&mut reader, continuation)?;
             // The teacher's own row (its directory is the teacher's) is scored by itself.
             let is_teacher = options.teacher_dir.as_deref() == Some(model_dir);
-            let scorer = teacher.or(is_teacher.then_some(model));
+            let scorer = match (&aligner, continuation_teacher) {
+                (Some(aligner), Some(teacher)) => Some(Scorer::AcrossTokenizers(teacher, aligner)),
+                _ => teacher
+                    .or(is_teacher.then_some(model))
+                    .map(Scorer::SameTokenizer),
+            };
             Some(continuation_report(
                 model,
                 scorer,

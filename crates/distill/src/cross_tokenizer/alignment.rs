@@ -162,6 +162,29 @@ impl Aligner {
         })
     }
 
+    /// The teacher's tokens of the text of a student prompt and of its continuation, encoded
+    /// apart (special tokens stand for no text; bytes that are not UTF-8, which a model's own
+    /// samples can hold, become U+FFFD): what the teacher scores a student's own text on.
+    pub fn teacher_tokens_of_continuation(
+        &self,
+        prompt: &[u32],
+        continuation: &[u32],
+    ) -> Result<(Vec<u32>, Vec<u32>), AlignmentError> {
+        let text = |ids: &[u32]| {
+            let bytes: Vec<u8> = ids
+                .iter()
+                .filter_map(|&id| self.student.bytes(id))
+                .flatten()
+                .copied()
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        Ok((
+            self.teacher.encode(&text(prompt))?,
+            self.teacher.encode(&text(continuation))?,
+        ))
+    }
+
     /// Aligns the student rows `rows` (right-padded, `mask` true at real tokens).
     pub fn align(
         &self,
