@@ -16,6 +16,29 @@ fn tiny() -> ModelConfig {
     ModelConfig::preset("tiny").unwrap()
 }
 
+/// The tiny shape as each decoder: Qwen2; Llama with biases everywhere and 32-wide heads in a
+/// 64-wide model; Qwen3 with its q/k norms.
+fn tiny_families() -> Vec<ModelConfig> {
+    use qwen2::config::{Architecture, DecoderVariant};
+    let mut llama = tiny();
+    llama.head_dim = 32;
+    llama.variant = DecoderVariant {
+        architecture: Architecture::Llama,
+        qkv_bias: true,
+        o_proj_bias: true,
+        mlp_bias: true,
+        ..DecoderVariant::default()
+    };
+    let mut qwen3 = tiny();
+    qwen3.variant = DecoderVariant {
+        architecture: Architecture::Qwen3,
+        qkv_bias: false,
+        qk_norm: true,
+        ..DecoderVariant::default()
+    };
+    vec![tiny(), llama, qwen3]
+}
+
 fn settings(rank: usize, targets: &[&str]) -> LoraSettings {
     LoraSettings {
         rank,
@@ -68,7 +91,12 @@ fn widened<Bk: Backend>(mut model: Model<Bk>) -> Model<Bk> {
 }
 
 fn adapters_start_at_the_base_and_merge_exactly<Bk: Backend>() {
-    let config = tiny();
+    for config in tiny_families() {
+        adapters_start_at_the_base_and_merge_exactly_for::<Bk>(config);
+    }
+}
+
+fn adapters_start_at_the_base_and_merge_exactly_for<Bk: Backend>(config: ModelConfig) {
     let device = Default::default();
     let base = build_model::<Bk>(&config, &mut RandomWeights::new(1), &device).unwrap();
     let expected = logits(&base);
@@ -88,7 +116,12 @@ fn adapters_start_at_the_base_and_merge_exactly<Bk: Backend>() {
 }
 
 fn adapters_round_trip_in_peft_layout<Bk: Backend>() {
-    let config = tiny();
+    for config in tiny_families() {
+        adapters_round_trip_in_peft_layout_for::<Bk>(config);
+    }
+}
+
+fn adapters_round_trip_in_peft_layout_for<Bk: Backend>(config: ModelConfig) {
     let device = Default::default();
     let lora = settings(8, &["q_proj", "v_proj", "down_proj"]);
     let base = || build_model::<Bk>(&config, &mut RandomWeights::new(1), &device).unwrap();
