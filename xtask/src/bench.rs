@@ -13,7 +13,7 @@ use qwen2::generate::{generate, GenerateOptions, Sampling};
 use qwen2::memory::{current_rss_bytes, gib, peak_rss_bytes};
 use qwen2::{
     build_frozen_model, build_model, load_frozen_model, load_model, AttentionMask, FrozenDtype,
-    FrozenProducts, Qwen2Config, RandomWeights,
+    FrozenProducts, ModelConfig, RandomWeights,
 };
 use serde_json::json;
 
@@ -75,11 +75,11 @@ pub struct InferArgs {
 
 fn infer(args: InferArgs) -> Result<()> {
     if args.model.is_none() && args.shape.is_none() {
-        bail!("give --model DIR or --shape ({})", Qwen2Config::PRESETS);
+        bail!("give --model DIR or --shape ({})", ModelConfig::PRESETS);
     }
     if let Some(shape) = &args.shape {
-        if Qwen2Config::preset(shape).is_none() {
-            bail!("unknown --shape `{shape}`: use {}", Qwen2Config::PRESETS);
+        if ModelConfig::preset(shape).is_none() {
+            bail!("unknown --shape `{shape}`: use {}", ModelConfig::PRESETS);
         }
     }
     if args.batch == 0 || args.seq_len == 0 {
@@ -117,7 +117,7 @@ impl BackendTask for Infer {
                 (model, config, dir.display().to_string(), bf16)
             }
             (None, Some(shape), frozen) => {
-                let config = Qwen2Config::preset(shape).expect("checked");
+                let config = ModelConfig::preset(shape).expect("checked");
                 let bf16 = frozen == Some(FrozenDtype::Bfloat16);
                 let model = match frozen {
                     None => build_model::<B>(&config, &mut RandomWeights::new(0), &device)?,

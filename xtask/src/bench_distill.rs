@@ -24,7 +24,7 @@ use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::memory::{gib, peak_rss_bytes};
 use qwen2::{
     attach_lora, build_frozen_model, build_model, AttentionMask, FrozenProducts, LoraSettings,
-    Model, Qwen2Config, RandomWeights,
+    Model, ModelConfig, RandomWeights,
 };
 use serde_json::json;
 
@@ -81,9 +81,9 @@ pub fn run(args: Args) -> Result<()> {
 
 struct Step(Args);
 
-fn preset(name: &str) -> Result<Qwen2Config> {
-    Qwen2Config::preset(name)
-        .ok_or_else(|| anyhow!("unknown shape `{name}`: use {}", Qwen2Config::PRESETS))
+fn preset(name: &str) -> Result<ModelConfig> {
+    ModelConfig::preset(name)
+        .ok_or_else(|| anyhow!("unknown shape `{name}`: use {}", ModelConfig::PRESETS))
 }
 
 /// Seconds of one update, by phase.
@@ -338,7 +338,7 @@ impl BackendTask for Step {
 #[allow(clippy::too_many_arguments)]
 fn timed_updates<A: AutodiffBackend>(
     args: &Args,
-    student_config: &Qwen2Config,
+    student_config: &ModelConfig,
     lora: Option<&LoraSettings>,
     frozen_bf16: bool,
     recipe: &Recipe,

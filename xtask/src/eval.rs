@@ -234,10 +234,27 @@ pub fn evaluate_to_report<B: Backend>(
         Some(dir) => {
             eprintln!("loading the teacher {}", dir.display());
             let teacher = load_for_evaluation::<B>(dir, &options, device)?;
-            eprintln!("evaluating teacher");
-            report.models.push(evaluate_loaded(
-                &teacher, dir, "teacher", None, &plan.data, &options,
-            )?);
+            if plan
+                .models
+                .first()
+                .is_some_and(|(_, model)| reads_another_tokenizer(dir, model))
+            {
+                // The shards hold ids of the models' tokenizer, which mean other tokens to
+                // the teacher: it scores the models' continuations but has no row of its own.
+                let note = format!(
+                    "the teacher {} reads another tokenizer than the shards': no loss of its \
+                     own and no KL (undefined across tokenizers); with --continuations it scores \
+                     each model's text on its own tokens (nats per model token)",
+                    dir.display()
+                );
+                eprintln!("{note}");
+                report.notes.push(note);
+            } else {
+                eprintln!("evaluating teacher");
+                report.models.push(evaluate_loaded(
+                    &teacher, dir, "teacher", None, &plan.data, &options,
+                )?);
+            }
             Some(teacher)
         }
         None => None,
@@ -270,6 +287,17 @@ pub fn evaluate_to_report<B: Backend>(
         eprintln!("wrote {}", png.display());
     }
     Ok(report)
+}
+
+/// Whether the teacher at `teacher` splits text into other ids than the model at `model` (a
+/// teacher distilled across tokenizers; added tokens that differ do not count).
+fn reads_another_tokenizer(teacher: &std::path::Path, model: &std::path::Path) -> bool {
+    preprocess::check_tokenizers(teacher, model).is_ok_and(|report| {
+        matches!(
+            report.verdict,
+            preprocess::TokenizerCompat::DifferentBpe { .. }
+        )
+    })
 }
 
 /// The command as typed, for the report (arguments with spaces or quotes are quoted).

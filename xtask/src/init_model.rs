@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use qwen2::backend::Cpu;
 use qwen2::safetensors::Dtype;
-use qwen2::{build_model, save_model, Qwen2Config, RandomWeights, SaveOptions};
+use qwen2::{build_model, save_model, ModelConfig, RandomWeights, SaveOptions};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -33,9 +33,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let config = match (&args.shape, &args.config) {
-        (Some(shape), _) => Qwen2Config::preset(shape)
-            .with_context(|| format!("unknown --shape `{shape}`: use {}", Qwen2Config::PRESETS))?,
-        (None, Some(path)) => Qwen2Config::from_file(path)?,
+        (Some(shape), _) => ModelConfig::preset(shape)
+            .with_context(|| format!("unknown --shape `{shape}`: use {}", ModelConfig::PRESETS))?,
+        (None, Some(path)) => ModelConfig::from_file(path)?,
         (None, None) => bail!("give --shape NAME or --config FILE"),
     };
     let dtype = parse_dtype(&args.dtype)?;
@@ -65,7 +65,7 @@ pub fn parse_dtype(name: &str) -> Result<Dtype> {
 
 /// Random weights of `config` saved in the Hugging Face layout at `out`.
 pub fn write_random_model(
-    config: &Qwen2Config,
+    config: &ModelConfig,
     out: &std::path::Path,
     dtype: Dtype,
     tokenizer_dir: Option<&std::path::Path>,

@@ -25,7 +25,7 @@ use eval::{EvalOptions, ModelReport, Report};
 use preprocess::PreprocessOptions;
 use qwen2::backend::{with_backend, BackendKind, BackendTask};
 use qwen2::safetensors::Dtype;
-use qwen2::Qwen2Config;
+use qwen2::ModelConfig;
 
 const TOKENIZER: &str = "data/tiny-tokenizer";
 const WIKITEXT: &str = "data/wikitext-2-raw";
@@ -121,7 +121,7 @@ impl BackendTask for Pipeline<'_> {
             "3/5 random student {} from {STUDENT_ARCHITECTURE}",
             student_init.display()
         ));
-        let student_config = Qwen2Config::from_file(Path::new(STUDENT_ARCHITECTURE))?;
+        let student_config = ModelConfig::from_file(Path::new(STUDENT_ARCHITECTURE))?;
         crate::init_model::write_random_model(
             &student_config,
             &student_init,
@@ -256,7 +256,7 @@ fn fresh_dir(dir: &Path) -> Result<()> {
 /// Trains the teacher from random weights on hard labels and installs it at `teacher`.
 fn rebuild_teacher<B: Backend>(work: &Path, teacher: &Path, device: &B::Device) -> Result<()> {
     let teacher_init = work.join("teacher-init");
-    let config = Qwen2Config::from_file(Path::new(TEACHER_ARCHITECTURE))?;
+    let config = ModelConfig::from_file(Path::new(TEACHER_ARCHITECTURE))?;
     crate::init_model::write_random_model(
         &config,
         &teacher_init,
