@@ -43,7 +43,7 @@ pub struct InferArgs {
     /// A checkpoint directory (its load time and loading memory are measured too).
     #[arg(long, conflicts_with = "shape", value_parser = hub::resolve_model_dir)]
     model: Option<PathBuf>,
-    /// Random weights of a published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
+    /// Random weights of a published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b, smollm2-135m, llama-3.2-1b, qwen3-0.6b.
     #[arg(long)]
     shape: Option<String>,
     #[arg(long, default_value_t = 1)]

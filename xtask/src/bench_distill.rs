@@ -30,7 +30,7 @@ use serde_json::json;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Student shape: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
+    /// Student shape: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b, smollm2-135m, llama-3.2-1b, qwen3-0.6b.
     #[arg(long, default_value = "qwen2.5-0.5b")]
     shape: String,
     /// Teacher shape (default: the student's).

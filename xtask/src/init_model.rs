@@ -12,7 +12,7 @@ use qwen2::{build_model, save_model, ModelConfig, RandomWeights, SaveOptions};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// A published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b.
+    /// A published architecture: tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b, smollm2-135m, llama-3.2-1b, qwen3-0.6b.
     #[arg(long, conflicts_with = "config", required_unless_present = "config")]
     shape: Option<String>,
     /// A config.json to take the architecture from.

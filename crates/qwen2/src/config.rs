@@ -434,8 +434,8 @@ impl ModelConfig {
     }
 
     /// The names [`ModelConfig::preset`] knows, for help and error texts.
-    pub const PRESETS: &'static str =
-        "tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b";
+    pub const PRESETS: &'static str = "tiny, qwen2.5-0.5b, qwen2.5-1.5b, \
+         deepseek-r1-distill-qwen-1.5b, smollm2-135m, llama-3.2-1b, qwen3-0.6b";
 
     /// Architecture shapes of published checkpoints, for benchmarks with random weights.
     pub fn preset(name: &str) -> Option<Self> {
@@ -464,7 +464,39 @@ impl ModelConfig {
             "deepseek-r1-distill-qwen-1.5b" => {
                 Some(shape(151936, 1536, 8960, 28, 12, 2, false, 1e4))
             }
+            "smollm2-135m" => Some(Self {
+                variant: Self::llama_variant(RopeScaling::Default),
+                ..shape(49152, 576, 1536, 30, 9, 3, true, 1e5)
+            }),
+            "llama-3.2-1b" => Some(Self {
+                variant: Self::llama_variant(RopeScaling::Llama3 {
+                    factor: 32.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                }),
+                ..shape(128256, 2048, 8192, 16, 32, 8, true, 5e5)
+            }),
+            "qwen3-0.6b" => Some(Self {
+                head_dim: 128,
+                variant: DecoderVariant {
+                    architecture: Architecture::Qwen3,
+                    qkv_bias: false,
+                    qk_norm: true,
+                    ..DecoderVariant::default()
+                },
+                ..shape(151936, 1024, 3072, 28, 16, 8, true, 1e6)
+            }),
             _ => None,
+        }
+    }
+
+    fn llama_variant(rope_scaling: RopeScaling) -> DecoderVariant {
+        DecoderVariant {
+            architecture: Architecture::Llama,
+            qkv_bias: false,
+            rope_scaling,
+            ..DecoderVariant::default()
         }
     }
 }
