@@ -470,6 +470,27 @@ fn the_shipped_recipes_load() {
     assert_eq!(seed_lora.lora.as_ref().map(|l| l.rank), Some(16));
     let small_lora = Recipe::load(&configs.join("small-lora.toml"), &[]).unwrap();
     assert_eq!(small_lora.lora.map(|l| l.targets().len()), Some(7));
+    let cross = configs.join("qwen2.5-coder-0.5b-to-tiny-llama.toml");
+    let recipe = Recipe::load(&cross, &[]).unwrap();
+    assert_eq!(
+        recipe.distillation.cross_tokenizer,
+        Some(distill::cross_tokenizer::CrossTokenizerLossKind::Hybrid)
+    );
+    // One hybrid weight without the other, and hidden matches across tokenizers, are named.
+    let error = Recipe::load(&cross, &["distillation.hybrid_matched_weight=0.5".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("hybrid_unmatched_weight"), "{error}");
+    let error = Recipe::load(
+        &cross,
+        &["distillation.intermediate_matches=[{layer_T = 1, layer_S = 1}]".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("intermediate_matches") && error.contains("across tokenizers"),
+        "{error}"
+    );
     // Bad [lora] settings are refused naming the field.
     let error = Recipe::load(&configs.join("small-lora.toml"), &["lora.rank=0".into()])
         .unwrap_err()
