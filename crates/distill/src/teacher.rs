@@ -57,7 +57,7 @@ impl<B: Backend> TeacherSource<B> {
             TeacherSource::Live(model) => Some(TeacherOutputs::from_model(model, batch, objective)),
             TeacherSource::AcrossTokenizers { model, aligner } => {
                 let aligned = aligner.align(&batch.input_ids, &batch.mask.rows)?;
-                Some(TeacherOutputs::from_model_aligned(model, &aligned))
+                Some(TeacherOutputs::from_model_aligned(model, aligned))
             }
             TeacherSource::Cached(cache) => Some(cache.outputs(batch, split, blocks, objective)?),
         })

@@ -258,7 +258,7 @@ fn the_objective_across_tokenizers_does_not_depend_on_chunking<Cpu: Backend>() {
     let teacher = std::sync::Arc::new(
         build_model::<Cpu>(&teacher_config, &mut RandomWeights::new(3), &device).unwrap(),
     );
-    let teacher_outputs = TeacherOutputs::from_model_aligned(&teacher, &aligned);
+    let teacher_outputs = TeacherOutputs::from_model_aligned(&teacher, aligned);
     let shared = SharedTokens::of(&aligner.teacher, &aligner.student);
     let batch = Batch::new(rows, AttentionMask { rows: mask });
     let mut results = Vec::new();

@@ -82,12 +82,12 @@ impl<B: Backend> TeacherOutputs<B> {
     }
 
     /// Runs a live teacher of another tokenizer over its own tokens of the batch's text.
-    pub fn from_model_aligned(teacher: &Arc<Model<B>>, aligned: &AlignedBatch) -> Self {
+    pub fn from_model_aligned(teacher: &Arc<Model<B>>, aligned: AlignedBatch) -> Self {
         let device = teacher.device();
         let batch = Batch::new(
-            aligned.teacher_ids.clone(),
+            aligned.teacher_ids,
             AttentionMask {
-                rows: aligned.teacher_mask.clone(),
+                rows: aligned.teacher_mask,
             },
         );
         let (final_hidden, _) =
@@ -96,7 +96,7 @@ impl<B: Backend> TeacherOutputs<B> {
             signal: TeacherSignal::Aligned {
                 final_hidden: flatten(final_hidden),
                 model: teacher.clone(),
-                alignment: Arc::new(aligned.alignment.clone()),
+                alignment: Arc::new(aligned.alignment),
             },
             states: Vec::new(),
         }
