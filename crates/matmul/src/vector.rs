@@ -17,23 +17,30 @@ use rayon::prelude::*;
 
 use crate::{Bf16Matrix, Orientation};
 
-/// Columns per task (a multiple of 32).
+/// Most columns one task sums as stored (a multiple of 32): their sums, 16 KiB, stay in L1.
+const MAX_TILE: usize = 4096;
+
+/// Outputs per task when transposed (a multiple of 4).
 const CHUNK: usize = 512;
 
 /// `x [k] · b` into `out [n]`. Needs AVX-512F, BW and BF16.
 pub fn row_product(x: &[f32], b: &Bf16Matrix, out: &mut [f32]) {
-    let (k, _) = b.shape();
+    let (k, n) = b.shape();
     // x rounded to bf16 once, padded to whole pairs of 32.
     let mut rounded = vec![0u16; k.div_ceil(32) * 32];
     for (slot, &value) in rounded.iter_mut().zip(x) {
         *slot = bf16::from_f32(value).to_bits();
     }
     match b.orientation {
-        Orientation::AsStored => out
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            // SAFETY: the caller checked the CPU features; the chunk's columns are in range.
-            .for_each(|(c, out)| unsafe { as_stored(&rounded, b, c * CHUNK, out) }),
+        Orientation::AsStored => {
+            // At least one block of columns per thread.
+            let threads = rayon::current_num_threads().max(1);
+            let tile = (n.div_ceil(threads).div_ceil(32) * 32).clamp(32, MAX_TILE);
+            out.par_chunks_mut(tile)
+                .enumerate()
+                // SAFETY: the caller checked the CPU features; the block's columns are in range.
+                .for_each(|(c, out)| unsafe { as_stored(&rounded, b, c * tile, out) })
+        }
         Orientation::Transposed => out
             .par_chunks_mut(CHUNK)
             .enumerate()
@@ -50,51 +57,68 @@ fn mask32(count: usize) -> __mmask32 {
     }
 }
 
-/// Columns `start..start + out.len()` of `x · B`, B stored `[k, n]`: 8 blocks of 32 columns
-/// at a time, so each pair of stored rows is read as two runs of 512 contiguous bytes.
+/// Columns `start..start + out.len()` of `x · B`, B stored `[k, n]`: the block's rows are
+/// streamed in order, each as one contiguous run, while the sums of all its columns stay in L1;
+/// two pairs of rows per pass, so the sums are read and written once per four rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn as_stored(x: &[u16], b: &Bf16Matrix, start: usize, out: &mut [f32]) {
-    const BLOCKS: usize = 8;
     let (k, n) = b.shape();
     let values = b.values.as_ptr() as *const u16;
-    for (group, out) in out.chunks_mut(32 * BLOCKS).enumerate() {
-        let column = start + group * 32 * BLOCKS;
-        let masks: [__mmask32; BLOCKS] =
-            std::array::from_fn(|i| mask32(out.len().saturating_sub(32 * i)));
-        let mut sums = [[_mm512_setzero_ps(); 2]; BLOCKS];
-        let mut kk = 0;
-        while kk < k {
-            let pair = x[kk] as u32 | (x[kk + 1] as u32) << 16;
-            let xs: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
-            let even_row = values.add(kk * n + column);
-            let odd_row = values.add((kk + 1).min(k - 1) * n + column);
-            let odd_present = kk + 1 < k;
-            for (i, sum) in sums.iter_mut().enumerate() {
-                if masks[i] == 0 {
-                    break;
-                }
-                let even = _mm512_maskz_loadu_epi16(masks[i], even_row.add(32 * i) as *const i16);
-                let odd = match odd_present {
-                    true => _mm512_maskz_loadu_epi16(masks[i], odd_row.add(32 * i) as *const i16),
-                    false => _mm512_setzero_si512(),
-                };
-                let lo: __m512bh = std::mem::transmute(_mm512_unpacklo_epi16(even, odd));
-                let hi: __m512bh = std::mem::transmute(_mm512_unpackhi_epi16(even, odd));
-                sum[0] = _mm512_dpbf16_ps(sum[0], xs, lo);
-                sum[1] = _mm512_dpbf16_ps(sum[1], xs, hi);
-            }
-            kk += 2;
+    let blocks = out.len().div_ceil(32);
+    let masks: Vec<__mmask32> = (0..blocks).map(|i| mask32(out.len() - 32 * i)).collect();
+    // Two sums per block of 32 columns, in the permuted order of the unpacked pairs.
+    let mut sums = vec![_mm512_setzero_ps(); 2 * blocks];
+    let pair_of = |kk: usize| -> __m512bh {
+        let pair = x[kk] as u32 | (x[kk + 1] as u32) << 16;
+        std::mem::transmute(_mm512_set1_epi32(pair as i32))
+    };
+    // Rows kk and kk + 1 of block i, interleaved into pairs; a missing odd row reads as zeros.
+    let load = |kk: usize, i: usize| -> (__m512bh, __m512bh) {
+        let even =
+            _mm512_maskz_loadu_epi16(masks[i], values.add(kk * n + start + 32 * i) as *const i16);
+        let odd = match kk + 1 < k {
+            true => _mm512_maskz_loadu_epi16(
+                masks[i],
+                values.add((kk + 1) * n + start + 32 * i) as *const i16,
+            ),
+            false => _mm512_setzero_si512(),
+        };
+        (
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_unpacklo_epi16(even, odd)),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_unpackhi_epi16(even, odd)),
+        )
+    };
+    let mut kk = 0;
+    while kk + 4 <= k {
+        let (first, second) = (pair_of(kk), pair_of(kk + 2));
+        for i in 0..blocks {
+            let (lo0, hi0) = load(kk, i);
+            let (lo1, hi1) = load(kk + 2, i);
+            let lo = _mm512_dpbf16_ps(_mm512_dpbf16_ps(sums[2 * i], first, lo0), second, lo1);
+            let hi = _mm512_dpbf16_ps(_mm512_dpbf16_ps(sums[2 * i + 1], first, hi0), second, hi1);
+            sums[2 * i] = lo;
+            sums[2 * i + 1] = hi;
         }
-        // Lane 4q + i of sum[0] is column 8q + i of its block, of sum[1] column 8q + 4 + i
-        // (q: the 128-bit lane).
-        for (block, out) in out.chunks_mut(32).enumerate() {
-            let mut lanes = [[0f32; 16]; 2];
-            _mm512_storeu_ps(lanes[0].as_mut_ptr(), sums[block][0]);
-            _mm512_storeu_ps(lanes[1].as_mut_ptr(), sums[block][1]);
-            for (j, slot) in out.iter_mut().enumerate() {
-                let (q, r) = (j / 8, j % 8);
-                *slot = lanes[r / 4][4 * q + r % 4];
-            }
+        kk += 4;
+    }
+    while kk < k {
+        let pair = pair_of(kk);
+        for i in 0..blocks {
+            let (lo, hi) = load(kk, i);
+            sums[2 * i] = _mm512_dpbf16_ps(sums[2 * i], pair, lo);
+            sums[2 * i + 1] = _mm512_dpbf16_ps(sums[2 * i + 1], pair, hi);
+        }
+        kk += 2;
+    }
+    // Lane 4q + i of the first sum is column 8q + i of its block, of the second column
+    // 8q + 4 + i (q: the 128-bit lane).
+    for (block, out) in out.chunks_mut(32).enumerate() {
+        let mut lanes = [[0f32; 16]; 2];
+        _mm512_storeu_ps(lanes[0].as_mut_ptr(), sums[2 * block]);
+        _mm512_storeu_ps(lanes[1].as_mut_ptr(), sums[2 * block + 1]);
+        for (j, slot) in out.iter_mut().enumerate() {
+            let (q, r) = (j / 8, j % 8);
+            *slot = lanes[r / 4][4 * q + r % 4];
         }
     }
 }

@@ -320,16 +320,23 @@ impl<B: Backend> Weight<B> {
         }
     }
 
-    /// `x · W`: `[B, T, in] -> [B, T, out]`.
+    /// `x · W`: `[B, T, in] -> [B, T, out]`, as one `[B * T, in]` product (one threaded gemm
+    /// rather than one per sequence).
     pub fn right_matmul(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.frozen {
-            None => x.matmul(self.val().unsqueeze::<3>()),
-            Some(frozen) => {
-                let [batch, seq, inputs] = x.dims();
-                let product = frozen_matmul(x.reshape([batch * seq, inputs]), frozen);
-                product.reshape([batch, seq, frozen.dims[1]])
+        let [batch, seq, inputs] = x.dims();
+        let rows = x.reshape([batch * seq, inputs]);
+        let product = match &self.frozen {
+            None => {
+                let weight = self.val();
+                match few_rows_product(&rows, &weight) {
+                    Some(product) => product,
+                    None => rows.matmul(weight),
+                }
             }
-        }
+            Some(frozen) => frozen_matmul(rows, frozen),
+        };
+        let outputs = product.dims()[1];
+        product.reshape([batch, seq, outputs])
     }
 
     /// Columns `ids` of the matrix as rows, `[ids.len(), in]`: the embedding lookup of a
@@ -374,6 +381,40 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, weight: &FrozenMatrix) -> Tens
     #[cfg(feature = "cuda")]
     recorded_on!(crate::backend::Gpu);
     weight.right_product(x)
+}
+
+/// `x [N, in] · w` for at most [`matmul::rows_f32::MAX_ROWS`] rows on burn-flex without autodiff
+/// (decoding): every thread streams its own columns of `w` (`matmul::rows_f32`), where
+/// burn-flex's gemm runs such a product on one thread below 7M multiply-adds and reads the
+/// lm_head at about half the machine's bandwidth. `None` for other backends, more rows, or a
+/// `w` that is a strided view.
+fn few_rows_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let [rows, inputs] = x.dims();
+    let [_, outputs] = w.dims();
+    if TypeId::of::<B>() != TypeId::of::<crate::backend::FlexCpu>()
+        || !(1..=matmul::rows_f32::MAX_ROWS).contains(&rows)
+    {
+        return None;
+    }
+    let flex = |t: &Tensor<B, 2>| {
+        let t: Tensor<crate::backend::FlexCpu, 2> = same_type(t.clone());
+        t.into_primitive().tensor()
+    };
+    let (x, w) = (flex(x).to_contiguous(), flex(w));
+    let whole = |t: &burn::backend::flex::FlexTensor| {
+        t.is_contiguous() && t.layout().start_offset() == 0 && t.dtype() == burn::tensor::DType::F32
+    };
+    if !whole(&x) || !whole(&w) {
+        return None;
+    }
+    let x_values = &x.storage::<f32>()[..rows * inputs];
+    let w_values = &w.storage::<f32>()[..inputs * outputs];
+    let product = matmul::rows_f32::row_products(x_values, rows, w_values, inputs, outputs);
+    let product = Tensor::<crate::backend::FlexCpu, 2>::from_data(
+        TensorData::new(product, [rows, outputs]),
+        &Default::default(),
+    );
+    Some(same_type(product))
 }
 
 /// Moves a value between two names of one type (checked by `TypeId` before the call).

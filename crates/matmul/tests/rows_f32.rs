@@ -1,0 +1,84 @@
+//! The f32 few-row products (decoding with an f32 model) against an f64 reference, every kernel
+//! this CPU has giving the same bits, and results independent of the number of threads.
+
+use matmul::rows_f32::{row_products, row_products_with, RowKernel, MAX_ROWS};
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
+/// Shapes with k not a multiple of 4 and n leaving partial blocks, wider than one task's
+/// 2048 columns, and one row to the most.
+const SHAPES: [(usize, usize, usize); 6] = [
+    (1, 1, 1),
+    (1, 7, 33),
+    (2, 64, 5000),
+    (3, 130, 17),
+    (MAX_ROWS, 259, 4500),
+    (1, 896, 4864),
+];
+
+#[test]
+fn every_kernel_matches_the_reference_bit_for_bit_with_each_other() {
+    let kernels: Vec<RowKernel> = [RowKernel::Avx512, RowKernel::Avx2, RowKernel::Portable]
+        .into_iter()
+        .filter(|kernel| kernel.available())
+        .collect();
+    println!("kernels on this CPU: {kernels:?}");
+    for (rows, k, n) in SHAPES {
+        let x = values(rows * k, 3 + k as u64);
+        let w = values(k * n, 11 + n as u64);
+        let portable = row_products_with(RowKernel::Portable, &x, rows, &w, k, n);
+        for r in 0..rows {
+            for j in 0..n {
+                let (mut want, mut scale) = (0f64, 0f64);
+                for kk in 0..k {
+                    let product = x[r * k + kk] as f64 * w[kk * n + j] as f64;
+                    want += product;
+                    scale += product.abs();
+                }
+                let got = portable[r * n + j] as f64;
+                let error = (got - want).abs() / scale.max(1e-30);
+                assert!(
+                    error <= k as f64 * 2f64.powi(-24),
+                    "{rows}x{k}x{n}: C[{r}, {j}] = {got}, reference {want} (relative {error:e})"
+                );
+            }
+        }
+        for &kernel in &kernels {
+            let got = row_products_with(kernel, &x, rows, &w, k, n);
+            assert!(
+                got.iter()
+                    .zip(&portable)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kernel:?} differs from the portable loop at {rows}x{k}x{n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    let (rows, k, n) = (2, 300, 9000);
+    let x = values(rows * k, 5);
+    let w = values(k * n, 6);
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool")
+            .install(|| row_products(&x, rows, &w, k, n))
+    };
+    let one = on(1);
+    for threads in [2, 3, 8] {
+        assert_eq!(on(threads), one, "{threads} threads");
+    }
+}
