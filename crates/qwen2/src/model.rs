@@ -111,10 +111,11 @@ pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -
 
 /// Rotary position embedding tables for the positions of one forward pass.
 pub struct Rope<B: Backend> {
-    /// `[B, 1, T, head_dim]`
+    /// `[B, T, 1, head_dim]`: cos(cat(freqs, freqs)).
     cos: Tensor<B, 4>,
-    /// `[B, 1, T, head_dim]`
-    sin: Tensor<B, 4>,
+    /// `[B, T, 1, head_dim]`: sin(cat(freqs, freqs)) with the first half negated, the sign
+    /// rotate_half puts on the second half of x (multiplying by -s equals negating x first).
+    signed_sin: Tensor<B, 4>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -125,34 +126,35 @@ impl<B: Backend> Rope<B> {
         let batch = positions.len();
         let seq = positions.first().map_or(0, Vec::len);
         let mut cos = Vec::with_capacity(batch * seq * head_dim);
-        let mut sin = Vec::with_capacity(batch * seq * head_dim);
+        let mut signed_sin = Vec::with_capacity(batch * seq * head_dim);
         for row in positions {
             for &position in row {
-                for repeat in 0..2 {
-                    let _ = repeat; // cos/sin = cat(freqs, freqs)
+                for sign in [-1.0f32, 1.0] {
                     for &f in inv_freq {
                         let angle = position as f32 * f;
                         cos.push(angle.cos());
-                        sin.push(angle.sin());
+                        signed_sin.push(sign * angle.sin());
                     }
                 }
             }
         }
-        let shape = [batch, 1, seq, head_dim];
+        let shape = [batch, seq, 1, head_dim];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            signed_sin: Tensor::from_data(TensorData::new(signed_sin, shape), device),
         }
     }
 
-    /// x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x[d/2:], x[:d/2]).
+    /// `x [B, T, heads, head_dim]` (heads before they move to axis 1, so x is contiguous and the
+    /// tables broadcast over heads): x * cos + rotate_half(x) * sin, with rotate_half(x) =
+    /// cat(-x[d/2:], x[:d/2]), computed as cat(x[d/2:], x[:d/2]) * signed_sin.
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, _, _, head_dim] = x.dims();
         let half = head_dim / 2;
         let first = x.clone().narrow(3, 0, half);
         let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        let swapped = Tensor::cat(vec![second, first], 3);
+        x * self.cos.clone() + swapped * self.signed_sin.clone()
     }
 }
 
@@ -255,25 +257,32 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize, norm: Option<&RmsNorm<B>>| {
+        // [B, T, n * head_dim] -> [B, n, T, head_dim], normed (Qwen3) and rotated on the way.
+        let heads = |t: Tensor<B, 3>, n: usize, norm: Option<&RmsNorm<B>>, rotate: bool| {
             let t = t.reshape([batch, seq, n, self.head_dim]);
             let t = match norm {
                 Some(norm) => norm.forward(t),
                 None => t,
             };
+            let t = match rotate {
+                true => rope.apply(t),
+                false => t,
+            };
             t.swap_dims(1, 2)
         };
-        let queries = rope.apply(heads(
+        let queries = heads(
             self.q_proj.forward(x.clone()),
             self.num_heads,
             self.q_norm.as_ref(),
-        ));
-        let mut keys = rope.apply(heads(
+            true,
+        );
+        let mut keys = heads(
             self.k_proj.forward(x.clone()),
             self.num_kv_heads,
             self.k_norm.as_ref(),
-        ));
-        let mut values = heads(self.v_proj.forward(x), self.num_kv_heads, None);
+            true,
+        );
+        let mut values = heads(self.v_proj.forward(x), self.num_kv_heads, None, false);
         if let Some(cache) = cache {
             (keys, values) = LayerCache::append(cache, keys, values);
         }
