@@ -20,6 +20,8 @@ use crate::{Bf16Matrix, Orientation};
 /// Most columns one task sums as stored (a multiple of 32): their sums, 16 KiB, stay in L1.
 const MAX_TILE: usize = 4096;
 
+const PREFETCH_ROWS: usize = 4;
+
 /// Outputs per task when transposed (a multiple of 4).
 const CHUNK: usize = 512;
 
@@ -91,7 +93,13 @@ unsafe fn as_stored(x: &[u16], b: &Bf16Matrix, start: usize, out: &mut [f32]) {
     let mut kk = 0;
     while kk + 4 <= k {
         let (first, second) = (pair_of(kk), pair_of(kk + 2));
+        let ahead = (kk + PREFETCH_ROWS).min(k.saturating_sub(4));
         for i in 0..blocks {
+            for r in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    values.add((ahead + r) * n + start + 32 * i) as *const i8
+                );
+            }
             let (lo0, hi0) = load(kk, i);
             let (lo1, hi1) = load(kk + 2, i);
             let lo = _mm512_dpbf16_ps(_mm512_dpbf16_ps(sums[2 * i], first, lo0), second, lo1);

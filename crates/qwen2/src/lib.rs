@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+mod flex_kernels;
 pub mod generate;
 pub mod gguf;
 pub mod load;

@@ -59,6 +59,9 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// Normalizes the last axis.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let Some(normed) = crate::flex_kernels::rms_norm(&x, &self.weight.val(), self.eps) {
+            return normed;
+        }
         let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
         // 1/rms by a true division, as torch's rsqrt does on CPU: burn-ndarray's `recip` takes
         // an approximate SIMD reciprocal (about 12 bits) on aligned data and an exact one
@@ -324,8 +327,11 @@ impl<B: Backend> Mlp<B> {
     /// The intermediate activation `silu(gate(x)) * up(x)`, `[B, T, intermediate]`: what
     /// `down_proj` reads, one column per FFN neuron.
     pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        gate * self.up_proj.forward(x)
+        let (gate, up) = (self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        match crate::flex_kernels::silu_times(&gate, &up) {
+            Some(activation) => activation,
+            None => silu(gate) * up,
+        }
     }
 }
 

@@ -418,7 +418,7 @@ fn few_rows_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Te
 }
 
 /// Moves a value between two names of one type (checked by `TypeId` before the call).
-fn same_type<From: 'static, To: 'static>(value: From) -> To {
+pub(crate) fn same_type<From: 'static, To: 'static>(value: From) -> To {
     *(Box::new(value) as Box<dyn Any>)
         .downcast::<To>()
         .expect("types checked equal")
