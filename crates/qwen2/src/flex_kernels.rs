@@ -4,14 +4,17 @@
 //! element through strided indices. Each returns `None` for any other backend (autodiff
 //! included, whose backward pass needs the composed operations), which then runs those.
 //!
-//! Same formulas, same f32 arithmetic, only the order of a row's sum of squares may differ from
-//! burn-flex's reduction: the parity tests hold both paths to transformers.
+//! Same formulas in f32; two things differ from the composed operations, within the parity
+//! tests' tolerances (which hold both paths to transformers): the order of a row's sum of
+//! squares, and `exp` in softmax and silu, computed by [`exp`] (a branch-free polynomial within
+//! 2 ulp of libm's, which the compiler vectorizes) where burn-flex calls libm per element (silu)
+//! or its own SIMD exp (softmax).
 
 use std::any::TypeId;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::backend::FlexCpu;
@@ -71,8 +74,7 @@ pub fn rms_norm<B: Backend, const D: usize>(
     Some(to_tensor(out, dims))
 }
 
-/// The MLP's activation `silu(gate) * up`, with silu(g) = g * sigmoid(g) computed as burn-flex
-/// computes sigmoid (no overflow for either sign).
+/// The MLP's activation `silu(gate) * up`, silu(g) = g * sigmoid(g) = g / (1 + exp(-g)).
 pub fn silu_times<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,
     up: &Tensor<B, D>,
@@ -89,14 +91,133 @@ pub fn silu_times<B: Backend, const D: usize>(
         .zip(gs.par_chunks(4096).zip(us.par_chunks(4096)))
         .for_each(|(out, (gs, us))| {
             for ((o, &g), &u) in out.iter_mut().zip(gs).zip(us) {
-                let sigmoid = match g >= 0.0 {
-                    true => 1.0 / (1.0 + (-g).exp()),
-                    false => {
-                        let e = g.exp();
-                        e / (1.0 + e)
-                    }
+                // g * sigmoid(g); exp(-g) saturates for large |g| without a branch.
+                *o = g / (1.0 + exp(-g)) * u;
+            }
+        });
+    Some(to_tensor(out, dims))
+}
+
+/// `e^x` for f32, branch-free so loops over it vectorize: Cephes' expf (x = n ln2 + r with
+/// |r| <= ln2 / 2, a degree-7 polynomial for e^r, then 2^n from the exponent bits). Within 2 ulp
+/// of libm over the normal range; saturates to 0 below -87.3 and to e^88.3 above 88.3 (softmax
+/// and sigmoid only need those limits, not infinities).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = x.clamp(-87.3, 88.3);
+    let n = (clamped * std::f32::consts::LOG2_E).round();
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e_r = p * r * r + r + 1.0;
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    match x < -87.3 {
+        true => 0.0,
+        false => e_r * two_n,
+    }
+}
+
+/// RoPE of `x [B, T, heads, head_dim]` with tables `[B, T, 1, head_dim]` (see
+/// `model::Rope`): `x * cos + cat(x[d/2:], x[:d/2]) * signed_sin`, the same products and sum.
+pub fn rope<B: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    signed_sin: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    let (xs, cs, ss) = (flex_values(x)?, flex_values(cos)?, flex_values(signed_sin)?);
+    let dims = x.dims();
+    let [batch, seq, heads, head_dim] = dims;
+    if cos.dims() != [batch, seq, 1, head_dim] || signed_sin.dims() != cos.dims() {
+        return None;
+    }
+    let count = batch * seq * heads * head_dim;
+    let (xs, cs, ss) = (
+        &xs.storage::<f32>()[..count],
+        &cs.storage::<f32>()[..batch * seq * head_dim],
+        &ss.storage::<f32>()[..batch * seq * head_dim],
+    );
+    let half = head_dim / 2;
+    let mut out = vec![0f32; count];
+    let token = heads * head_dim;
+    out.par_chunks_mut(token)
+        .zip(xs.par_chunks(token))
+        .enumerate()
+        .with_min_len(8)
+        .for_each(|(position, (out, x))| {
+            let cos = &cs[position * head_dim..(position + 1) * head_dim];
+            let sin = &ss[position * head_dim..(position + 1) * head_dim];
+            for (out, x) in out.chunks_exact_mut(head_dim).zip(x.chunks_exact(head_dim)) {
+                for d in 0..head_dim {
+                    let swapped = x[(d + half) % head_dim];
+                    out[d] = x[d] * cos[d] + swapped * sin[d];
+                }
+            }
+        });
+    Some(to_tensor(out, dims))
+}
+
+/// Attention probabilities from raw scores: `softmax(mask_fill(scores * scale, blocked,
+/// f32::MIN))` over the last axis, for `scores [B, kv_heads, group * T, S]` (the query heads
+/// sharing a kv head folded into the query axis) and `blocked [B, 1, T, S]`, without expanding
+/// the mask over heads. A row that sees no key gets a uniform distribution, as with the
+/// composed operations.
+pub fn masked_softmax<B: Backend>(
+    scores: &Tensor<B, 4>,
+    scale: f32,
+    blocked: &Tensor<B, 4, Bool>,
+) -> Option<Tensor<B, 4>> {
+    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() {
+        return None;
+    }
+    let dims = scores.dims();
+    let [batch, kv_heads, rows, keys] = dims;
+    let [mask_batch, one, seq, mask_keys] = blocked.dims();
+    if mask_batch != batch || one != 1 || mask_keys != keys || seq == 0 || rows % seq != 0 {
+        return None;
+    }
+    let mask: Tensor<FlexCpu, 4, Bool> = same_type(blocked.clone());
+    let mask = mask.into_primitive();
+    let mask = match mask.is_contiguous() && mask.layout().start_offset() == 0 {
+        true => mask,
+        false => mask.to_contiguous(),
+    };
+    let mask_bytes = mask.bytes();
+    if mask_bytes.len() != batch * seq * keys {
+        return None;
+    }
+    let values = flex_values(scores)?;
+    let values = &values.storage::<f32>()[..batch * kv_heads * rows * keys];
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(keys)
+        .zip(values.par_chunks(keys))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, (out, scores))| {
+            let b = row / (kv_heads * rows);
+            let t = row % rows % seq;
+            let blocked = &mask_bytes[(b * seq + t) * keys..(b * seq + t + 1) * keys];
+            let mut max = f32::MIN;
+            for ((o, &s), &m) in out.iter_mut().zip(scores).zip(blocked) {
+                *o = match m != 0 {
+                    true => f32::MIN,
+                    false => s * scale,
                 };
-                *o = g * sigmoid * u;
+                max = max.max(*o);
+            }
+            let mut sum = 0f32;
+            for o in out.iter_mut() {
+                *o = exp(*o - max);
+                sum += *o;
+            }
+            let inverse = 1.0 / sum;
+            for o in out.iter_mut() {
+                *o *= inverse;
             }
         });
     Some(to_tensor(out, dims))
@@ -133,8 +254,77 @@ mod tests {
             Tensor::<FlexCpu, 3>::random([3, 7, 300], Distribution::Normal(0.0, 60.0), &device);
         let up = Tensor::<FlexCpu, 3>::random([3, 7, 300], Distribution::Normal(0.0, 1.0), &device);
         let fused = silu_times(&gate, &up).expect("flex");
-        let composed = silu(gate) * up;
-        assert_eq!(largest_difference(fused, composed), 0.0, "silu(gate) * up");
+        let composed = silu(gate) * up.clone();
+        let difference = largest_difference(fused, composed);
+        let scale: f32 = up.abs().max().into_scalar() * 200.0;
+        assert!(
+            difference <= 2e-7 * scale,
+            "silu(gate) * up differs by {difference}"
+        );
+
+        let x =
+            Tensor::<FlexCpu, 4>::random([2, 3, 4, 16], Distribution::Normal(0.0, 2.0), &device);
+        let angles =
+            Tensor::<FlexCpu, 4>::random([2, 3, 1, 16], Distribution::Normal(0.0, 3.0), &device);
+        let (cos, sin) = (angles.clone().cos(), angles.sin());
+        let fused = rope(&x, &cos, &sin).expect("flex");
+        let swapped = Tensor::cat(
+            vec![x.clone().narrow(3, 8, 8), x.clone().narrow(3, 0, 8)],
+            3,
+        );
+        let composed = x * cos + swapped * sin;
+        assert_eq!(largest_difference(fused, composed), 0.0, "rope");
+
+        // Two kv heads, each serving a group of 3 query heads over 4 positions; batch row 1 has
+        // a query that sees no key.
+        let (seq, keys) = (4, 5);
+        let scores = Tensor::<FlexCpu, 4>::random(
+            [2, 2, 3 * seq, keys],
+            Distribution::Normal(0.0, 4.0),
+            &device,
+        );
+        let blocked: Vec<bool> = (0..2 * seq * keys)
+            .map(|i| {
+                let (b, t, s) = (i / (seq * keys), i / keys % seq, i % keys);
+                s > t + 1 || (b == 1 && t == 2)
+            })
+            .collect();
+        let blocked = Tensor::<FlexCpu, 4, Bool>::from_data(
+            TensorData::new(blocked, [2, 1, seq, keys]),
+            &device,
+        );
+        let fused = masked_softmax(&scores, 0.125, &blocked).expect("flex");
+        let expanded = blocked
+            .unsqueeze_dim::<5>(2)
+            .expand([2, 1, 3, seq, keys])
+            .reshape([2, 1, 3 * seq, keys])
+            .expand([2, 2, 3 * seq, keys]);
+        let composed =
+            burn::tensor::activation::softmax((scores * 0.125).mask_fill(expanded, f32::MIN), 3);
+        let difference = largest_difference(fused.clone(), composed);
+        assert!(difference <= 1e-6, "masked softmax differs by {difference}");
+        let uniform = fused.narrow(0, 1, 1).narrow(2, 2, 1).narrow(1, 0, 1);
+        let expected = Tensor::<FlexCpu, 4>::full([1, 1, 1, keys], 1.0 / keys as f32, &device);
+        assert!(
+            largest_difference(uniform, expected) <= 1e-7,
+            "a row that sees no key"
+        );
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0u32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+            x += 0.000_731;
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::MIN), 0.0);
+        assert!(exp(100.0).is_finite() && exp(100.0) > 2e38);
+        assert_eq!(exp(0.0), 1.0);
     }
 
     #[test]

@@ -154,6 +154,9 @@ impl<B: Backend> Rope<B> {
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, _, _, head_dim] = x.dims();
         let half = head_dim / 2;
+        if let Some(rotated) = crate::flex_kernels::rope(&x, &self.cos, &self.signed_sin) {
+            return rotated;
+        }
         let first = x.clone().narrow(3, 0, half);
         let second = x.clone().narrow(3, half, half);
         let swapped = Tensor::cat(vec![second, first], 3);
@@ -296,19 +299,37 @@ impl<B: Backend> Attention<B> {
         let group = self.num_heads / self.num_kv_heads;
         let queries = queries.reshape([batch, self.num_kv_heads, group * seq, self.head_dim]);
         let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = queries.matmul(keys.swap_dims(2, 3)) * scale;
+        let scores = queries.matmul(keys.swap_dims(2, 3));
+        let probabilities =
+            match crate::flex_kernels::masked_softmax(&scores, scale as f32, blocked) {
+                Some(probabilities) => probabilities,
+                None => self.probabilities(scores * scale, blocked, group, seq, keys_len),
+            };
+        probabilities
+            .matmul(values)
+            .reshape([batch, self.num_heads, seq, self.head_dim])
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim])
+    }
+
+    /// `softmax(mask_fill(scores, blocked, f32::MIN))` for scores `[B, kv_heads, group * T, S]`
+    /// and `blocked [B, 1, T, S]`, expanded over the folded query heads.
+    fn probabilities(
+        &self,
+        scores: Tensor<B, 4>,
+        blocked: &Tensor<B, 4, Bool>,
+        group: usize,
+        seq: usize,
+        keys_len: usize,
+    ) -> Tensor<B, 4> {
+        let batch = scores.dims()[0];
         let blocked = blocked
             .clone()
             .unsqueeze_dim::<5>(2)
             .expand([batch, 1, group, seq, keys_len])
             .reshape([batch, 1, group * seq, keys_len])
             .expand([batch, self.num_kv_heads, group * seq, keys_len]);
-        let probabilities = softmax(scores.mask_fill(blocked, f32::MIN), 3);
-        probabilities
-            .matmul(values)
-            .reshape([batch, self.num_heads, seq, self.head_dim])
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.num_heads * self.head_dim])
+        softmax(scores.mask_fill(blocked, f32::MIN), 3)
     }
 }
 
