@@ -20,12 +20,16 @@
 //! `B` is read either as stored (`[k, n]`, row-major) or transposed (stored `[n, k]`), so one
 //! stored matrix serves both `x · W` and the backward pass's `g · Wᵀ`.
 //!
+//! [`rowwise`] holds the fused element- and row-wise steps of the forward pass (RMSNorm, RoPE,
+//! masked softmax, silu) on f32 slices.
+//!
 //! [`rows_f32`] is the f32 counterpart of that single-row path: a few rows times a stored f32
 //! matrix, streamed by every thread (decoding with a model kept in f32).
 
 mod kernel;
 mod pack;
 pub mod rows_f32;
+pub mod rowwise;
 mod tiles;
 mod vector;
 

@@ -4,21 +4,20 @@
 //! element through strided indices. Each returns `None` for any other backend (autodiff
 //! included, whose backward pass needs the composed operations), which then runs those.
 //!
-//! Same formulas in f32; two things differ from the composed operations, within the parity
-//! tests' tolerances (which hold both paths to transformers): the order of a row's sum of
-//! squares, and `exp` in softmax and silu, computed by [`exp`] (a branch-free polynomial within
-//! 2 ulp of libm's, which the compiler vectorizes) where burn-flex calls libm per element (silu)
-//! or its own SIMD exp (softmax).
+//! The loops are `matmul::rowwise`'s (no Burn there); this file moves tensors in and out. Same
+//! formulas in f32; two things differ from the composed operations, within the parity tests'
+//! tolerances (which hold both paths to transformers): the order of a row's sum of squares, and
+//! `exp` in softmax and silu (`matmul::rowwise::exp`, within 2 ulp of libm's).
 
 use std::any::TypeId;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use rayon::prelude::*;
 
 use crate::backend::FlexCpu;
 use crate::weight::same_type;
+use matmul::rowwise;
 
 /// The values of `t` as one contiguous f32 run, when `B` is burn-flex.
 fn flex_values<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
@@ -47,34 +46,15 @@ pub fn rms_norm<B: Backend, const D: usize>(
 ) -> Option<Tensor<B, D>> {
     let (xs, ws) = (flex_values(x)?, flex_values(weight)?);
     let dims = x.dims();
-    let width = dims[D - 1];
     let count = dims.iter().product::<usize>();
-    let (xs, ws) = (&xs.storage::<f32>()[..count], &ws.storage::<f32>()[..width]);
-    let eps = eps as f32;
-    let mut out = vec![0f32; count];
-    out.par_chunks_mut(width)
-        .zip(xs.par_chunks(width))
-        .with_min_len(8)
-        .for_each(|(out, row)| {
-            // Sixteen running sums, so the loop vectorizes.
-            let mut lanes = [0f32; 16];
-            let mut chunks = row.chunks_exact(16);
-            for chunk in &mut chunks {
-                for (lane, &v) in lanes.iter_mut().zip(chunk) {
-                    *lane += v * v;
-                }
-            }
-            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-            let mean = (lanes.iter().sum::<f32>() + tail) / width as f32;
-            let inverse_rms = 1.0 / (mean + eps).sqrt();
-            for ((o, &v), &g) in out.iter_mut().zip(row).zip(ws) {
-                *o = v * inverse_rms * g;
-            }
-        });
-    Some(to_tensor(out, dims))
+    let (xs, ws) = (
+        &xs.storage::<f32>()[..count],
+        &ws.storage::<f32>()[..dims[D - 1]],
+    );
+    Some(to_tensor(rowwise::rms_norm(xs, ws, eps as f32), dims))
 }
 
-/// The MLP's activation `silu(gate) * up`, silu(g) = g * sigmoid(g) = g / (1 + exp(-g)).
+/// The MLP's activation `silu(gate) * up`.
 pub fn silu_times<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,
     up: &Tensor<B, D>,
@@ -86,41 +66,7 @@ pub fn silu_times<B: Backend, const D: usize>(
     }
     let count = dims.iter().product::<usize>();
     let (gs, us) = (&gs.storage::<f32>()[..count], &us.storage::<f32>()[..count]);
-    let mut out = vec![0f32; count];
-    out.par_chunks_mut(4096)
-        .zip(gs.par_chunks(4096).zip(us.par_chunks(4096)))
-        .for_each(|(out, (gs, us))| {
-            for ((o, &g), &u) in out.iter_mut().zip(gs).zip(us) {
-                // g * sigmoid(g); exp(-g) saturates for large |g| without a branch.
-                *o = g / (1.0 + exp(-g)) * u;
-            }
-        });
-    Some(to_tensor(out, dims))
-}
-
-/// `e^x` for f32, branch-free so loops over it vectorize: Cephes' expf (x = n ln2 + r with
-/// |r| <= ln2 / 2, a degree-7 polynomial for e^r, then 2^n from the exponent bits). Within 2 ulp
-/// of libm over the normal range; saturates to 0 below -87.3 and to e^88.3 above 88.3 (softmax
-/// and sigmoid only need those limits, not infinities).
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.clamp(-87.3, 88.3);
-    let n = (clamped * std::f32::consts::LOG2_E).round();
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    match x < -87.3 {
-        true => 0.0,
-        false => e_r * two_n,
-    }
+    Some(to_tensor(rowwise::silu_times(gs, us), dims))
 }
 
 /// RoPE of `x [B, T, heads, head_dim]` with tables `[B, T, 1, head_dim]` (see
@@ -136,37 +82,20 @@ pub fn rope<B: Backend>(
     if cos.dims() != [batch, seq, 1, head_dim] || signed_sin.dims() != cos.dims() {
         return None;
     }
-    let count = batch * seq * heads * head_dim;
-    let (xs, cs, ss) = (
-        &xs.storage::<f32>()[..count],
-        &cs.storage::<f32>()[..batch * seq * head_dim],
-        &ss.storage::<f32>()[..batch * seq * head_dim],
+    let table = batch * seq * head_dim;
+    let rotated = rowwise::rope(
+        &xs.storage::<f32>()[..table * heads],
+        head_dim,
+        &cs.storage::<f32>()[..table],
+        &ss.storage::<f32>()[..table],
     );
-    let half = head_dim / 2;
-    let mut out = vec![0f32; count];
-    let token = heads * head_dim;
-    out.par_chunks_mut(token)
-        .zip(xs.par_chunks(token))
-        .enumerate()
-        .with_min_len(8)
-        .for_each(|(position, (out, x))| {
-            let cos = &cs[position * head_dim..(position + 1) * head_dim];
-            let sin = &ss[position * head_dim..(position + 1) * head_dim];
-            for (out, x) in out.chunks_exact_mut(head_dim).zip(x.chunks_exact(head_dim)) {
-                for d in 0..head_dim {
-                    let swapped = x[(d + half) % head_dim];
-                    out[d] = x[d] * cos[d] + swapped * sin[d];
-                }
-            }
-        });
-    Some(to_tensor(out, dims))
+    Some(to_tensor(rotated, dims))
 }
 
 /// Attention probabilities from raw scores: `softmax(mask_fill(scores * scale, blocked,
 /// f32::MIN))` over the last axis, for `scores [B, kv_heads, group * T, S]` (the query heads
 /// sharing a kv head folded into the query axis) and `blocked [B, 1, T, S]`, without expanding
-/// the mask over heads. A row that sees no key gets a uniform distribution, as with the
-/// composed operations.
+/// the mask over heads.
 pub fn masked_softmax<B: Backend>(
     scores: &Tensor<B, 4>,
     scale: f32,
@@ -193,34 +122,9 @@ pub fn masked_softmax<B: Backend>(
     }
     let values = flex_values(scores)?;
     let values = &values.storage::<f32>()[..batch * kv_heads * rows * keys];
-    let mut out = vec![0f32; values.len()];
-    out.par_chunks_mut(keys)
-        .zip(values.par_chunks(keys))
-        .enumerate()
-        .with_min_len(16)
-        .for_each(|(row, (out, scores))| {
-            let b = row / (kv_heads * rows);
-            let t = row % rows % seq;
-            let blocked = &mask_bytes[(b * seq + t) * keys..(b * seq + t + 1) * keys];
-            let mut max = f32::MIN;
-            for ((o, &s), &m) in out.iter_mut().zip(scores).zip(blocked) {
-                *o = match m != 0 {
-                    true => f32::MIN,
-                    false => s * scale,
-                };
-                max = max.max(*o);
-            }
-            let mut sum = 0f32;
-            for o in out.iter_mut() {
-                *o = exp(*o - max);
-                sum += *o;
-            }
-            let inverse = 1.0 / sum;
-            for o in out.iter_mut() {
-                *o *= inverse;
-            }
-        });
-    Some(to_tensor(out, dims))
+    let probabilities =
+        rowwise::masked_softmax(values, keys, kv_heads, rows, mask_bytes, seq, scale);
+    Some(to_tensor(probabilities, dims))
 }
 
 #[cfg(test)]
@@ -309,22 +213,6 @@ mod tests {
             largest_difference(uniform, expected) <= 1e-7,
             "a row that sees no key"
         );
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp_of_libm() {
-        let mut worst = 0u32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (got, want) = (exp(x), x.exp());
-            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
-            x += 0.000_731;
-        }
-        assert!(worst <= 2, "{worst} ulp");
-        assert_eq!(exp(-100.0), 0.0);
-        assert_eq!(exp(f32::MIN), 0.0);
-        assert!(exp(100.0).is_finite() && exp(100.0) > 2e38);
-        assert_eq!(exp(0.0), 1.0);
     }
 
     #[test]
