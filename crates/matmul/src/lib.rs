@@ -26,6 +26,43 @@
 //! [`rows_f32`] is the f32 counterpart of that single-row path: a few rows times a stored f32
 //! matrix, streamed by every thread (decoding with a model kept in f32).
 
+/// `$name(args)` runs `$body(args)` compiled for the widest instruction set this CPU has: the
+/// body (`#[inline(always)]`) is inlined into a function built with those features, so its
+/// loops vectorize for them.
+macro_rules! widest {
+    ($name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                {
+                    // SAFETY: the features were just detected.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+pub mod adamw;
 mod kernel;
 mod pack;
 pub mod rows_f32;

@@ -10,41 +10,6 @@
 
 use rayon::prelude::*;
 
-/// `$name(args)` runs `$body(args)` compiled for the widest instruction set this CPU has: the
-/// body is inlined into a function built with those features, so its loops vectorize for them.
-macro_rules! widest {
-    ($name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                {
-                    // SAFETY: the features were just detected.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
 widest!(rms_norm_row_widest(row: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) => rms_norm_row);
 widest!(silu_times_widest(gate: &[f32], up: &[f32], out: &mut [f32]) => silu_times_run);
 widest!(rope_widest(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) => rope_position);

@@ -21,6 +21,17 @@ pub type Cpu = FlexCpu;
 #[cfg(feature = "cuda")]
 pub type Gpu = burn::backend::Cuda<f32, i32>;
 
+/// Moves a value between two names of one type, checked by `TypeId` before the call: how code
+/// generic over `Backend` reaches a concrete backend's tensors (the fused CPU kernels).
+///
+/// # Panics
+/// When the two types differ.
+pub fn same_type<From: 'static, To: 'static>(value: From) -> To {
+    *(Box::new(value) as Box<dyn std::any::Any>)
+        .downcast::<To>()
+        .expect("types checked equal")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
     #[default]

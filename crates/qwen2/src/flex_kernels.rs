@@ -15,8 +15,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 
+use crate::backend::same_type;
 use crate::backend::FlexCpu;
-use crate::weight::same_type;
 use matmul::rowwise;
 
 /// The values of `t` as one contiguous f32 run, when `B` is burn-flex.

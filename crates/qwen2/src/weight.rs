@@ -12,7 +12,7 @@
 //!   would bring back the whole f32 model. [`frozen_matmul`] instead records a backward step
 //!   that widens the bf16 matrix again when the gradient of `x` is needed.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
 use matmul::{Bf16Matrix, Orientation};
+
+use crate::backend::same_type;
 use rayon::prelude::*;
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
@@ -415,13 +417,6 @@ fn few_rows_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Te
         &Default::default(),
     );
     Some(same_type(product))
-}
-
-/// Moves a value between two names of one type (checked by `TypeId` before the call).
-pub(crate) fn same_type<From: 'static, To: 'static>(value: From) -> To {
-    *(Box::new(value) as Box<dyn Any>)
-        .downcast::<To>()
-        .expect("types checked equal")
 }
 
 #[derive(Debug)]
