@@ -149,6 +149,11 @@ pub fn pair_panel(b: &Bf16Matrix, start: usize, width: usize, panel: usize, buff
 }
 
 /// The same columns widened to f32: `[kk][column]`, `panel` columns per row.
+///
+/// Only the padding (columns past `width`, rows past `k`) is zeroed, not the whole buffer,
+/// and a transposed panel is written in blocks of [`TRANSPOSE_ROWS`] rows, each read from
+/// `width` stored runs and written while it stays in L1 (column by column through all of `k`,
+/// every write was to another cache line).
 pub fn widened_panel(
     b: &Bf16Matrix,
     start: usize,
@@ -158,24 +163,39 @@ pub fn widened_panel(
 ) {
     let (k, _) = b.shape();
     let stride = b.dims[1];
-    buffer.clear();
-    buffer.resize(k.div_ceil(KC).max(1) * KC * panel, 0.0);
+    let rows = k.div_ceil(KC).max(1) * KC;
+    buffer.resize(rows * panel, 0.0);
+    buffer[k * panel..].fill(0.0);
+    let widen = |value: bf16| f32::from_bits((value.to_bits() as u32) << 16);
     match b.orientation {
         Orientation::AsStored => {
             for (kk, out) in buffer.chunks_exact_mut(panel).take(k).enumerate() {
                 let row = &b.values[kk * stride + start..][..width];
-                for (slot, value) in out.iter_mut().zip(row) {
-                    *slot = value.to_f32();
+                for (slot, &value) in out.iter_mut().zip(row) {
+                    *slot = widen(value);
                 }
+                out[width..].fill(0.0);
             }
         }
         Orientation::Transposed => {
-            for j in 0..width {
-                let row = &b.values[(start + j) * stride..][..k];
-                for (kk, value) in row.iter().enumerate() {
-                    buffer[kk * panel + j] = value.to_f32();
+            for first in (0..k).step_by(TRANSPOSE_ROWS) {
+                let count = TRANSPOSE_ROWS.min(k - first);
+                let block = &mut buffer[first * panel..(first + count) * panel];
+                for j in 0..width {
+                    let run = &b.values[(start + j) * stride + first..][..count];
+                    for (t, &value) in run.iter().enumerate() {
+                        block[t * panel + j] = widen(value);
+                    }
+                }
+                if width < panel {
+                    for row in block.chunks_exact_mut(panel) {
+                        row[width..].fill(0.0);
+                    }
                 }
             }
         }
     }
 }
+
+/// Rows of a transposed panel written per block: 64 rows of a 48-column panel are 12 KiB.
+const TRANSPOSE_ROWS: usize = 64;
