@@ -148,7 +148,23 @@ impl BackendTask for Matmul {
                 "  {m:>4} x {k:>5} x {n:>6}  {:>9.3} ms  {gflops:>7.1} GFLOP/s",
                 median * 1e3
             );
-            results.push(json!({"m": m, "k": k, "n": n, "seconds": median, "gflops": gflops}));
+            let mut result = json!({"m": m, "k": k, "n": n, "seconds": median, "gflops": gflops});
+            // What the model runs for these rows on flex (qwen2's linear layers route them
+            // there): every thread streaming its columns.
+            if args.backend == BackendKind::Flex && m <= matmul::rows_f32::MAX_ROWS {
+                let values = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().expect("f32");
+                let (x, w) = (values(a), values(b));
+                let median = median_seconds(args.repeats, || {
+                    drop(matmul::rows_f32::row_products(&x, m, &w, k, n));
+                });
+                let gflops = 2.0 * (m * k * n) as f64 / median / 1e9;
+                println!(
+                    "  {m:>4} x {k:>5} x {n:>6}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  decoding's path (matmul::rows_f32)",
+                    median * 1e3
+                );
+                result["rows_f32_gflops"] = json!(gflops);
+            }
+            results.push(result);
         }
         let report = json!({
             "bench": "matmul",
