@@ -20,9 +20,9 @@ use burn::optim::{
 };
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData};
 use matmul::adamw::{adamw_step, AdamWStep};
-use qwen2::backend::{same_type, FlexCpu};
+use qwen2::backend::{flex_f32, from_flex, FlexCpu};
 
 use crate::gradients::{global_norm, scale};
 use crate::objective::Student;
@@ -195,11 +195,7 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
             &mut mutable(&mut moment_1)[..len],
             &mut mutable(&mut moment_2)[..len],
         );
-        let back = |values: FlexTensor| -> Tensor<B, D> {
-            same_type(Tensor::<FlexCpu, D>::from_primitive(
-                TensorPrimitive::Float(values),
-            ))
-        };
+        let back = from_flex::<B, D>;
         let momentum = AdaptiveMomentumState {
             time,
             moment_1: back(moment_1),
@@ -214,15 +210,9 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
     }
 }
 
-/// The burn-flex tensor behind `tensor` (a `FlexCpu` tensor: checked by the caller), contiguous
-/// from offset 0.
+/// The burn-flex tensor behind `tensor` (checked to be one by the caller).
 fn owned_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FlexTensor {
-    let tensor: Tensor<FlexCpu, D> = same_type(tensor);
-    let values = tensor.into_primitive().tensor();
-    match values.is_contiguous() && values.layout().start_offset() == 0 {
-        true => values,
-        false => values.to_contiguous(),
-    }
+    flex_f32(tensor).expect("a burn-flex f32 tensor")
 }
 
 fn zeros<const D: usize>(dims: &[usize; D]) -> FlexTensor {

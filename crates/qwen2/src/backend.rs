@@ -2,10 +2,13 @@
 //! with the `cuda` feature). Model code is generic over Burn's `Backend`; a command hands its work
 //! to `with_backend` as a `BackendTask`, whose generic `run` is instantiated per backend.
 
+use std::any::TypeId;
 use std::fmt;
 use std::str::FromStr;
 
+use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 use crate::error::{ModelError, Result};
 
@@ -30,6 +33,55 @@ pub fn same_type<From: 'static, To: 'static>(value: From) -> To {
     *(Box::new(value) as Box<dyn std::any::Any>)
         .downcast::<To>()
         .expect("types checked equal")
+}
+
+/// The burn-flex tensor behind `t`, as one contiguous f32 run from offset 0 (copied when `t`
+/// is a strided view): how the fused CPU kernels read a tensor. `None` when `B` is not
+/// burn-flex (autodiff included) or `t` is not f32.
+pub fn flex_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    flex_f32_with(t, true)
+}
+
+/// [`flex_f32`] without the copy: `None` for a strided view as well (a weight matrix, which a
+/// product should read where it lies).
+pub fn flex_f32_whole<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    flex_f32_with(t, false)
+}
+
+fn flex_f32_with<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    copy_views: bool,
+) -> Option<FlexTensor> {
+    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() {
+        return None;
+    }
+    let t: Tensor<FlexCpu, D> = same_type(t);
+    let t = t.into_primitive().tensor();
+    let t = match (
+        t.is_contiguous() && t.layout().start_offset() == 0,
+        copy_views,
+    ) {
+        (true, _) => t,
+        (false, true) => t.to_contiguous(),
+        (false, false) => return None,
+    };
+    (t.dtype() == DType::F32 && t.layout().start_offset() == 0).then_some(t)
+}
+
+/// The tensor of `values` for a `B` that is burn-flex (checked by the caller, as
+/// [`flex_f32`]'s `Some` shows).
+pub fn from_flex<B: Backend, const D: usize>(values: FlexTensor) -> Tensor<B, D> {
+    same_type(Tensor::<FlexCpu, D>::from_primitive(
+        TensorPrimitive::Float(values),
+    ))
+}
+
+/// [`from_flex`] of a new f32 tensor.
+pub fn from_flex_values<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    dims: [usize; D],
+) -> Tensor<B, D> {
+    from_flex(FlexTensor::from_data(TensorData::new(values, dims)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

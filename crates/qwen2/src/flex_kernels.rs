@@ -13,29 +13,17 @@ use std::any::TypeId;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, Tensor};
 
-use crate::backend::same_type;
-use crate::backend::FlexCpu;
+use crate::backend::{flex_f32, from_flex_values, same_type, FlexCpu};
 use matmul::rowwise;
 
-/// The values of `t` as one contiguous f32 run, when `B` is burn-flex.
 fn flex_values<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
-    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() {
-        return None;
-    }
-    let t: Tensor<FlexCpu, D> = same_type(t.clone());
-    let t = t.into_primitive().tensor();
-    let t = match t.is_contiguous() && t.layout().start_offset() == 0 {
-        true => t,
-        false => t.to_contiguous(),
-    };
-    (t.dtype() == DType::F32 && t.layout().start_offset() == 0).then_some(t)
+    flex_f32(t.clone())
 }
 
 fn to_tensor<B: Backend, const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<B, D> {
-    let t = Tensor::<FlexCpu, D>::from_data(TensorData::new(values, dims), &Default::default());
-    same_type(t)
+    from_flex_values(values, dims)
 }
 
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) * weight`.
@@ -130,7 +118,7 @@ pub fn masked_softmax<B: Backend>(
 #[cfg(test)]
 mod tests {
     use burn::tensor::activation::silu;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     use super::*;
 

@@ -26,7 +26,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
 use matmul::{Bf16Matrix, Orientation};
 
-use crate::backend::same_type;
+use crate::backend::{flex_f32, flex_f32_whole, from_flex_values, same_type};
 use rayon::prelude::*;
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
@@ -393,30 +393,16 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, weight: &FrozenMatrix) -> Tens
 fn few_rows_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let [rows, inputs] = x.dims();
     let [_, outputs] = w.dims();
-    if TypeId::of::<B>() != TypeId::of::<crate::backend::FlexCpu>()
-        || !(1..=matmul::rows_f32::MAX_ROWS).contains(&rows)
-    {
+    if !(1..=matmul::rows_f32::MAX_ROWS).contains(&rows) {
         return None;
     }
-    let flex = |t: &Tensor<B, 2>| {
-        let t: Tensor<crate::backend::FlexCpu, 2> = same_type(t.clone());
-        t.into_primitive().tensor()
-    };
-    let (x, w) = (flex(x).to_contiguous(), flex(w));
-    let whole = |t: &burn::backend::flex::FlexTensor| {
-        t.is_contiguous() && t.layout().start_offset() == 0 && t.dtype() == burn::tensor::DType::F32
-    };
-    if !whole(&x) || !whole(&w) {
+    let (Some(x), Some(w)) = (flex_f32(x.clone()), flex_f32_whole(w.clone())) else {
         return None;
-    }
+    };
     let x_values = &x.storage::<f32>()[..rows * inputs];
     let w_values = &w.storage::<f32>()[..inputs * outputs];
     let product = matmul::rows_f32::row_products(x_values, rows, w_values, inputs, outputs);
-    let product = Tensor::<crate::backend::FlexCpu, 2>::from_data(
-        TensorData::new(product, [rows, outputs]),
-        &Default::default(),
-    );
-    Some(same_type(product))
+    Some(from_flex_values(product, [rows, outputs]))
 }
 
 #[derive(Debug)]
