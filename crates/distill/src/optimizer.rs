@@ -190,10 +190,10 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
         };
         adamw_step(
             &step,
-            &mut mutable(&mut param)[..len],
+            &mut param.storage_mut::<f32>()[..len],
             &grad.storage::<f32>()[..len],
-            &mut mutable(&mut moment_1)[..len],
-            &mut mutable(&mut moment_2)[..len],
+            &mut moment_1.storage_mut::<f32>()[..len],
+            &mut moment_2.storage_mut::<f32>()[..len],
         );
         let back = from_flex::<B, D>;
         let momentum = AdaptiveMomentumState {
@@ -218,11 +218,6 @@ fn owned_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FlexTensor 
 fn zeros<const D: usize>(dims: &[usize; D]) -> FlexTensor {
     let len = dims.iter().product::<usize>();
     FlexTensor::from_data(TensorData::new(vec![0f32; len], *dims))
-}
-
-/// The values to write in place; a copy first when another tensor shares them.
-fn mutable(values: &mut FlexTensor) -> &mut [f32] {
-    values.storage_mut::<f32>()
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+use crate::Kernel;
+
 /// Products of more rows than this are not bound by the matrix's bytes: use a packed kernel.
 pub const MAX_ROWS: usize = 4;
 
@@ -36,18 +38,12 @@ impl RowKernel {
             .unwrap_or(Self::Portable)
     }
 
+    /// The same instruction sets as the bf16 products' widened kernels.
     pub fn available(self) -> bool {
         match self {
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
+            Self::Avx512 => Kernel::Avx512Widened.available(),
+            Self::Avx2 => Kernel::Avx2.available(),
             Self::Portable => true,
-            #[allow(unreachable_patterns)]
-            _ => false,
         }
     }
 }

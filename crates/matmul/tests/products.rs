@@ -1,26 +1,17 @@
 //! Every kernel this CPU has against the f64 reference (the same bf16-rounded operands), at
 //! shapes that leave partial tiles, panels and blocks, both orientations.
 
+mod common;
+
+use common::values;
 use half::bf16;
 use matmul::{matmul, reference, Bf16Matrix, Kernel, Orientation};
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-        })
-        .collect()
-}
 
 /// The largest error relative to the sum of absolute products (the scale an f32 sum's rounding
 /// error grows with).
 fn check(kernel: Kernel, m: usize, k: usize, n: usize, orientation: Orientation) {
-    let a = values(m * k, 1 + (m * k) as u64);
-    let stored: Vec<bf16> = values(k * n, 7 + n as u64)
+    let a = values(m * k, 1 + (m * k) as u64, 4.0);
+    let stored: Vec<bf16> = values(k * n, 7 + n as u64, 4.0)
         .into_iter()
         .map(bf16::from_f32)
         .collect();

@@ -1,19 +1,10 @@
 //! The f32 few-row products (decoding with an f32 model) against an f64 reference, every kernel
 //! this CPU has giving the same bits, and results independent of the number of threads.
 
-use matmul::rows_f32::{row_products, row_products_with, RowKernel, MAX_ROWS};
+mod common;
 
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-        })
-        .collect()
-}
+use common::values;
+use matmul::rows_f32::{row_products, row_products_with, RowKernel, MAX_ROWS};
 
 /// Shapes with k not a multiple of 4 and n leaving partial blocks, wider than one task's
 /// 2048 columns, and one row to the most.
@@ -34,8 +25,8 @@ fn every_kernel_matches_the_reference_bit_for_bit_with_each_other() {
         .collect();
     println!("kernels on this CPU: {kernels:?}");
     for (rows, k, n) in SHAPES {
-        let x = values(rows * k, 3 + k as u64);
-        let w = values(k * n, 11 + n as u64);
+        let x = values(rows * k, 3 + k as u64, 4.0);
+        let w = values(k * n, 11 + n as u64, 4.0);
         let portable = row_products_with(RowKernel::Portable, &x, rows, &w, k, n);
         for r in 0..rows {
             for j in 0..n {
@@ -68,8 +59,8 @@ fn every_kernel_matches_the_reference_bit_for_bit_with_each_other() {
 #[test]
 fn results_do_not_depend_on_the_number_of_threads() {
     let (rows, k, n) = (2, 300, 9000);
-    let x = values(rows * k, 5);
-    let w = values(k * n, 6);
+    let x = values(rows * k, 5, 4.0);
+    let w = values(k * n, 6, 4.0);
     let on = |threads: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -1,19 +1,10 @@
 //! The fused row-wise steps against plain f64 formulas (their Burn glue is tested against the
 //! composed Burn operations in qwen2's flex_kernels).
 
-use matmul::rowwise::{exp, masked_softmax, rms_norm, rope, silu_times};
+mod common;
 
-fn values(len: usize, seed: u64, spread: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
-        })
-        .collect()
-}
+use common::values;
+use matmul::rowwise::{exp, masked_softmax, rms_norm, rope, silu_times};
 
 fn assert_close(got: &[f32], want: &[f64], tolerance: f64, what: &str) {
     assert_eq!(got.len(), want.len());

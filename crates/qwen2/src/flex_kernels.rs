@@ -11,20 +11,11 @@
 
 use std::any::TypeId;
 
-use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
 use crate::backend::{flex_f32, from_flex_values, same_type, FlexCpu};
 use matmul::rowwise;
-
-fn flex_values<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
-    flex_f32(t.clone())
-}
-
-fn to_tensor<B: Backend, const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<B, D> {
-    from_flex_values(values, dims)
-}
 
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rms_norm<B: Backend, const D: usize>(
@@ -32,14 +23,17 @@ pub fn rms_norm<B: Backend, const D: usize>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, D>> {
-    let (xs, ws) = (flex_values(x)?, flex_values(weight)?);
+    let (xs, ws) = (flex_f32(x.clone())?, flex_f32(weight.clone())?);
     let dims = x.dims();
     let count = dims.iter().product::<usize>();
     let (xs, ws) = (
         &xs.storage::<f32>()[..count],
         &ws.storage::<f32>()[..dims[D - 1]],
     );
-    Some(to_tensor(rowwise::rms_norm(xs, ws, eps as f32), dims))
+    Some(from_flex_values(
+        rowwise::rms_norm(xs, ws, eps as f32),
+        dims,
+    ))
 }
 
 /// The MLP's activation `silu(gate) * up`.
@@ -47,14 +41,14 @@ pub fn silu_times<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,
     up: &Tensor<B, D>,
 ) -> Option<Tensor<B, D>> {
-    let (gs, us) = (flex_values(gate)?, flex_values(up)?);
+    let (gs, us) = (flex_f32(gate.clone())?, flex_f32(up.clone())?);
     let dims = gate.dims();
     if up.dims() != dims {
         return None;
     }
     let count = dims.iter().product::<usize>();
     let (gs, us) = (&gs.storage::<f32>()[..count], &us.storage::<f32>()[..count]);
-    Some(to_tensor(rowwise::silu_times(gs, us), dims))
+    Some(from_flex_values(rowwise::silu_times(gs, us), dims))
 }
 
 /// RoPE of `x [B, T, heads, head_dim]` with tables `[B, T, 1, head_dim]` (see
@@ -64,7 +58,11 @@ pub fn rope<B: Backend>(
     cos: &Tensor<B, 4>,
     signed_sin: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    let (xs, cs, ss) = (flex_values(x)?, flex_values(cos)?, flex_values(signed_sin)?);
+    let (xs, cs, ss) = (
+        flex_f32(x.clone())?,
+        flex_f32(cos.clone())?,
+        flex_f32(signed_sin.clone())?,
+    );
     let dims = x.dims();
     let [batch, seq, heads, head_dim] = dims;
     if cos.dims() != [batch, seq, 1, head_dim] || signed_sin.dims() != cos.dims() {
@@ -77,7 +75,7 @@ pub fn rope<B: Backend>(
         &cs.storage::<f32>()[..table],
         &ss.storage::<f32>()[..table],
     );
-    Some(to_tensor(rotated, dims))
+    Some(from_flex_values(rotated, dims))
 }
 
 /// Attention probabilities from raw scores: `softmax(mask_fill(scores * scale, blocked,
@@ -108,11 +106,11 @@ pub fn masked_softmax<B: Backend>(
     if mask_bytes.len() != batch * seq * keys {
         return None;
     }
-    let values = flex_values(scores)?;
+    let values = flex_f32(scores.clone())?;
     let values = &values.storage::<f32>()[..batch * kv_heads * rows * keys];
     let probabilities =
         rowwise::masked_softmax(values, keys, kv_heads, rows, mask_bytes, seq, scale);
-    Some(to_tensor(probabilities, dims))
+    Some(from_flex_values(probabilities, dims))
 }
 
 #[cfg(test)]

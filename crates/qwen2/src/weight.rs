@@ -25,9 +25,9 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
 use matmul::{Bf16Matrix, Orientation};
+use rayon::prelude::*;
 
 use crate::backend::{flex_f32, flex_f32_whole, from_flex_values, same_type};
-use rayon::prelude::*;
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
