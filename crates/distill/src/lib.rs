@@ -22,6 +22,7 @@ pub mod cross_tokenizer;
 mod data;
 mod error;
 mod evaluate;
+mod fused_losses;
 mod gradients;
 pub mod losses;
 pub mod measure;

@@ -18,11 +18,17 @@
 //! - soft loss = T^2 x token mean of the divergence (every one but MSE), over real tokens;
 //!   MSE is not scaled by T^2 (it does not soften the distributions).
 //! - hard loss = next-token cross-entropy, mean over valid labels.
+//!
+//! On burn-flex, forward KL and the log-softmax the others read at a few ids run as single
+//! operations with their own backward step ([`crate::fused_losses`]); elsewhere the tensor
+//! operations below compose the same formulas.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::fused_losses;
 
 /// The divergence between teacher and student distributions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -82,6 +88,12 @@ pub fn divergence_per_position<B: Backend>(
         let per_position = (student_logits - teacher_logits).square().sum_dim(1) / vocab as f64;
         return per_position.reshape([n]);
     }
+    let forward = kind == KdLoss::Kl || (kind == KdLoss::Jsd && params.jsd_beta <= 0.0);
+    if forward {
+        if let Some(kl) = fused_losses::forward_kl(&student_logits, &teacher_logits, temperature) {
+            return kl;
+        }
+    }
     let log_p_student = log_softmax(student_logits / temperature, 1);
     let log_p_teacher = log_softmax(teacher_logits / temperature, 1);
     let per_position = match kind {
@@ -136,10 +148,12 @@ pub fn cross_entropy_per_position<B: Backend>(
     labels: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([n, 1]))
-        .reshape([n])
-        .neg()
+    let labels = labels.reshape([n, 1]);
+    let log_p = match fused_losses::gathered_log_softmax(&logits, &labels, 1.0) {
+        Some(log_p) => log_p,
+        None => log_softmax(logits, 1).gather(1, labels),
+    };
+    log_p.reshape([n]).neg()
 }
 
 /// KL(teacher || student) when the teacher is known only by its top-k logits and the
@@ -165,8 +179,11 @@ pub fn top_k_kl_per_position<B: Backend>(
     let log_p_top = scaled_top - log_z.clone();
     let log_p_rest = rest - log_z;
 
-    let log_q = log_softmax(student_logits / temperature, 1);
-    let log_q_top = log_q.gather(1, teacher_top_ids);
+    let log_q_top =
+        match fused_losses::gathered_log_softmax(&student_logits, &teacher_top_ids, temperature) {
+            Some(log_q_top) => log_q_top,
+            None => log_softmax(student_logits / temperature, 1).gather(1, teacher_top_ids),
+        };
     let q_rest = (Tensor::ones([n, 1], &log_q_top.device()) - log_q_top.clone().exp().sum_dim(1))
         .clamp_min(1e-30);
     let log_q_rest = q_rest.log();

@@ -64,6 +64,7 @@ macro_rules! widest {
 
 pub mod adamw;
 mod kernel;
+pub mod log_softmax;
 mod pack;
 pub mod rows_f32;
 pub mod rowwise;

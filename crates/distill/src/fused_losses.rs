@@ -1,0 +1,246 @@
+//! The vocabulary-sized losses' heavy parts as single operations on burn-flex, each with its
+//! own backward step (the loops are `matmul::log_softmax`'s): the log-softmax read at a few ids
+//! per row (next-token cross-entropy, the teacher cache's top-k KL) and forward KL. The composed
+//! Burn operations make a `[positions, vocab]` tensor for `logits / T`, the log-softmax, its
+//! exponential, the log-ratio and their product, and as many again in the backward pass; these
+//! keep one log-normaliser per row and recompute the exponentials when the gradient is asked.
+//!
+//! Each function returns `None` on any other backend, whose caller then composes the
+//! operations ([`crate::losses`]): the same formulas, which the tests hold these to. Burn adds
+//! an operation with a backward step only to the concrete `Autodiff<burn-flex>` (there is no
+//! hook for any `AutodiffBackend`), so that type is matched here, as qwen2's frozen products do.
+
+use std::any::TypeId;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use matmul::log_softmax;
+use qwen2::backend::{flex_f32, from_flex_values, same_type, FlexCpu};
+
+/// burn-flex recording a graph: the backend whose gradient passes these serve.
+type Tracked = Autodiff<FlexCpu>;
+
+/// `log_softmax(logits / T)` at `ids` (`[N, V]` logits, `[N, k]` ids -> `[N, k]`).
+pub(crate) fn gathered_log_softmax<B: Backend>(
+    logits: &Tensor<B, 2>,
+    ids: &Tensor<B, 2, Int>,
+    temperature: f64,
+) -> Option<Tensor<B, 2>> {
+    let [rows, per_row] = ids.dims();
+    let inverse_t = (1.0 / temperature) as f32;
+    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
+        let x = flex_f32(logits.clone())?;
+        let vocab = logits.dims()[1];
+        let (gathered, _) = log_softmax::gathered_log_softmax(
+            values(&x, rows * vocab),
+            vocab,
+            &id_values(ids),
+            per_row,
+            inverse_t,
+        );
+        return Some(from_flex_values(gathered, [rows, per_row]));
+    }
+    if TypeId::of::<B>() != TypeId::of::<Tracked>() {
+        return None;
+    }
+    let logits: Tensor<Tracked, 2> = same_type(logits.clone());
+    let logits = logits.into_primitive().tensor();
+    let x = contiguous(&logits.primitive)?;
+    let vocab = x.layout().shape()[1];
+    let ids = Arc::new(id_values(ids));
+    let (gathered, log_z) = log_softmax::gathered_log_softmax(
+        values(&x, rows * vocab),
+        vocab,
+        &ids,
+        per_row,
+        inverse_t,
+    );
+    let output = FlexTensor::from_data(TensorData::new(gathered, [rows, per_row]));
+    let state = GatheredState {
+        logits: x,
+        ids,
+        per_row,
+        inverse_t,
+        log_z: Arc::new(log_z),
+    };
+    let output = match GatheredLogSoftmaxBackward
+        .prepare::<NoCheckpointing>([logits.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(same_type(Tensor::<Tracked, 2>::from_primitive(
+        TensorPrimitive::Float(output),
+    )))
+}
+
+/// Forward KL per row between `softmax(teacher / T)` and `softmax(student / T)` (`[N, V]` each
+/// -> `[N]`), differentiable in the student's logits only: `None` (compose instead) when the
+/// teacher's logits are part of a graph too.
+pub(crate) fn forward_kl<B: Backend>(
+    student: &Tensor<B, 2>,
+    teacher: &Tensor<B, 2>,
+    temperature: f64,
+) -> Option<Tensor<B, 1>> {
+    let [rows, vocab] = student.dims();
+    let inverse_t = (1.0 / temperature) as f32;
+    if teacher.dims() != [rows, vocab] {
+        return None;
+    }
+    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
+        let (s, t) = (flex_f32(student.clone())?, flex_f32(teacher.clone())?);
+        let (kl, _) = log_softmax::forward_kl(
+            values(&s, rows * vocab),
+            values(&t, rows * vocab),
+            vocab,
+            inverse_t,
+        );
+        return Some(from_flex_values(kl, [rows]));
+    }
+    if TypeId::of::<B>() != TypeId::of::<Tracked>() {
+        return None;
+    }
+    let student: Tensor<Tracked, 2> = same_type(student.clone());
+    let teacher: Tensor<Tracked, 2> = same_type(teacher.clone());
+    let (student, teacher) = (
+        student.into_primitive().tensor(),
+        teacher.into_primitive().tensor(),
+    );
+    if !teacher.node.requirement.is_none() {
+        return None;
+    }
+    let (s, t) = (
+        contiguous(&student.primitive)?,
+        contiguous(&teacher.primitive)?,
+    );
+    let (kl, log_z) = log_softmax::forward_kl(
+        values(&s, rows * vocab),
+        values(&t, rows * vocab),
+        vocab,
+        inverse_t,
+    );
+    let output = FlexTensor::from_data(TensorData::new(kl, [rows]));
+    let state = KlState {
+        student: s,
+        teacher: t,
+        inverse_t,
+        log_z: Arc::new(log_z),
+    };
+    let output = match ForwardKlBackward
+        .prepare::<NoCheckpointing>([student.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(same_type(Tensor::<Tracked, 1>::from_primitive(
+        TensorPrimitive::Float(output),
+    )))
+}
+
+#[derive(Debug, Clone)]
+struct GatheredState {
+    logits: FlexTensor,
+    ids: Arc<Vec<usize>>,
+    per_row: usize,
+    inverse_t: f32,
+    log_z: Arc<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct GatheredLogSoftmaxBackward;
+
+impl Backward<FlexCpu, 1> for GatheredLogSoftmaxBackward {
+    type State = GatheredState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<FlexCpu, _>(ops.parents, ops.node, grads, |upstream| {
+            let rows = state.log_z.len();
+            let vocab = state.logits.layout().shape()[1];
+            let upstream = contiguous(&upstream).expect("an f32 gradient");
+            let gradient = log_softmax::gathered_log_softmax_backward(
+                values(&state.logits, rows * vocab),
+                vocab,
+                &state.ids,
+                state.per_row,
+                state.inverse_t,
+                &state.log_z,
+                values(&upstream, rows * state.per_row),
+            );
+            FlexTensor::from_data(TensorData::new(gradient, [rows, vocab]))
+        });
+    }
+}
+
+#[derive(Debug, Clone)]
+struct KlState {
+    student: FlexTensor,
+    teacher: FlexTensor,
+    inverse_t: f32,
+    log_z: Arc<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct ForwardKlBackward;
+
+impl Backward<FlexCpu, 1> for ForwardKlBackward {
+    type State = KlState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<FlexCpu, _>(ops.parents, ops.node, grads, |upstream| {
+            let [rows, vocab] = [state.log_z.len() / 2, state.student.layout().shape()[1]];
+            let upstream = contiguous(&upstream).expect("an f32 gradient");
+            let gradient = log_softmax::forward_kl_backward(
+                values(&state.student, rows * vocab),
+                values(&state.teacher, rows * vocab),
+                vocab,
+                state.inverse_t,
+                &state.log_z,
+                values(&upstream, rows),
+            );
+            FlexTensor::from_data(TensorData::new(gradient, [rows, vocab]))
+        });
+    }
+}
+
+/// `t` as one contiguous f32 run (a copy only when `t` is a strided view); `None` for another
+/// element type.
+fn contiguous(t: &FlexTensor) -> Option<FlexTensor> {
+    let dims = t.layout().shape().num_dims();
+    match dims {
+        1 => flex_f32(Tensor::<FlexCpu, 1>::from_primitive(
+            TensorPrimitive::Float(t.clone()),
+        )),
+        2 => flex_f32(Tensor::<FlexCpu, 2>::from_primitive(
+            TensorPrimitive::Float(t.clone()),
+        )),
+        _ => None,
+    }
+}
+
+fn values(t: &FlexTensor, count: usize) -> &[f32] {
+    &t.storage::<f32>()[..count]
+}
+
+fn id_values<B: Backend>(ids: &Tensor<B, 2, Int>) -> Vec<usize> {
+    ids.clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("integer ids")
+        .into_iter()
+        .map(|id| id as usize)
+        .collect()
+}
