@@ -18,14 +18,14 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use matmul::log_softmax;
-use qwen2::backend::{flex_f32, from_flex_values, same_type, FlexCpu};
+use qwen2::backend::{
+    contiguous_f32, flex_f32, from_flex_values, same_type, FlexAutodiff, FlexCpu,
+};
 
-/// burn-flex recording a graph: the backend whose gradient passes these serve.
-type Tracked = Autodiff<FlexCpu>;
+type Tracked = FlexAutodiff;
 
 /// `log_softmax(logits / T)` at `ids` (`[N, V]` logits, `[N, k]` ids -> `[N, k]`).
 pub(crate) fn gathered_log_softmax<B: Backend>(
@@ -52,7 +52,7 @@ pub(crate) fn gathered_log_softmax<B: Backend>(
     }
     let logits: Tensor<Tracked, 2> = same_type(logits.clone());
     let logits = logits.into_primitive().tensor();
-    let x = contiguous(&logits.primitive)?;
+    let x = contiguous_f32(logits.primitive.clone())?;
     let vocab = x.layout().shape()[1];
     let ids = Arc::new(id_values(ids));
     let (gathered, log_z) = log_softmax::gathered_log_softmax(
@@ -119,8 +119,8 @@ pub(crate) fn forward_kl<B: Backend>(
         return None;
     }
     let (s, t) = (
-        contiguous(&student.primitive)?,
-        contiguous(&teacher.primitive)?,
+        contiguous_f32(student.primitive.clone())?,
+        contiguous_f32(teacher.primitive.clone())?,
     );
     let (kl, log_z) = log_softmax::forward_kl(
         values(&s, rows * vocab),
@@ -168,7 +168,7 @@ impl Backward<FlexCpu, 1> for GatheredLogSoftmaxBackward {
         unary::<FlexCpu, _>(ops.parents, ops.node, grads, |upstream| {
             let rows = state.log_z.len();
             let vocab = state.logits.layout().shape()[1];
-            let upstream = contiguous(&upstream).expect("an f32 gradient");
+            let upstream = contiguous_f32(upstream).expect("an f32 gradient");
             let gradient = log_softmax::gathered_log_softmax_backward(
                 values(&state.logits, rows * vocab),
                 vocab,
@@ -201,7 +201,7 @@ impl Backward<FlexCpu, 1> for ForwardKlBackward {
         let state = ops.state;
         unary::<FlexCpu, _>(ops.parents, ops.node, grads, |upstream| {
             let [rows, vocab] = [state.log_z.len() / 2, state.student.layout().shape()[1]];
-            let upstream = contiguous(&upstream).expect("an f32 gradient");
+            let upstream = contiguous_f32(upstream).expect("an f32 gradient");
             let gradient = log_softmax::forward_kl_backward(
                 values(&state.student, rows * vocab),
                 values(&state.teacher, rows * vocab),
@@ -212,21 +212,6 @@ impl Backward<FlexCpu, 1> for ForwardKlBackward {
             );
             FlexTensor::from_data(TensorData::new(gradient, [rows, vocab]))
         });
-    }
-}
-
-/// `t` as one contiguous f32 run (a copy only when `t` is a strided view); `None` for another
-/// element type.
-fn contiguous(t: &FlexTensor) -> Option<FlexTensor> {
-    let dims = t.layout().shape().num_dims();
-    match dims {
-        1 => flex_f32(Tensor::<FlexCpu, 1>::from_primitive(
-            TensorPrimitive::Float(t.clone()),
-        )),
-        2 => flex_f32(Tensor::<FlexCpu, 2>::from_primitive(
-            TensorPrimitive::Float(t.clone()),
-        )),
-        _ => None,
     }
 }
 

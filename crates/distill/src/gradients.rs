@@ -6,6 +6,8 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use qwen2::backend::{flex_f32_whole, from_flex_values};
+use rayon::prelude::*;
 
 /// Collects each gradient's sum of squares as a one-element tensor, so the whole norm costs
 /// one read from the device instead of one per parameter (a sync each on a GPU).
@@ -17,13 +19,43 @@ struct SquaredNorms<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorms<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(gradient) = self.gradients.get::<B::InnerBackend, D>(param.id) {
-            self.sums.push(gradient.square().sum());
+            // On burn-flex, read in place: `square()` would write a copy of every gradient.
+            let sum = match flex_f32_whole(gradient.clone()) {
+                Some(values) => {
+                    let count = gradient.dims().iter().product::<usize>();
+                    let sum = sum_of_squares(&values.storage::<f32>()[..count]) as f32;
+                    from_flex_values(vec![sum], [1])
+                }
+                None => gradient.square().sum(),
+            };
+            self.sums.push(sum);
         }
     }
 }
 
+/// `sum(x²)` in sixteen f32 lanes per block of 4096, the blocks' sums added in f64.
+fn sum_of_squares(values: &[f32]) -> f64 {
+    values
+        .par_chunks(4096)
+        .map(|block| {
+            let mut lanes = [0f32; 16];
+            let mut chunks = block.chunks_exact(16);
+            for chunk in &mut chunks {
+                for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                    *lane += v * v;
+                }
+            }
+            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
+        })
+        // Collected in order and added in order: the same sum on every run and thread count.
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum()
+}
+
 /// The L2 norm of all gradients together. Each tensor's sum of squares is taken on the device
-/// in f32; the sums are added in f64, in parameter order.
+/// in f32 (on burn-flex in blocks added in f64); the sums are added in f64, in parameter order.
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     gradients: &GradientsParams,

@@ -1,6 +1,7 @@
 //! The element- and row-wise steps of a decoder's forward pass on f32 slices, fused so each
 //! reads its inputs once and writes its output once: RMSNorm, RoPE, masked softmax and the
-//! MLP's `silu(gate) * up`. Rows are spread over rayon's threads, and each loop is compiled for
+//! MLP's `silu(gate) * up`, and the backward steps of the last two (the largest of a layer's
+//! element-wise tensors). Rows are spread over rayon's threads, and each loop is compiled for
 //! AVX-512, AVX2 + FMA and baseline x86-64, the widest this CPU runs chosen at run time (the
 //! same arithmetic in each, so the same results up to `mul_add`-free code paths: none of these
 //! loops fuses a multiply and an add).
@@ -14,6 +15,8 @@ widest!(rms_norm_row_widest(row: &[f32], weight: &[f32], eps: f32, out: &mut [f3
 widest!(silu_times_widest(gate: &[f32], up: &[f32], out: &mut [f32]) => silu_times_run);
 widest!(rope_widest(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) => rope_position);
 widest!(softmax_row_widest(scores: &[f32], blocked: &[u8], scale: f32, out: &mut [f32]) => softmax_row);
+widest!(silu_times_gradients_widest(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) => silu_times_gradients_run);
+widest!(softmax_gradient_widest(probabilities: &[f32], grad: &[f32], blocked: &[u8], scale: f32, out: &mut [f32]) => softmax_gradient_row);
 
 /// `e^x` for f32, branch-free so loops over it vectorize: Cephes' expf (x = n ln2 + r with
 /// |r| <= ln2 / 2, a polynomial for e^r, then 2^n from the exponent bits). Within 2 ulp of
@@ -219,5 +222,116 @@ fn softmax_row(scores: &[f32], blocked: &[u8], scale: f32, out: &mut [f32]) {
     let inverse = 1.0 / sum;
     for o in out.iter_mut() {
         *o *= inverse;
+    }
+}
+
+/// The gradients of `silu(gate) * up` given the output's `grad`: with σ = sigmoid(gate),
+/// `d_gate = grad * up * σ (1 + gate (1 - σ))` (silu's derivative) and
+/// `d_up = grad * gate * σ`.
+///
+/// # Panics
+/// When the three differ in length.
+pub fn silu_times_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        gate.len() == up.len() && up.len() == grad.len(),
+        "gate, up and grad have one length"
+    );
+    let (mut d_gate, mut d_up) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
+    d_gate
+        .par_chunks_mut(4096)
+        .zip(d_up.par_chunks_mut(4096))
+        .zip(gate.par_chunks(4096).zip(up.par_chunks(4096)))
+        .zip(grad.par_chunks(4096))
+        .for_each(|(((d_gate, d_up), (gate, up)), grad)| {
+            silu_times_gradients_widest(gate, up, grad, d_gate, d_up)
+        });
+    (d_gate, d_up)
+}
+
+#[inline(always)]
+fn silu_times_gradients_run(
+    gate: &[f32],
+    up: &[f32],
+    grad: &[f32],
+    d_gate: &mut [f32],
+    d_up: &mut [f32],
+) {
+    for i in 0..gate.len().min(d_gate.len()) {
+        let g = gate[i];
+        let sigmoid = 1.0 / (1.0 + exp(-g));
+        d_gate[i] = grad[i] * up[i] * (sigmoid * (1.0 + g * (1.0 - sigmoid)));
+        d_up[i] = grad[i] * (g * sigmoid);
+    }
+}
+
+/// The gradient of [`masked_softmax`] with respect to its raw scores, from its output
+/// `probabilities` and their gradient `grad` (same layout and mask arguments):
+/// `scale * p * (grad - sum(grad * p))` per row, 0 where blocked.
+///
+/// # Panics
+/// When the shapes do not divide as [`masked_softmax`] describes.
+#[allow(clippy::too_many_arguments)]
+pub fn masked_softmax_backward(
+    probabilities: &[f32],
+    grad: &[f32],
+    keys: usize,
+    heads: usize,
+    queries_per_head: usize,
+    blocked: &[u8],
+    seq: usize,
+    scale: f32,
+) -> Vec<f32> {
+    assert_eq!(
+        probabilities.len(),
+        grad.len(),
+        "one gradient per probability"
+    );
+    assert_eq!(
+        probabilities.len() % (heads * queries_per_head * keys),
+        0,
+        "probabilities are [batch, heads, queries, keys]"
+    );
+    assert_eq!(queries_per_head % seq, 0, "queries fold whole sequences");
+    let mut out = vec![0f32; grad.len()];
+    out.par_chunks_mut(keys)
+        .zip(probabilities.par_chunks(keys).zip(grad.par_chunks(keys)))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, (out, (p, g)))| {
+            let b = row / (heads * queries_per_head);
+            let t = row % queries_per_head % seq;
+            let blocked = &blocked[(b * seq + t) * keys..(b * seq + t + 1) * keys];
+            softmax_gradient_widest(p, g, blocked, scale, out)
+        });
+    out
+}
+
+#[inline(always)]
+fn softmax_gradient_row(
+    probabilities: &[f32],
+    grad: &[f32],
+    blocked: &[u8],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let mut lanes = [0f32; 16];
+    let mut chunks = probabilities.chunks_exact(16).zip(grad.chunks_exact(16));
+    for (p, g) in &mut chunks {
+        for lane in 0..16 {
+            lanes[lane] += p[lane] * g[lane];
+        }
+    }
+    let whole = probabilities.len() / 16 * 16;
+    let tail: f32 = probabilities[whole..]
+        .iter()
+        .zip(&grad[whole..])
+        .map(|(p, g)| p * g)
+        .sum();
+    let dot = lanes.iter().sum::<f32>() + tail;
+    for (((o, &p), &g), &m) in out.iter_mut().zip(probabilities).zip(grad).zip(blocked) {
+        *o = match m != 0 {
+            true => 0.0,
+            false => scale * p * (g - dot),
+        };
     }
 }

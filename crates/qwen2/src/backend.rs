@@ -18,6 +18,9 @@ pub type NdArrayCpu = burn::backend::NdArray<f32>;
 /// decoding), zero-copy views and SIMD element-wise kernels. About twice ndarray's speed on a
 /// training step here (docs/performance.md), with the same parity to transformers.
 pub type FlexCpu = burn::backend::Flex;
+/// burn-flex recording a graph (training): the backend the fused kernels' backward steps
+/// serve. Burn adds an operation with its own backward step only to a concrete `Autodiff<_>`.
+pub type FlexAutodiff = burn::backend::Autodiff<FlexCpu>;
 /// The default CPU backend.
 pub type Cpu = FlexCpu;
 /// The CUDA backend.
@@ -57,13 +60,19 @@ fn flex_f32_with<B: Backend, const D: usize>(
     }
     let t: Tensor<FlexCpu, D> = same_type(t);
     let t = t.into_primitive().tensor();
-    let t = match (
-        t.is_contiguous() && t.layout().start_offset() == 0,
-        copy_views,
-    ) {
-        (true, _) => t,
-        (false, true) => t.to_contiguous(),
-        (false, false) => return None,
+    match t.is_contiguous() && t.layout().start_offset() == 0 {
+        true => contiguous_f32(t),
+        false if copy_views => contiguous_f32(t),
+        false => None,
+    }
+}
+
+/// `t` as one contiguous f32 run from offset 0, copied when it is a strided view: what the
+/// fused kernels' backward steps read. `None` for another element type.
+pub fn contiguous_f32(t: FlexTensor) -> Option<FlexTensor> {
+    let t = match t.is_contiguous() && t.layout().start_offset() == 0 {
+        true => t,
+        false => t.to_contiguous(),
     };
     (t.dtype() == DType::F32 && t.layout().start_offset() == 0).then_some(t)
 }

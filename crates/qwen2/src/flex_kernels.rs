@@ -1,8 +1,10 @@
-//! Fused element-wise steps of the forward pass for burn-flex without autodiff (the teacher,
-//! evaluation, generation): each reads its inputs once and writes its output once, where the
-//! composed Burn operations make several passes and iterate broadcast operands element by
-//! element through strided indices. Each returns `None` for any other backend (autodiff
-//! included, whose backward pass needs the composed operations), which then runs those.
+//! Fused element-wise steps of the forward pass on burn-flex: each reads its inputs once and
+//! writes its output once, where the composed Burn operations make several passes and iterate
+//! broadcast operands element by element through strided indices. Without autodiff (the
+//! teacher, evaluation, generation) all four run fused; while a graph is recorded (training),
+//! `silu(gate) * up` and the masked softmax, the largest of a layer's element-wise tensors, run
+//! fused with their own backward steps, and RMSNorm and RoPE compose. Each returns `None`
+//! where it does not apply (another backend), and the caller composes the operations.
 //!
 //! The loops are `matmul::rowwise`'s (no Burn there); this file moves tensors in and out. Same
 //! formulas in f32; two things differ from the composed operations, within the parity tests'
@@ -11,10 +13,17 @@
 
 use std::any::TypeId;
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Tensor, TensorData, TensorPrimitive};
 
-use crate::backend::{flex_f32, from_flex_values, same_type, FlexCpu};
+use crate::backend::{
+    contiguous_f32, flex_f32, from_flex_values, same_type, FlexAutodiff, FlexCpu,
+};
 use matmul::rowwise;
 
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) * weight`.
@@ -41,6 +50,10 @@ pub fn silu_times<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,
     up: &Tensor<B, D>,
 ) -> Option<Tensor<B, D>> {
+    if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        return recorded_silu_times::<D>(same_type(gate.clone()), same_type(up.clone()))
+            .map(same_type);
+    }
     let (gs, us) = (flex_f32(gate.clone())?, flex_f32(up.clone())?);
     let dims = gate.dims();
     if up.dims() != dims {
@@ -87,7 +100,8 @@ pub fn masked_softmax<B: Backend>(
     scale: f32,
     blocked: &Tensor<B, 4, Bool>,
 ) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() {
+    let recorded = TypeId::of::<B>() == TypeId::of::<FlexAutodiff>();
+    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() && !recorded {
         return None;
     }
     let dims = scores.dims();
@@ -96,21 +110,158 @@ pub fn masked_softmax<B: Backend>(
     if mask_batch != batch || one != 1 || mask_keys != keys || seq == 0 || rows % seq != 0 {
         return None;
     }
-    let mask: Tensor<FlexCpu, 4, Bool> = same_type(blocked.clone());
-    let mask = mask.into_primitive();
+    // A bool tensor is the inner backend's under autodiff too.
+    let mask: FlexMask = same_type(blocked.clone().into_primitive());
     let mask = match mask.is_contiguous() && mask.layout().start_offset() == 0 {
         true => mask,
         false => mask.to_contiguous(),
     };
-    let mask_bytes = mask.bytes();
-    if mask_bytes.len() != batch * seq * keys {
+    if mask.bytes().len() != batch * seq * keys {
         return None;
+    }
+    let shape = Attention {
+        keys,
+        kv_heads,
+        rows,
+        seq,
+        scale,
+    };
+    if recorded {
+        let scores: Tensor<FlexAutodiff, 4> = same_type(scores.clone());
+        return recorded_masked_softmax(scores, mask, shape).map(same_type);
     }
     let values = flex_f32(scores.clone())?;
     let values = &values.storage::<f32>()[..batch * kv_heads * rows * keys];
-    let probabilities =
-        rowwise::masked_softmax(values, keys, kv_heads, rows, mask_bytes, seq, scale);
+    let probabilities = shape.probabilities(values, mask.bytes());
     Some(from_flex_values(probabilities, dims))
+}
+
+/// burn-flex's bool tensor.
+type FlexMask = <FlexCpu as burn::tensor::backend::BackendTypes>::BoolTensorPrimitive;
+
+/// The dimensions of a masked softmax over `[batch, kv_heads, rows, keys]` scores.
+#[derive(Debug, Clone, Copy)]
+struct Attention {
+    keys: usize,
+    kv_heads: usize,
+    rows: usize,
+    seq: usize,
+    scale: f32,
+}
+
+impl Attention {
+    fn probabilities(&self, scores: &[f32], blocked: &[u8]) -> Vec<f32> {
+        rowwise::masked_softmax(
+            scores,
+            self.keys,
+            self.kv_heads,
+            self.rows,
+            blocked,
+            self.seq,
+            self.scale,
+        )
+    }
+}
+
+fn recorded_silu_times<const D: usize>(
+    gate: Tensor<FlexAutodiff, D>,
+    up: Tensor<FlexAutodiff, D>,
+) -> Option<Tensor<FlexAutodiff, D>> {
+    let dims = gate.dims();
+    if up.dims() != dims {
+        return None;
+    }
+    let (gate, up) = (gate.into_primitive().tensor(), up.into_primitive().tensor());
+    let gs = contiguous_f32(gate.primitive.clone())?;
+    let us = contiguous_f32(up.primitive.clone())?;
+    let count = dims.iter().product::<usize>();
+    let product = rowwise::silu_times(&gs.storage::<f32>()[..count], &us.storage::<f32>()[..count]);
+    let output = FlexTensor::from_data(TensorData::new(product, dims));
+    let output = match SiluTimesBackward
+        .prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((gs, us, dims.to_vec()), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+#[derive(Debug)]
+struct SiluTimesBackward;
+
+impl Backward<FlexCpu, 2> for SiluTimesBackward {
+    /// gate, up (contiguous f32) and their dimensions.
+    type State = (FlexTensor, FlexTensor, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (gate, up, dims) = ops.state;
+        let count = dims.iter().product::<usize>();
+        let grad = contiguous_f32(grads.consume::<FlexCpu>(&ops.node)).expect("an f32 gradient");
+        let (d_gate, d_up) = rowwise::silu_times_backward(
+            &gate.storage::<f32>()[..count],
+            &up.storage::<f32>()[..count],
+            &grad.storage::<f32>()[..count],
+        );
+        let [gate_node, up_node] = ops.parents;
+        for (node, gradient) in [(gate_node, d_gate), (up_node, d_up)] {
+            if let Some(node) = node {
+                let gradient = FlexTensor::from_data(TensorData::new(gradient, dims.clone()));
+                grads.register::<FlexCpu>(node.id, gradient);
+            }
+        }
+    }
+}
+
+fn recorded_masked_softmax(
+    scores: Tensor<FlexAutodiff, 4>,
+    mask: FlexMask,
+    shape: Attention,
+) -> Option<Tensor<FlexAutodiff, 4>> {
+    let dims = scores.dims();
+    let scores = scores.into_primitive().tensor();
+    let values = contiguous_f32(scores.primitive.clone())?;
+    let count = dims.iter().product::<usize>();
+    let probabilities = shape.probabilities(&values.storage::<f32>()[..count], mask.bytes());
+    let output = FlexTensor::from_data(TensorData::new(probabilities, dims));
+    let output = match MaskedSoftmaxBackward
+        .prepare::<NoCheckpointing>([scores.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((output.clone(), mask, shape), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+#[derive(Debug)]
+struct MaskedSoftmaxBackward;
+
+impl Backward<FlexCpu, 1> for MaskedSoftmaxBackward {
+    /// The probabilities (the forward output), the contiguous mask and the dimensions.
+    type State = (FlexTensor, FlexMask, Attention);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (probabilities, mask, shape) = ops.state;
+        unary::<FlexCpu, _>(ops.parents, ops.node, grads, |grad| {
+            let dims = probabilities.layout().shape().clone();
+            let count = probabilities.layout().shape().num_elements();
+            let grad = contiguous_f32(grad).expect("an f32 gradient");
+            let scores_gradient = rowwise::masked_softmax_backward(
+                &probabilities.storage::<f32>()[..count],
+                &grad.storage::<f32>()[..count],
+                shape.keys,
+                shape.kv_heads,
+                shape.rows,
+                mask.bytes(),
+                shape.seq,
+                shape.scale,
+            );
+            FlexTensor::from_data(TensorData::new(scores_gradient, dims))
+        });
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +350,88 @@ mod tests {
             largest_difference(uniform, expected) <= 1e-7,
             "a row that sees no key"
         );
+    }
+
+    /// Values and gradients of the recorded fused steps against the composed operations'
+    /// under the same autodiff backend.
+    #[test]
+    fn recorded_steps_give_the_composed_gradients() {
+        type A = FlexAutodiff;
+        let device = Default::default();
+        let close = |what: &str, a: Tensor<A, 3>, b: Tensor<A, 3>, tolerance: f32| {
+            let (a, b) = (a.inner(), b.inner());
+            let scale: f32 = b.clone().abs().max().into_scalar().max(1e-6);
+            let difference = largest_difference(a, b);
+            assert!(
+                difference <= tolerance * scale,
+                "{what} differs by {difference} (largest {scale})"
+            );
+        };
+
+        let random = |dims: [usize; 3], std: f64| {
+            Tensor::<A, 3>::random(dims, Distribution::Normal(0.0, std), &device)
+        };
+        let (gate, up, weights) = (
+            random([2, 5, 300], 4.0).require_grad(),
+            random([2, 5, 300], 1.0).require_grad(),
+            random([2, 5, 300], 1.0),
+        );
+        let fused = silu_times(&gate, &up).expect("flex under autodiff");
+        let composed = silu(gate.clone()) * up.clone();
+        close("silu(gate) * up", fused.clone(), composed.clone(), 1e-6);
+        let fused_grads = (fused * weights.clone()).sum().backward();
+        let composed_grads = (composed * weights).sum().backward();
+        for (what, x) in [("d gate", &gate), ("d up", &up)] {
+            let a = Tensor::<A, 3>::from_inner(x.grad(&fused_grads).expect(what));
+            let b = Tensor::<A, 3>::from_inner(x.grad(&composed_grads).expect(what));
+            close(what, a, b, 1e-6);
+        }
+
+        // Two kv heads, each serving 3 query heads over 4 positions; batch row 1 has a query
+        // that sees no key.
+        let (seq, keys) = (4, 5);
+        let scores = Tensor::<A, 4>::random(
+            [2, 2, 3 * seq, keys],
+            Distribution::Normal(0.0, 4.0),
+            &device,
+        )
+        .require_grad();
+        let blocked: Vec<bool> = (0..2 * seq * keys)
+            .map(|i| {
+                let (b, t, s) = (i / (seq * keys), i / keys % seq, i % keys);
+                s > t + 1 || (b == 1 && t == 2)
+            })
+            .collect();
+        let blocked =
+            Tensor::<A, 4, Bool>::from_data(TensorData::new(blocked, [2, 1, seq, keys]), &device);
+        let weights = Tensor::<A, 4>::random(
+            [2, 2, 3 * seq, keys],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let fused = masked_softmax(&scores, 0.125, &blocked).expect("flex under autodiff");
+        let expanded = blocked
+            .unsqueeze_dim::<5>(2)
+            .expand([2, 1, 3, seq, keys])
+            .reshape([2, 1, 3 * seq, keys])
+            .expand([2, 2, 3 * seq, keys]);
+        let composed = burn::tensor::activation::softmax(
+            (scores.clone() * 0.125).mask_fill(expanded, f32::MIN),
+            3,
+        );
+        let flat = |t: Tensor<A, 4>| t.reshape([2, 2 * 3 * seq, keys]);
+        close(
+            "masked softmax",
+            flat(fused.clone()),
+            flat(composed.clone()),
+            1e-6,
+        );
+        let a = scores
+            .grad(&(fused * weights.clone()).sum().backward())
+            .unwrap();
+        let b = scores.grad(&(composed * weights).sum().backward()).unwrap();
+        let unflat = |t: Tensor<FlexCpu, 4>| flat(Tensor::<A, 4>::from_inner(t));
+        close("d scores", unflat(a), unflat(b), 1e-6);
     }
 
     #[test]
