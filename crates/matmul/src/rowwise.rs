@@ -1,7 +1,7 @@
 //! The element- and row-wise steps of a decoder's forward pass on f32 slices, fused so each
 //! reads its inputs once and writes its output once: RMSNorm, RoPE, masked softmax and the
-//! MLP's `silu(gate) * up`, and the backward steps of the last two (the largest of a layer's
-//! element-wise tensors). Rows are spread over rayon's threads, and each loop is compiled for
+//! MLP's `silu(gate) * up`, and their backward steps (RoPE's is RoPE itself with the sin
+//! table's halves swapped). Rows are spread over rayon's threads, and each loop is compiled for
 //! AVX-512, AVX2 + FMA and baseline x86-64, the widest this CPU runs chosen at run time (the
 //! same arithmetic in each, so the same results up to `mul_add`-free code paths: none of these
 //! loops fuses a multiply and an add).
@@ -15,6 +15,7 @@ widest!(rms_norm_row_widest(row: &[f32], weight: &[f32], eps: f32, out: &mut [f3
 widest!(silu_times_widest(gate: &[f32], up: &[f32], out: &mut [f32]) => silu_times_run);
 widest!(rope_widest(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) => rope_position);
 widest!(softmax_row_widest(scores: &[f32], blocked: &[u8], scale: f32, out: &mut [f32]) => softmax_row);
+widest!(rms_norm_gradients_widest(rows: &[f32], weight: &[f32], eps: f32, grad: &[f32], dx: &mut [f32], dw: &mut [f32]) => rms_norm_gradients_rows);
 widest!(silu_times_gradients_widest(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) => silu_times_gradients_run);
 widest!(softmax_gradient_widest(probabilities: &[f32], grad: &[f32], blocked: &[u8], scale: f32, out: &mut [f32]) => softmax_gradient_row);
 
@@ -333,5 +334,82 @@ fn softmax_gradient_row(
             true => 0.0,
             false => scale * p * (g - dot),
         };
+    }
+}
+
+/// The gradients of [`rms_norm`] given its output's `grad`: with `r = 1 / sqrt(mean(x²) + eps)`
+/// per row, `dx = r (grad * weight) - x r³ mean(grad * weight * x)` and
+/// `dw = sum over rows of grad * x * r`. Rows are taken in blocks whose `dw` parts are added in
+/// block order, so the sums are the same on every run.
+///
+/// # Panics
+/// When `x` and `grad` differ in length or do not hold whole rows.
+pub fn rms_norm_backward(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    grad: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let width = weight.len();
+    assert_eq!(x.len(), grad.len(), "one gradient per value");
+    assert_eq!(x.len() % width, 0, "x holds whole rows");
+    const BLOCK_ROWS: usize = 8;
+    let block = BLOCK_ROWS * width;
+    let mut dx = vec![0f32; x.len()];
+    let parts: Vec<Vec<f32>> = dx
+        .par_chunks_mut(block)
+        .zip(x.par_chunks(block).zip(grad.par_chunks(block)))
+        .map(|(dx, (rows, grad))| {
+            let mut dw = vec![0f32; width];
+            rms_norm_gradients_widest(rows, weight, eps, grad, dx, &mut dw);
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; width];
+    for part in parts {
+        for (total, v) in dw.iter_mut().zip(part) {
+            *total += v;
+        }
+    }
+    (dx, dw)
+}
+
+#[inline(always)]
+fn rms_norm_gradients_rows(
+    rows: &[f32],
+    weight: &[f32],
+    eps: f32,
+    grad: &[f32],
+    dx: &mut [f32],
+    dw: &mut [f32],
+) {
+    let width = weight.len();
+    for ((row, grad), dx) in rows
+        .chunks_exact(width)
+        .zip(grad.chunks_exact(width))
+        .zip(dx.chunks_exact_mut(width))
+    {
+        let (mut squares, mut dots) = ([0f32; 16], [0f32; 16]);
+        let whole = width / 16 * 16;
+        for start in (0..whole).step_by(16) {
+            for lane in 0..16 {
+                let (v, g) = (row[start + lane], grad[start + lane]);
+                squares[lane] += v * v;
+                dots[lane] += g * weight[start + lane] * v;
+            }
+        }
+        let (mut square_tail, mut dot_tail) = (0f32, 0f32);
+        for i in whole..width {
+            square_tail += row[i] * row[i];
+            dot_tail += grad[i] * weight[i] * row[i];
+        }
+        let mean = (squares.iter().sum::<f32>() + square_tail) / width as f32;
+        let r = 1.0 / (mean + eps).sqrt();
+        let dot = (dots.iter().sum::<f32>() + dot_tail) / width as f32;
+        let correction = r * r * r * dot;
+        for i in 0..width {
+            dx[i] = r * (grad[i] * weight[i]) - row[i] * correction;
+            dw[i] += grad[i] * row[i] * r;
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! Fused element-wise steps of the forward pass on burn-flex: each reads its inputs once and
 //! writes its output once, where the composed Burn operations make several passes and iterate
 //! broadcast operands element by element through strided indices. Without autodiff (the
-//! teacher, evaluation, generation) all four run fused; while a graph is recorded (training),
-//! `silu(gate) * up` and the masked softmax, the largest of a layer's element-wise tensors, run
-//! fused with their own backward steps, and RMSNorm and RoPE compose. Each returns `None`
-//! where it does not apply (another backend), and the caller composes the operations.
+//! teacher, evaluation, generation) they run fused; while a graph is recorded (training) each
+//! is one operation with its own backward step, keeping only its inputs (or, for softmax, its
+//! output) for the backward pass. Each returns `None` where it does not apply (another backend,
+//! a constant that is part of the graph), and the caller composes the operations.
 //!
 //! The loops are `matmul::rowwise`'s (no Burn there); this file moves tensors in and out. Same
 //! formulas in f32; two things differ from the composed operations, within the parity tests'
@@ -32,6 +32,10 @@ pub fn rms_norm<B: Backend, const D: usize>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, D>> {
+    if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        return recorded_rms_norm::<D>(same_type(x.clone()), same_type(weight.clone()), eps)
+            .map(same_type);
+    }
     let (xs, ws) = (flex_f32(x.clone())?, flex_f32(weight.clone())?);
     let dims = x.dims();
     let count = dims.iter().product::<usize>();
@@ -71,6 +75,14 @@ pub fn rope<B: Backend>(
     cos: &Tensor<B, 4>,
     signed_sin: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
+    if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        return recorded_rope(
+            same_type(x.clone()),
+            same_type(cos.clone()),
+            same_type(signed_sin.clone()),
+        )
+        .map(same_type);
+    }
     let (xs, cs, ss) = (
         flex_f32(x.clone())?,
         flex_f32(cos.clone())?,
@@ -160,6 +172,139 @@ impl Attention {
             self.seq,
             self.scale,
         )
+    }
+}
+
+fn recorded_rms_norm<const D: usize>(
+    x: Tensor<FlexAutodiff, D>,
+    weight: Tensor<FlexAutodiff, 1>,
+    eps: f64,
+) -> Option<Tensor<FlexAutodiff, D>> {
+    let dims = x.dims();
+    let (x, weight) = (
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+    );
+    let xs = contiguous_f32(x.primitive.clone())?;
+    let ws = contiguous_f32(weight.primitive.clone())?;
+    let count = dims.iter().product::<usize>();
+    let width = dims[D - 1];
+    let normed = rowwise::rms_norm(
+        &xs.storage::<f32>()[..count],
+        &ws.storage::<f32>()[..width],
+        eps as f32,
+    );
+    let output = FlexTensor::from_data(TensorData::new(normed, dims));
+    let output = match RmsNormBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((xs, ws, eps as f32, dims.to_vec()), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<FlexCpu, 2> for RmsNormBackward {
+    /// x and the weight (contiguous f32), eps and x's dimensions.
+    type State = (FlexTensor, FlexTensor, f32, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, weight, eps, dims) = ops.state;
+        let count = dims.iter().product::<usize>();
+        let width = dims[dims.len() - 1];
+        let grad = contiguous_f32(grads.consume::<FlexCpu>(&ops.node)).expect("an f32 gradient");
+        let (dx, dw) = rowwise::rms_norm_backward(
+            &x.storage::<f32>()[..count],
+            &weight.storage::<f32>()[..width],
+            eps,
+            &grad.storage::<f32>()[..count],
+        );
+        let [x_node, weight_node] = ops.parents;
+        if let Some(node) = x_node {
+            let dx = FlexTensor::from_data(TensorData::new(dx, dims));
+            grads.register::<FlexCpu>(node.id, dx);
+        }
+        if let Some(node) = weight_node {
+            let dw = FlexTensor::from_data(TensorData::new(dw, [width]));
+            grads.register::<FlexCpu>(node.id, dw);
+        }
+    }
+}
+
+/// RoPE of a recorded `x`; the tables must be constants (they are: built from positions).
+fn recorded_rope(
+    x: Tensor<FlexAutodiff, 4>,
+    cos: Tensor<FlexAutodiff, 4>,
+    signed_sin: Tensor<FlexAutodiff, 4>,
+) -> Option<Tensor<FlexAutodiff, 4>> {
+    let dims = x.dims();
+    let [batch, seq, _, head_dim] = dims;
+    if cos.dims() != [batch, seq, 1, head_dim] || signed_sin.dims() != cos.dims() {
+        return None;
+    }
+    let x = x.into_primitive().tensor();
+    let (cos, sin) = (
+        cos.into_primitive().tensor(),
+        signed_sin.into_primitive().tensor(),
+    );
+    if !cos.node.requirement.is_none() || !sin.node.requirement.is_none() {
+        return None;
+    }
+    let xs = contiguous_f32(x.primitive.clone())?;
+    let cs = contiguous_f32(cos.primitive)?;
+    let ss = contiguous_f32(sin.primitive)?;
+    let table = batch * seq * head_dim;
+    let rotated = rowwise::rope(
+        &xs.storage::<f32>()[..table * dims[2]],
+        head_dim,
+        &cs.storage::<f32>()[..table],
+        &ss.storage::<f32>()[..table],
+    );
+    let output = FlexTensor::from_data(TensorData::new(rotated, dims));
+    let output = match RopeBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((cs, ss, dims), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<FlexCpu, 1> for RopeBackward {
+    /// The cos and signed sin tables and x's dimensions.
+    type State = (FlexTensor, FlexTensor, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin, dims) = ops.state;
+        unary::<FlexCpu, _>(ops.parents, ops.node, grads, |grad| {
+            let [batch, seq, heads, head_dim] = dims;
+            let table = batch * seq * head_dim;
+            let half = head_dim / 2;
+            // out₁ = x₁ c₁ + x₂ s₁ and out₂ = x₂ c₂ + x₁ s₂ (per position, s signed), so
+            // dx₁ = g₁ c₁ + g₂ s₂ and dx₂ = g₂ c₂ + g₁ s₁: RoPE of g with s's halves swapped.
+            let swapped: Vec<f32> = sin.storage::<f32>()[..table]
+                .chunks_exact(head_dim)
+                .flat_map(|s| s[half..].iter().chain(&s[..half]).copied())
+                .collect();
+            let grad = contiguous_f32(grad).expect("an f32 gradient");
+            let dx = rowwise::rope(
+                &grad.storage::<f32>()[..table * heads],
+                head_dim,
+                &cos.storage::<f32>()[..table],
+                &swapped,
+            );
+            FlexTensor::from_data(TensorData::new(dx, dims))
+        });
     }
 }
 
@@ -386,6 +531,51 @@ mod tests {
             let b = Tensor::<A, 3>::from_inner(x.grad(&composed_grads).expect(what));
             close(what, a, b, 1e-6);
         }
+
+        // RMSNorm on rows of 37 (a partial block of sixteen), 13 rows (a partial block of 8).
+        let (x, norm_weight, weights) = (
+            random([1, 13, 37], 3.0).require_grad(),
+            Tensor::<A, 1>::random([37], Distribution::Normal(1.0, 0.2), &device).require_grad(),
+            random([1, 13, 37], 1.0),
+        );
+        let fused = rms_norm(&x, &norm_weight, 1e-6).expect("flex under autodiff");
+        let rms = (x.clone().square().mean_dim(2) + 1e-6).sqrt();
+        let composed =
+            x.clone() * (Tensor::ones_like(&rms) / rms) * norm_weight.clone().unsqueeze::<3>();
+        close("rms_norm", fused.clone(), composed.clone(), 1e-6);
+        let fused_grads = (fused * weights.clone()).sum().backward();
+        let composed_grads = (composed * weights).sum().backward();
+        let (a, b) = (
+            x.grad(&fused_grads).unwrap(),
+            x.grad(&composed_grads).unwrap(),
+        );
+        close("d x", Tensor::from_inner(a), Tensor::from_inner(b), 2e-6);
+        let (a, b) = (
+            norm_weight.grad(&fused_grads).unwrap(),
+            norm_weight.grad(&composed_grads).unwrap(),
+        );
+        let as3 = |t: Tensor<FlexCpu, 1>| Tensor::<A, 3>::from_inner(t.reshape([1, 1, 37]));
+        close("d weight", as3(a), as3(b), 2e-6);
+
+        // RoPE: x [2, 3, 4 heads, 16], tables per position.
+        let x = Tensor::<A, 4>::random([2, 3, 4, 16], Distribution::Normal(0.0, 2.0), &device)
+            .require_grad();
+        let angles = Tensor::<A, 4>::random([2, 3, 1, 16], Distribution::Normal(0.0, 3.0), &device);
+        let (cos, sin) = (angles.clone().cos(), angles.sin());
+        let weights =
+            Tensor::<A, 4>::random([2, 3, 4, 16], Distribution::Normal(0.0, 1.0), &device);
+        let fused = rope(&x, &cos, &sin).expect("flex under autodiff");
+        let swapped = Tensor::cat(
+            vec![x.clone().narrow(3, 8, 8), x.clone().narrow(3, 0, 8)],
+            3,
+        );
+        let composed = x.clone() * cos + swapped * sin;
+        let flat = |t: Tensor<A, 4>| t.reshape([6, 4, 16]);
+        close("rope", flat(fused.clone()), flat(composed.clone()), 1e-6);
+        let a = x.grad(&(fused * weights.clone()).sum().backward()).unwrap();
+        let b = x.grad(&(composed * weights).sum().backward()).unwrap();
+        let unflat = |t: Tensor<FlexCpu, 4>| flat(Tensor::<A, 4>::from_inner(t));
+        close("d rope", unflat(a), unflat(b), 1e-6);
 
         // Two kv heads, each serving 3 query heads over 4 positions; batch row 1 has a query
         // that sees no key.
