@@ -14,15 +14,14 @@ use std::any::TypeId;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{unary, Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use matmul::log_softmax;
 use qwen2::backend::{
-    contiguous_f32, flex_f32, from_flex_values, same_type, FlexAutodiff, FlexCpu,
+    contiguous_f32, flex_f32, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
 };
 
 type Tracked = FlexAutodiff;
@@ -70,14 +69,7 @@ pub(crate) fn gathered_log_softmax<B: Backend>(
         inverse_t,
         log_z: Arc::new(log_z),
     };
-    let output = match GatheredLogSoftmaxBackward
-        .prepare::<NoCheckpointing>([logits.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let output = record(GatheredLogSoftmaxBackward, [&logits], state, output);
     Some(same_type(Tensor::<Tracked, 2>::from_primitive(
         TensorPrimitive::Float(output),
     )))
@@ -135,14 +127,7 @@ pub(crate) fn forward_kl<B: Backend>(
         inverse_t,
         log_z: Arc::new(log_z),
     };
-    let output = match ForwardKlBackward
-        .prepare::<NoCheckpointing>([student.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let output = record(ForwardKlBackward, [&student], state, output);
     Some(same_type(Tensor::<Tracked, 1>::from_primitive(
         TensorPrimitive::Float(output),
     )))

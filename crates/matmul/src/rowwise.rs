@@ -142,45 +142,63 @@ fn rope_position(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Attention probabilities from raw scores: `softmax(mask_fill(scores * scale, blocked,
-/// f32::MIN))` over rows of `keys`. `scores` holds, per batch row, `heads` blocks of
-/// `queries_per_head` rows; query row r of a block reads mask row `r % seq` of its batch row
-/// (`blocked [batch, seq, keys]`, nonzero where blocked), so the query heads sharing a kv head
-/// may be folded into the query axis. A row that sees no key gets a uniform distribution.
+/// Where attention scores and their mask lie: rows of `keys` scores, per batch row `heads`
+/// blocks of `queries_per_head` rows; query row r of a block reads mask row `r % seq` of its
+/// batch row (`blocked [batch, seq, keys]`, nonzero where blocked), so the query heads sharing
+/// a kv head may be folded into the query axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionRows {
+    pub keys: usize,
+    pub heads: usize,
+    pub queries_per_head: usize,
+    pub seq: usize,
+}
+
+impl AttentionRows {
+    /// Checks that `scores` (or their gradient) and `blocked` hold whole rows of this layout.
+    fn check(&self, scores: &[f32], blocked: &[u8]) {
+        let (keys, seq) = (self.keys, self.seq);
+        let batch = blocked.len() / (seq * keys);
+        assert_eq!(
+            blocked.len(),
+            batch * seq * keys,
+            "blocked is [batch, seq, keys]"
+        );
+        assert_eq!(
+            scores.len(),
+            batch * self.heads * self.queries_per_head * keys,
+            "scores are [batch, heads, queries, keys]"
+        );
+        assert_eq!(
+            self.queries_per_head % seq,
+            0,
+            "queries fold whole sequences"
+        );
+    }
+
+    /// The mask row that score row `row` reads.
+    fn mask_row<'a>(&self, blocked: &'a [u8], row: usize) -> &'a [u8] {
+        let b = row / (self.heads * self.queries_per_head);
+        let t = row % self.queries_per_head % self.seq;
+        &blocked[(b * self.seq + t) * self.keys..(b * self.seq + t + 1) * self.keys]
+    }
+}
+
+/// Attention probabilities from raw scores laid out as `rows` says: `softmax(mask_fill(scores *
+/// scale, blocked, f32::MIN))` over rows of `keys`. A row that sees no key gets a uniform
+/// distribution.
 ///
 /// # Panics
-/// When the shapes do not divide as described.
-pub fn masked_softmax(
-    scores: &[f32],
-    keys: usize,
-    heads: usize,
-    queries_per_head: usize,
-    blocked: &[u8],
-    seq: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let batch = blocked.len() / (seq * keys);
-    assert_eq!(
-        blocked.len(),
-        batch * seq * keys,
-        "blocked is [batch, seq, keys]"
-    );
-    assert_eq!(
-        scores.len(),
-        batch * heads * queries_per_head * keys,
-        "scores are [batch, heads, queries, keys]"
-    );
-    assert_eq!(queries_per_head % seq, 0, "queries fold whole sequences");
+/// When the shapes do not divide as [`AttentionRows`] describes.
+pub fn masked_softmax(scores: &[f32], rows: AttentionRows, blocked: &[u8], scale: f32) -> Vec<f32> {
+    rows.check(scores, blocked);
     let mut out = vec![0f32; scores.len()];
-    out.par_chunks_mut(keys)
-        .zip(scores.par_chunks(keys))
+    out.par_chunks_mut(rows.keys)
+        .zip(scores.par_chunks(rows.keys))
         .enumerate()
         .with_min_len(16)
         .for_each(|(row, (out, scores))| {
-            let b = row / (heads * queries_per_head);
-            let t = row % queries_per_head % seq;
-            let blocked = &blocked[(b * seq + t) * keys..(b * seq + t + 1) * keys];
-            softmax_row_widest(scores, blocked, scale, out)
+            softmax_row_widest(scores, rows.mask_row(blocked, row), scale, out)
         });
     out
 }
@@ -266,20 +284,16 @@ fn silu_times_gradients_run(
 }
 
 /// The gradient of [`masked_softmax`] with respect to its raw scores, from its output
-/// `probabilities` and their gradient `grad` (same layout and mask arguments):
+/// `probabilities` and their gradient `grad` (same layout and mask):
 /// `scale * p * (grad - sum(grad * p))` per row, 0 where blocked.
 ///
 /// # Panics
-/// When the shapes do not divide as [`masked_softmax`] describes.
-#[allow(clippy::too_many_arguments)]
+/// When the shapes do not divide as [`AttentionRows`] describes.
 pub fn masked_softmax_backward(
     probabilities: &[f32],
     grad: &[f32],
-    keys: usize,
-    heads: usize,
-    queries_per_head: usize,
+    rows: AttentionRows,
     blocked: &[u8],
-    seq: usize,
     scale: f32,
 ) -> Vec<f32> {
     assert_eq!(
@@ -287,22 +301,18 @@ pub fn masked_softmax_backward(
         grad.len(),
         "one gradient per probability"
     );
-    assert_eq!(
-        probabilities.len() % (heads * queries_per_head * keys),
-        0,
-        "probabilities are [batch, heads, queries, keys]"
-    );
-    assert_eq!(queries_per_head % seq, 0, "queries fold whole sequences");
+    rows.check(probabilities, blocked);
     let mut out = vec![0f32; grad.len()];
-    out.par_chunks_mut(keys)
-        .zip(probabilities.par_chunks(keys).zip(grad.par_chunks(keys)))
+    out.par_chunks_mut(rows.keys)
+        .zip(
+            probabilities
+                .par_chunks(rows.keys)
+                .zip(grad.par_chunks(rows.keys)),
+        )
         .enumerate()
         .with_min_len(16)
         .for_each(|(row, (out, (p, g)))| {
-            let b = row / (heads * queries_per_head);
-            let t = row % queries_per_head % seq;
-            let blocked = &blocked[(b * seq + t) * keys..(b * seq + t + 1) * keys];
-            softmax_gradient_widest(p, g, blocked, scale, out)
+            softmax_gradient_widest(p, g, rows.mask_row(blocked, row), scale, out)
         });
     out
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::values;
-use matmul::rowwise::{exp, masked_softmax, rms_norm, rope, silu_times};
+use matmul::rowwise::{exp, masked_softmax, rms_norm, rope, silu_times, AttentionRows};
 
 fn assert_close(got: &[f32], want: &[f64], tolerance: f64, what: &str) {
     assert_eq!(got.len(), want.len());
@@ -89,7 +89,13 @@ fn each_step_matches_its_formula() {
             u8::from(k > t + 1 || (b == 1 && t == 1))
         })
         .collect();
-    let got = masked_softmax(&scores, keys, heads, group * seq, &blocked, seq, 0.5);
+    let rows = AttentionRows {
+        keys,
+        heads,
+        queries_per_head: group * seq,
+        seq,
+    };
+    let got = masked_softmax(&scores, rows, &blocked, 0.5);
     let mut want = vec![0f64; scores.len()];
     for (row, out) in want.chunks_mut(keys).enumerate() {
         let b = row / (heads * group * seq);

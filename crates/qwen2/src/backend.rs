@@ -6,6 +6,8 @@ use std::any::TypeId;
 use std::fmt;
 use std::str::FromStr;
 
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -21,6 +23,29 @@ pub type FlexCpu = burn::backend::Flex;
 /// burn-flex recording a graph (training): the backend the fused kernels' backward steps
 /// serve. Burn adds an operation with its own backward step only to a concrete `Autodiff<_>`.
 pub type FlexAutodiff = burn::backend::Autodiff<FlexCpu>;
+/// The primitive of a float tensor of [`FlexAutodiff`]: burn-flex's tensor and its graph node.
+pub type RecordedTensor =
+    <FlexAutodiff as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// `output`, computed by the caller from `parents` on burn-flex, entered in the graph as the
+/// result of an operation whose backward pass is `step` (given `state` when any parent is
+/// tracked): how the fused kernels join a training graph.
+pub fn record<S: Backward<FlexCpu, N>, const N: usize>(
+    step: S,
+    parents: [&RecordedTensor; N],
+    state: S::State,
+    output: FlexTensor,
+) -> RecordedTensor {
+    match step
+        .prepare::<NoCheckpointing>(parents.map(|parent| parent.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
 /// The default CPU backend.
 pub type Cpu = FlexCpu;
 /// The CUDA backend.

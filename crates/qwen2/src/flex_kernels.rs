@@ -14,17 +14,16 @@
 use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{unary, Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData, TensorPrimitive};
 
 use crate::backend::{
-    contiguous_f32, flex_f32, from_flex_values, same_type, FlexAutodiff, FlexCpu,
+    contiguous_f32, flex_f32, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
 };
-use matmul::rowwise;
+use matmul::rowwise::{self, AttentionRows};
 
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rms_norm<B: Backend, const D: usize>(
@@ -131,49 +130,24 @@ pub fn masked_softmax<B: Backend>(
     if mask.bytes().len() != batch * seq * keys {
         return None;
     }
-    let shape = Attention {
+    let layout = AttentionRows {
         keys,
-        kv_heads,
-        rows,
+        heads: kv_heads,
+        queries_per_head: rows,
         seq,
-        scale,
     };
     if recorded {
         let scores: Tensor<FlexAutodiff, 4> = same_type(scores.clone());
-        return recorded_masked_softmax(scores, mask, shape).map(same_type);
+        return recorded_masked_softmax(scores, mask, layout, scale).map(same_type);
     }
     let values = flex_f32(scores.clone())?;
     let values = &values.storage::<f32>()[..batch * kv_heads * rows * keys];
-    let probabilities = shape.probabilities(values, mask.bytes());
+    let probabilities = rowwise::masked_softmax(values, layout, mask.bytes(), scale);
     Some(from_flex_values(probabilities, dims))
 }
 
 /// burn-flex's bool tensor.
 type FlexMask = <FlexCpu as burn::tensor::backend::BackendTypes>::BoolTensorPrimitive;
-
-/// The dimensions of a masked softmax over `[batch, kv_heads, rows, keys]` scores.
-#[derive(Debug, Clone, Copy)]
-struct Attention {
-    keys: usize,
-    kv_heads: usize,
-    rows: usize,
-    seq: usize,
-    scale: f32,
-}
-
-impl Attention {
-    fn probabilities(&self, scores: &[f32], blocked: &[u8]) -> Vec<f32> {
-        rowwise::masked_softmax(
-            scores,
-            self.keys,
-            self.kv_heads,
-            self.rows,
-            blocked,
-            self.seq,
-            self.scale,
-        )
-    }
-}
 
 fn recorded_rms_norm<const D: usize>(
     x: Tensor<FlexAutodiff, D>,
@@ -195,14 +169,12 @@ fn recorded_rms_norm<const D: usize>(
         eps as f32,
     );
     let output = FlexTensor::from_data(TensorData::new(normed, dims));
-    let output = match RmsNormBackward
-        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((xs, ws, eps as f32, dims.to_vec()), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let output = record(
+        RmsNormBackward,
+        [&x, &weight],
+        (xs, ws, eps as f32, dims.to_vec()),
+        output,
+    );
     Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
 }
 
@@ -266,14 +238,7 @@ fn recorded_rope(
         &ss.storage::<f32>()[..table],
     );
     let output = FlexTensor::from_data(TensorData::new(rotated, dims));
-    let output = match RopeBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((cs, ss, dims), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let output = record(RopeBackward, [&x], (cs, ss, dims), output);
     Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
 }
 
@@ -322,14 +287,12 @@ fn recorded_silu_times<const D: usize>(
     let count = dims.iter().product::<usize>();
     let product = rowwise::silu_times(&gs.storage::<f32>()[..count], &us.storage::<f32>()[..count]);
     let output = FlexTensor::from_data(TensorData::new(product, dims));
-    let output = match SiluTimesBackward
-        .prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((gs, us, dims.to_vec()), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let output = record(
+        SiluTimesBackward,
+        [&gate, &up],
+        (gs, us, dims.to_vec()),
+        output,
+    );
     Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
 }
 
@@ -362,22 +325,26 @@ impl Backward<FlexCpu, 2> for SiluTimesBackward {
 fn recorded_masked_softmax(
     scores: Tensor<FlexAutodiff, 4>,
     mask: FlexMask,
-    shape: Attention,
+    layout: AttentionRows,
+    scale: f32,
 ) -> Option<Tensor<FlexAutodiff, 4>> {
     let dims = scores.dims();
     let scores = scores.into_primitive().tensor();
     let values = contiguous_f32(scores.primitive.clone())?;
     let count = dims.iter().product::<usize>();
-    let probabilities = shape.probabilities(&values.storage::<f32>()[..count], mask.bytes());
+    let probabilities = rowwise::masked_softmax(
+        &values.storage::<f32>()[..count],
+        layout,
+        mask.bytes(),
+        scale,
+    );
     let output = FlexTensor::from_data(TensorData::new(probabilities, dims));
-    let output = match MaskedSoftmaxBackward
-        .prepare::<NoCheckpointing>([scores.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((output.clone(), mask, shape), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let output = record(
+        MaskedSoftmaxBackward,
+        [&scores],
+        (output.clone(), mask, layout, scale),
+        output,
+    );
     Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
 }
 
@@ -385,11 +352,11 @@ fn recorded_masked_softmax(
 struct MaskedSoftmaxBackward;
 
 impl Backward<FlexCpu, 1> for MaskedSoftmaxBackward {
-    /// The probabilities (the forward output), the contiguous mask and the dimensions.
-    type State = (FlexTensor, FlexMask, Attention);
+    /// The probabilities (the forward output), the contiguous mask, its layout and the scale.
+    type State = (FlexTensor, FlexMask, AttentionRows, f32);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (probabilities, mask, shape) = ops.state;
+        let (probabilities, mask, layout, scale) = ops.state;
         unary::<FlexCpu, _>(ops.parents, ops.node, grads, |grad| {
             let dims = probabilities.layout().shape().clone();
             let count = probabilities.layout().shape().num_elements();
@@ -397,12 +364,9 @@ impl Backward<FlexCpu, 1> for MaskedSoftmaxBackward {
             let scores_gradient = rowwise::masked_softmax_backward(
                 &probabilities.storage::<f32>()[..count],
                 &grad.storage::<f32>()[..count],
-                shape.keys,
-                shape.kv_heads,
-                shape.rows,
+                layout,
                 mask.bytes(),
-                shape.seq,
-                shape.scale,
+                scale,
             );
             FlexTensor::from_data(TensorData::new(scores_gradient, dims))
         });
