@@ -21,10 +21,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use matmul::log_softmax;
 use qwen2::backend::{
-    contiguous_f32, flex_f32, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
+    contiguous_f32, flex_f32, from_flex, record, same_type, FlexAutodiff, FlexCpu, RecordedTensor,
 };
-
-type Tracked = FlexAutodiff;
 
 /// `log_softmax(logits / T)` at `ids` (`[N, V]` logits, `[N, k]` ids -> `[N, k]`).
 pub(crate) fn gathered_log_softmax<B: Backend>(
@@ -33,26 +31,9 @@ pub(crate) fn gathered_log_softmax<B: Backend>(
     temperature: f64,
 ) -> Option<Tensor<B, 2>> {
     let [rows, per_row] = ids.dims();
+    let vocab = logits.dims()[1];
     let inverse_t = (1.0 / temperature) as f32;
-    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
-        let x = flex_f32(logits.clone())?;
-        let vocab = logits.dims()[1];
-        let (gathered, _) = log_softmax::gathered_log_softmax(
-            values(&x, rows * vocab),
-            vocab,
-            &id_values(ids),
-            per_row,
-            inverse_t,
-        );
-        return Some(from_flex_values(gathered, [rows, per_row]));
-    }
-    if TypeId::of::<B>() != TypeId::of::<Tracked>() {
-        return None;
-    }
-    let logits: Tensor<Tracked, 2> = same_type(logits.clone());
-    let logits = logits.into_primitive().tensor();
-    let x = contiguous_f32(logits.primitive.clone())?;
-    let vocab = x.layout().shape()[1];
+    let (x, recorded) = flex_input(logits)?;
     let ids = Arc::new(id_values(ids));
     let (gathered, log_z) = log_softmax::gathered_log_softmax(
         values(&x, rows * vocab),
@@ -61,18 +42,18 @@ pub(crate) fn gathered_log_softmax<B: Backend>(
         per_row,
         inverse_t,
     );
-    let output = FlexTensor::from_data(TensorData::new(gathered, [rows, per_row]));
-    let state = GatheredState {
+    let state = || GatheredState {
         logits: x,
         ids,
         per_row,
         inverse_t,
         log_z: Arc::new(log_z),
     };
-    let output = record(GatheredLogSoftmaxBackward, [&logits], state, output);
-    Some(same_type(Tensor::<Tracked, 2>::from_primitive(
-        TensorPrimitive::Float(output),
-    )))
+    Some(flex_output(
+        gathered,
+        [rows, per_row],
+        recorded.map(|logits| (GatheredLogSoftmaxBackward, [logits], state())),
+    ))
 }
 
 /// Forward KL per row between `softmax(teacher / T)` and `softmax(student / T)` (`[N, V]` each
@@ -88,49 +69,60 @@ pub(crate) fn forward_kl<B: Backend>(
     if teacher.dims() != [rows, vocab] {
         return None;
     }
-    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
-        let (s, t) = (flex_f32(student.clone())?, flex_f32(teacher.clone())?);
-        let (kl, _) = log_softmax::forward_kl(
-            values(&s, rows * vocab),
-            values(&t, rows * vocab),
-            vocab,
-            inverse_t,
-        );
-        return Some(from_flex_values(kl, [rows]));
-    }
-    if TypeId::of::<B>() != TypeId::of::<Tracked>() {
+    let (s, recorded) = flex_input(student)?;
+    let (t, recorded_teacher) = flex_input(teacher)?;
+    if recorded_teacher.is_some_and(|teacher| !teacher.node.requirement.is_none()) {
         return None;
     }
-    let student: Tensor<Tracked, 2> = same_type(student.clone());
-    let teacher: Tensor<Tracked, 2> = same_type(teacher.clone());
-    let (student, teacher) = (
-        student.into_primitive().tensor(),
-        teacher.into_primitive().tensor(),
-    );
-    if !teacher.node.requirement.is_none() {
-        return None;
-    }
-    let (s, t) = (
-        contiguous_f32(student.primitive.clone())?,
-        contiguous_f32(teacher.primitive.clone())?,
-    );
     let (kl, log_z) = log_softmax::forward_kl(
         values(&s, rows * vocab),
         values(&t, rows * vocab),
         vocab,
         inverse_t,
     );
-    let output = FlexTensor::from_data(TensorData::new(kl, [rows]));
-    let state = KlState {
+    let state = || KlState {
         student: s,
         teacher: t,
         inverse_t,
         log_z: Arc::new(log_z),
     };
-    let output = record(ForwardKlBackward, [&student], state, output);
-    Some(same_type(Tensor::<Tracked, 1>::from_primitive(
-        TensorPrimitive::Float(output),
-    )))
+    Some(flex_output(
+        kl,
+        [rows],
+        recorded.map(|student| (ForwardKlBackward, [student], state())),
+    ))
+}
+
+/// `t`'s values as one contiguous f32 run, and its graph node's tensor when `B` records a
+/// graph (burn-flex under autodiff); `None` on any other backend.
+fn flex_input<B: Backend, const D: usize>(
+    t: &Tensor<B, D>,
+) -> Option<(FlexTensor, Option<RecordedTensor>)> {
+    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
+        return Some((flex_f32(t.clone())?, None));
+    }
+    if TypeId::of::<B>() != TypeId::of::<FlexAutodiff>() {
+        return None;
+    }
+    let t: Tensor<FlexAutodiff, D> = same_type(t.clone());
+    let t = t.into_primitive().tensor();
+    Some((contiguous_f32(t.primitive.clone())?, Some(t)))
+}
+
+/// The tensor of `values` for the backend [`flex_input`] found: plain on burn-flex, or entered
+/// in the graph as the result of `step` on its parents.
+fn flex_output<B: Backend, S: Backward<FlexCpu, 1>, const D: usize>(
+    values: Vec<f32>,
+    dims: [usize; D],
+    recorded: Option<(S, [RecordedTensor; 1], S::State)>,
+) -> Tensor<B, D> {
+    let output = FlexTensor::from_data(TensorData::new(values, dims));
+    match recorded {
+        None => from_flex(output),
+        Some((step, [parent], state)) => same_type(Tensor::<FlexAutodiff, D>::from_primitive(
+            TensorPrimitive::Float(record(step, [&parent], state, output)),
+        )),
+    }
 }
 
 #[derive(Debug, Clone)]
