@@ -172,7 +172,9 @@ impl BackendTask for Infer {
         let decoded = generation.tokens.len().saturating_sub(1);
         let gflops = |flops: f64, seconds: f64| flops / seconds.max(1e-12) / 1e9;
         let forward_flops = config.forward_flops_per_token(seq) * (batch * seq) as f64;
-        let prefill_flops = config.forward_flops_per_token(seq) * seq as f64;
+        // The prefill computes the last position's logits only.
+        let prefill_flops = config.forward_flops_per_token(seq) * seq as f64
+            - config.lm_head_flops_per_token() * seq.saturating_sub(1) as f64;
         // Decoding step i attends to seq + i keys; the mean context stands for all steps.
         let decode_flops = config.forward_flops_per_token(seq + decoded / 2) * decoded as f64;
         let decode_seconds = generation.decode_time.as_secs_f64();
@@ -214,6 +216,7 @@ impl BackendTask for Infer {
             "weights": if bf16 { "bfloat16" } else { "float32" },
             "frozen_products": products.describe(),
             "cpu_features": matmul::cpu_features(),
+            "kernel_isa": matmul::Isa::describe(),
             "decode_weight_bytes_per_token": weight_bytes_per_token,
             "decode_weight_gb_per_second": decode_bytes_per_second / 1e9,
             "copy_bandwidth_gb_per_second": copy_bandwidth / 1e9,
@@ -231,7 +234,7 @@ impl BackendTask for Infer {
             args.backend,
             report["weights"].as_str().unwrap_or(""),
             products.describe(),
-            matmul::cpu_features().join(" "),
+            matmul::cpu_description(),
         );
         println!(
             "  forward     {:>9.1} ms  {:>8.2} tokens/s  {:>7.1} GFLOP/s  (median of {})",

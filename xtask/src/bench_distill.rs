@@ -261,6 +261,7 @@ impl BackendTask for Step {
             "frozen_dtype": args.frozen_dtype,
             "frozen_products": products.describe(),
             "cpu_features": matmul::cpu_features(),
+            "kernel_isa": matmul::Isa::describe(),
             "cache_teacher": args.cache_teacher,
             "activation_checkpointing": args.activation_checkpointing,
             "updates_timed": updates.len(),
@@ -296,7 +297,7 @@ impl BackendTask for Step {
             args.seq_len,
             args.backend,
             products.describe(),
-            matmul::cpu_features().join(" "),
+            matmul::cpu_description(),
             updates.len()
         );
         let row = |name: &str, seconds: f64, flops: Option<f64>| {

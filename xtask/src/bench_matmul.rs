@@ -64,7 +64,7 @@ fn bf16_products(args: &Args) -> Result<()> {
         "bench matmul --bf16 (f32 activations rounded to bf16, bf16 weights, f32 sums; median \
          of {}), CPU features: {}",
         args.repeats.max(1),
-        matmul::cpu_features().join(" ")
+        matmul::cpu_description()
     );
     let mut results = Vec::new();
     for (m, k, n) in SHAPES {
@@ -114,6 +114,7 @@ fn bf16_products(args: &Args) -> Result<()> {
         "bench": "matmul-bf16",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "cpu_features": matmul::cpu_features(),
+            "kernel_isa": matmul::Isa::describe(),
         "threads": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "shapes": results,
     });
@@ -133,7 +134,7 @@ impl BackendTask for Matmul {
             "bench matmul, {} backend (f32, median of {}), CPU features: {}",
             args.backend,
             args.repeats.max(1),
-            matmul::cpu_features().join(" ")
+            matmul::cpu_description()
         );
         for (m, k, n) in SHAPES {
             let a = Tensor::<B, 2>::random([m, k], Distribution::Default, &device);

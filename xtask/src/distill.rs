@@ -106,12 +106,13 @@ pub fn run(args: Args) -> Result<()> {
         cache_teacher: args.cache_teacher,
     };
     eprintln!(
-        "distill: {} -> {} on {} ({} backend, frozen products {}), output in {}",
+        "distill: {} -> {} on {} ({} backend, frozen products {}, CPU kernels {}), output in {}",
         recipe.teacher.local_dir.display(),
         recipe.student.local_dir.display(),
         recipe.dataset.shards.display(),
         args.backend,
         recipe.memory.frozen_products.describe(),
+        matmul::Isa::describe(),
         recipe.training.output_dir.display()
     );
     let summary = with_backend(

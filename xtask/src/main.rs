@@ -60,6 +60,11 @@ enum Command {
 fn main() {
     qwen2::memory::reuse_freed_memory();
     let cli = Cli::parse();
+    // A bad instruction-set cap stops here, with its message, before any kernel reads it.
+    if let Err(err) = matmul::Isa::from_env() {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
     let result: Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(bench) => bench::run(bench),

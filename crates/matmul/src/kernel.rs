@@ -1,6 +1,8 @@
 //! Which kernel multiplies: the ones this CPU can run, the one a product uses, and each one's
 //! register tile (rows of `A`, columns of `B`).
 
+use crate::Isa;
+
 /// A product kernel (see the crate docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -11,15 +13,19 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU has, chosen once per process. Where both AVX-512 kernels
-    /// run, a product at a model's shape (256 x 1024 x 1024) is timed with each and the faster
+    /// The fastest kernel this CPU has (under [`Isa::cap`]), chosen once per process. Where
+    /// both AVX-512 kernels run and `DISTILL_CPU_ISA` does not pin one, a product at a model's shape (256 x 1024 x 1024) is timed with each and the faster
     /// kept: `vdpbf16ps` does twice the work of an f32 FMA per instruction, but some CPUs issue
     /// it at under half the rate (an Intel Xeon with AVX512-BF16, 2026-12-07: 0.7x the FMA's
     /// FLOP rate), and there the f32 FMA on widened values wins.
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            // AVX512-BF16 implies AVX-512F: the two AVX-512 kernels are timed against each other.
+            // A cap of exactly avx512bf16 asks for `vdpbf16ps` itself (a pinned choice, so runs
+            // repeat bit for bit); otherwise the two AVX-512 kernels are timed.
+            if Kernel::Avx512Bf16.available() && Isa::cap() == Some(Isa::Avx512Bf16) {
+                return Kernel::Avx512Bf16;
+            }
             if Kernel::Avx512Bf16.available() {
                 let faster = seconds_per_product(Kernel::Avx512Bf16)
                     <= seconds_per_product(Kernel::Avx512Widened);
@@ -45,24 +51,12 @@ impl Kernel {
         }
     }
 
-    /// Whether this CPU can run the kernel.
+    /// Whether the kernel may run: this CPU has its instructions and [`Isa::cap`] allows them.
     pub fn available(self) -> bool {
         match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512bf16")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Widened => std::arch::is_x86_feature_detected!("avx512f"),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512Bf16 | Kernel::Avx512Widened | Kernel::Avx2 => false,
+            Kernel::Avx512Bf16 => Isa::Avx512Bf16.usable(),
+            Kernel::Avx512Widened => Isa::Avx512.usable(),
+            Kernel::Avx2 => Isa::Avx2.usable(),
             Kernel::Portable => true,
         }
     }

@@ -26,9 +26,9 @@
 //! [`rows_f32`] is the f32 counterpart of that single-row path: a few rows times a stored f32
 //! matrix, streamed by every thread (decoding with a model kept in f32).
 
-/// `$name(args)` runs `$body(args)` compiled for the widest instruction set this CPU has: the
-/// body (`#[inline(always)]`) is inlined into a function built with those features, so its
-/// loops vectorize for them.
+/// `$name(args)` runs `$body(args)` compiled for the widest instruction set the kernels may use
+/// ([`Isa::usable`]): the body (`#[inline(always)]`) is inlined into a function built with
+/// those features, so its loops vectorize for them.
 macro_rules! widest {
     ($name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
         fn $name($($arg: $ty),*) {
@@ -42,17 +42,11 @@ macro_rules! widest {
                 unsafe fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                {
-                    // SAFETY: the features were just detected.
+                if $crate::Isa::Avx512.usable() {
+                    // SAFETY: the CPU has these features (`Isa::usable`).
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::Isa::Avx2.usable() {
                     // SAFETY: as above.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -63,6 +57,7 @@ macro_rules! widest {
 }
 
 pub mod adamw;
+mod isa;
 mod kernel;
 pub mod log_softmax;
 mod pack;
@@ -74,6 +69,7 @@ mod vector;
 use half::bf16;
 use rayon::prelude::*;
 
+pub use isa::{Isa, UnknownIsa, VARIABLE as ISA_VARIABLE};
 pub use kernel::Kernel;
 
 /// How a product reads the stored bf16 matrix.
@@ -188,6 +184,12 @@ pub fn cpu_features() -> Vec<&'static str> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     Vec::new()
+}
+
+/// The CPU's features and the instruction set this crate's kernels run, for a bench's header:
+/// `avx2 fma avx512f avx512bf16; kernels: avx512bf16`.
+pub fn cpu_description() -> String {
+    format!("{}; kernels: {}", cpu_features().join(" "), Isa::describe())
 }
 
 /// The output's pointer, shared by tasks that write disjoint columns.
