@@ -430,7 +430,13 @@ impl ModelConfig {
         let kv = self.num_key_value_heads * self.head_dim;
         let linear = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size;
         let attention = 2 * context * q;
-        (2 * (self.num_hidden_layers * (linear + attention) + self.vocab_size * h)) as f64
+        (2 * self.num_hidden_layers * (linear + attention)) as f64 + self.lm_head_flops_per_token()
+    }
+
+    /// The lm_head's part of [`ModelConfig::forward_flops_per_token`]: what a pass that keeps
+    /// only some positions' logits (generation's prefill keeps the last) saves per dropped one.
+    pub fn lm_head_flops_per_token(&self) -> f64 {
+        (2 * self.vocab_size * self.hidden_size) as f64
     }
 
     /// The names [`ModelConfig::preset`] knows, for help and error texts.
