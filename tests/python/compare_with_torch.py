@@ -7,11 +7,18 @@ the toolkit itself never needs Python.
   python3 tests/python/compare_with_torch.py --python /path/to/venv/bin/python [--backends flex,ndarray]
       [--shape qwen2.5-0.5b] [--seq-len 256] [--skip-train] [--json out.json] [--xtask BINARY]
       [--lora-rank 16 --frozen-dtype bfloat16 [--frozen-products bfloat16]] [--seed-teacher]
+      [--rounds 3]
 
 With --lora-rank both sides train a LoRA student (PEFT on PyTorch's side), frozen weights in
 --frozen-dtype (PyTorch then also computes in it); --seed-teacher makes the teacher the seed's
 DeepSeek-R1-Distill-Qwen-1.5B shape (untied) for --shape qwen2.5-1.5b.
+
+With --rounds N every PyTorch / ours pair runs N times, alternating (PyTorch, ours, PyTorch,
+ours, ...), and each ratio is taken within its round: a shared VM's speed drifts by tens of
+percent within minutes, so one pair can land in two different speeds. The summary gives every
+round's ratio and their median.
 """
+import statistics
 import argparse
 import json
 import os
@@ -85,6 +92,41 @@ def numpy_matmul(python, shapes, threads):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def one_round(a, backends, round_index, results):
+    """One PyTorch / ours pair per measure: the update (unless --skip-train), the forward pass
+    and greedy generation. Returns the table's rows."""
+    rows = []
+    if not a.skip_train:
+        lora = ["--lora-rank", str(a.lora_rank), "--frozen-dtype", a.frozen_dtype]
+        torch_args = ["--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora]
+        if a.seed_teacher:
+            # The same shapes with the teacher untied (bench_torch's default).
+            shape = TORCH_SHAPES[a.shape].replace("--teacher-tie", "").split()
+            t = last_json(run([a.python, os.path.join(HERE, "bench_torch.py"), *shape, *torch_args, "--max-rss-gib", "30"]), "RESULT ")
+        else:
+            t = torch(a.python, a.shape, *torch_args)
+        results["torch"].setdefault("train", []).append(t)
+        rows.append((round_index, "distill update 1x%d" % a.seq_len, "pytorch", t.get("tokens_per_s_median", t.get("tokens_per_s")), "tokens/s", t.get("peak_rss_gib")))
+        for backend in backends:
+            teacher = ["--teacher-shape", "deepseek-r1-distill-qwen-1.5b"] if a.seed_teacher else []
+            r = ours("distill-step", "--shape", a.shape, *teacher, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora, "--frozen-products", a.frozen_products, "--backend", backend)
+            results["ours"].setdefault("train-" + backend, []).append(r)
+            rows.append((round_index, "distill update 1x%d" % a.seq_len, backend, r["tokens_per_second"], "tokens/s", (r["peak_rss_bytes"] or 0) / 2**30))
+
+    t = torch(a.python, a.shape, "--infer", "--batch", "1", "--seq-len", str(a.seq_len), "--prompt-len", str(a.prompt_len), "--gen-tokens", str(a.new_tokens), "--steps", "3")
+    results["torch"].setdefault("infer", []).append(t)
+    rows.append((round_index, "forward 1x%d" % a.seq_len, "pytorch", t["forward_tokens_per_s"], "tokens/s", t.get("peak_rss_gib")))
+    rows.append((round_index, "greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), "pytorch", t["gen_tokens_per_s"], "tokens/s", t.get("peak_rss_gib")))
+    for backend in backends:
+        r = ours("infer", "--shape", a.shape, "--seq-len", str(a.seq_len), "--new-tokens", "1", "--backend", backend)
+        results["ours"].setdefault("forward-" + backend, []).append(r)
+        rows.append((round_index, "forward 1x%d" % a.seq_len, backend, r["forward_tokens_per_second"], "tokens/s", r["peak_rss_bytes"] / 2**30))
+        g = ours("infer", "--shape", a.shape, "--seq-len", str(a.prompt_len), "--new-tokens", str(a.new_tokens), "--repeats", "1", "--backend", backend)
+        results["ours"].setdefault("generate-" + backend, []).append(g)
+        rows.append((round_index, "greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), backend, g["generate_tokens_per_second_with_prefill"], "tokens/s", g["peak_rss_bytes"] / 2**30))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", required=True, help="a Python with torch and transformers")
@@ -103,6 +145,7 @@ def main():
     ap.add_argument("--frozen-products", default="float32", choices=["float32", "bfloat16"],
                     help="our products with bf16 frozen matrices (PyTorch computes in --frozen-dtype)")
     ap.add_argument("--seed-teacher", action="store_true", help="the seed's untied teacher shape (with --shape qwen2.5-1.5b)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the PyTorch / ours pairs this many times, alternating; ratios are taken within a round")
     a = ap.parse_args()
     if a.seed_teacher and a.shape != "qwen2.5-1.5b":
         raise SystemExit("--seed-teacher goes with --shape qwen2.5-1.5b")
@@ -112,37 +155,10 @@ def main():
     matmul = {b: ours("matmul", "--backend", b) for b in backends}
     shapes = [[r["m"], r["k"], r["n"]] for r in matmul[backends[0]]["shapes"]]
     numpy = numpy_matmul(a.python, shapes, 2)
-    rows = []  # (measure, system, value, unit, peak GiB)
-    results = {"ours": {}, "torch": {}}
-
-    if not a.skip_train:
-        lora = ["--lora-rank", str(a.lora_rank), "--frozen-dtype", a.frozen_dtype]
-        torch_args = ["--batch", "1", "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora]
-        if a.seed_teacher:
-            # The same shapes with the teacher untied (bench_torch's default).
-            shape = TORCH_SHAPES[a.shape].replace("--teacher-tie", "").split()
-            t = last_json(run([a.python, os.path.join(HERE, "bench_torch.py"), *shape, *torch_args, "--max-rss-gib", "30"]), "RESULT ")
-        else:
-            t = torch(a.python, a.shape, *torch_args)
-        results["torch"]["train"] = t
-        rows.append(("distill update 1x%d" % a.seq_len, "pytorch", t.get("tokens_per_s_median", t.get("tokens_per_s")), "tokens/s", t.get("peak_rss_gib")))
-        for backend in backends:
-            teacher = ["--teacher-shape", "deepseek-r1-distill-qwen-1.5b"] if a.seed_teacher else []
-            r = ours("distill-step", "--shape", a.shape, *teacher, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--warmup", str(a.warmup), *lora, "--frozen-products", a.frozen_products, "--backend", backend)
-            results["ours"]["train-" + backend] = r
-            rows.append(("distill update 1x%d" % a.seq_len, backend, r["tokens_per_second"], "tokens/s", (r["peak_rss_bytes"] or 0) / 2**30))
-
-    t = torch(a.python, a.shape, "--infer", "--batch", "1", "--seq-len", str(a.seq_len), "--prompt-len", str(a.prompt_len), "--gen-tokens", str(a.new_tokens), "--steps", "3")
-    results["torch"]["infer"] = t
-    rows.append(("forward 1x%d" % a.seq_len, "pytorch", t["forward_tokens_per_s"], "tokens/s", t.get("peak_rss_gib")))
-    rows.append(("greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), "pytorch", t["gen_tokens_per_s"], "tokens/s", t.get("peak_rss_gib")))
-    for backend in backends:
-        r = ours("infer", "--shape", a.shape, "--seq-len", str(a.seq_len), "--new-tokens", "1", "--backend", backend)
-        results["ours"]["forward-" + backend] = r
-        rows.append(("forward 1x%d" % a.seq_len, backend, r["forward_tokens_per_second"], "tokens/s", r["peak_rss_bytes"] / 2**30))
-        g = ours("infer", "--shape", a.shape, "--seq-len", str(a.prompt_len), "--new-tokens", str(a.new_tokens), "--repeats", "1", "--backend", backend)
-        results["ours"]["generate-" + backend] = g
-        rows.append(("greedy %d+%d (with prefill)" % (a.prompt_len, a.new_tokens), backend, g["generate_tokens_per_second_with_prefill"], "tokens/s", g["peak_rss_bytes"] / 2**30))
+    rows = []  # (round, measure, system, value, unit, peak GiB)
+    results = {"ours": {}, "torch": {}, "rounds": []}
+    for round_index in range(max(1, a.rounds)):
+        rows.extend(one_round(a, backends, round_index, results))
 
     results["ours"]["matmul"] = matmul
     results["numpy"] = numpy
@@ -151,14 +167,24 @@ def main():
         base = numpy["shapes"][i]["gflops"]
         cells = " ".join(f"{matmul[b]['shapes'][i]['gflops']:>5.1f}/{matmul[b]['shapes'][i]['gflops'] / base:.2f}" for b in backends)
         print(f"{m:>4} x {k:>5} x {n:>6}   {base:>8.1f} {cells}")
-    print(f"\n{'measure':<30} {'system':<8} {'value':>9} {'unit':<9} {'vs pytorch':>10} {'peak RSS':>9}")
+    print(f"\n{'round':>5} {'measure':<30} {'system':<8} {'value':>9} {'unit':<9} {'vs pytorch':>10} {'peak RSS':>9}")
     baseline = {}
-    for measure, system, value, unit, peak in rows:
+    ratios = {}
+    for round_index, measure, system, value, unit, peak in rows:
         if system == "pytorch":
-            baseline[measure] = value
-        ratio = value / baseline[measure] if measure in baseline and baseline[measure] else float("nan")
+            baseline[(round_index, measure)] = value
+        base = baseline.get((round_index, measure))
+        ratio = value / base if base else float("nan")
+        if system != "pytorch" and base:
+            ratios.setdefault((measure, system), []).append(ratio)
         peak_text = f"{peak:.2f} GiB" if peak is not None else "-"
-        print(f"{measure:<30} {system:<8} {value:>9.2f} {unit:<9} {ratio:>9.2f}x {peak_text:>9}")
+        print(f"{round_index + 1:>5} {measure:<30} {system:<8} {value:>9.2f} {unit:<9} {ratio:>9.2f}x {peak_text:>9}")
+    if a.rounds > 1:
+        print(f"\n{'measure':<30} {'system':<8} {'median ratio':>12}  every round")
+        for (measure, system), values in ratios.items():
+            each = " ".join(f"{r:.2f}" for r in values)
+            print(f"{measure:<30} {system:<8} {statistics.median(values):>11.2f}x  {each}")
+        results["ratios"] = {f"{m} / {s}": v for (m, s), v in ratios.items()}
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "results": results}, f, indent=1)
