@@ -23,6 +23,9 @@
 //! [`rowwise`] holds the fused element- and row-wise steps of the forward pass (RMSNorm, RoPE,
 //! masked softmax, silu) on f32 slices.
 //!
+//! [`f32_product`] is an f32 product by the gemm crate, bit-equal to burn-flex's matmul, into
+//! an output it does not zero or copy first.
+//!
 //! [`rows_f32`] is the f32 counterpart of that single-row path: a few rows times a stored f32
 //! matrix, streamed by every thread (decoding with a model kept in f32).
 
@@ -57,18 +60,21 @@ macro_rules! widest {
 }
 
 pub mod adamw;
+mod f32_product;
 mod isa;
 mod kernel;
 pub mod log_softmax;
 mod pack;
 pub mod rows_f32;
 pub mod rowwise;
+pub mod strided;
 mod tiles;
 mod vector;
 
 use half::bf16;
 use rayon::prelude::*;
 
+pub use f32_product::{f32_product, F32Operand};
 pub use isa::{Isa, UnknownIsa, VARIABLE as ISA_VARIABLE};
 pub use kernel::Kernel;
 

@@ -73,3 +73,44 @@ fn results_do_not_depend_on_the_number_of_threads() {
         assert_eq!(on(threads), one, "{threads} threads");
     }
 }
+
+/// `f32_product` (gemm into an unzeroed buffer) against an f64 reference, on one thread and
+/// threaded, empty sizes included.
+#[test]
+fn f32_products_match_the_reference() {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (7, 13, 29),
+        (200, 192, 200),
+        (3, 0, 4),
+        (0, 5, 6),
+    ] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 32.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 16.0)
+            .collect();
+        let (a_op, b_op) = (
+            matmul::F32Operand::row_major(&a, m, k),
+            matmul::F32Operand::row_major(&b, k, n),
+        );
+        let c = matmul::f32_product(a_op, b_op);
+        assert_eq!(c.len(), m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut scale) = (0f64, 0f64);
+                for kk in 0..k {
+                    let p = a[i * k + kk] as f64 * b[kk * n + j] as f64;
+                    exact += p;
+                    scale += p.abs();
+                }
+                let error = (c[i * n + j] as f64 - exact).abs();
+                assert!(
+                    error <= scale * k as f64 * 1e-7 + 1e-30,
+                    "{m}x{k}x{n} at {i},{j}"
+                );
+            }
+        }
+    }
+}

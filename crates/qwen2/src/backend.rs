@@ -93,13 +93,48 @@ fn flex_f32_with<B: Backend, const D: usize>(
 }
 
 /// `t` as one contiguous f32 run from offset 0, copied when it is a strided view: what the
-/// fused kernels' backward steps read. `None` for another element type.
+/// fused kernels read. A view whose last axis is contiguous (permuted attention heads) is
+/// copied run by run on every thread (`matmul::strided`); others by burn-flex. `None` for
+/// another element type.
 pub fn contiguous_f32(t: FlexTensor) -> Option<FlexTensor> {
-    let t = match t.is_contiguous() && t.layout().start_offset() == 0 {
-        true => t,
-        false => t.to_contiguous(),
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        return Some(t);
+    }
+    let layout = t.layout();
+    let dims: Vec<usize> = layout.shape().iter().copied().collect();
+    let copied = matmul::strided::contiguous_copy(
+        t.storage::<f32>(),
+        layout.start_offset(),
+        &dims,
+        layout.strides(),
+    );
+    let t = match copied {
+        Some(values) => FlexTensor::from_data(TensorData::new(values, dims)),
+        None => t.to_contiguous(),
     };
-    (t.dtype() == DType::F32 && t.layout().start_offset() == 0).then_some(t)
+    (t.layout().start_offset() == 0).then_some(t)
+}
+
+/// A 2-D f32 burn-flex tensor as a product operand, read where it lies (a transposed or
+/// sliced view included, as burn-flex's matmul reads it). `None` for another element type or
+/// rank, or a negative stride.
+pub fn f32_operand(t: &FlexTensor) -> Option<matmul::F32Operand<'_>> {
+    let layout = t.layout();
+    let (dims, strides) = (layout.shape(), layout.strides());
+    if t.dtype() != DType::F32 || dims.num_dims() != 2 || strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    Some(matmul::F32Operand {
+        values: t.storage::<f32>(),
+        offset: layout.start_offset(),
+        rows: dims[0],
+        cols: dims[1],
+        row_stride: strides[0] as usize,
+        col_stride: strides[1] as usize,
+    })
 }
 
 /// The tensor of `values` for a `B` that is burn-flex (checked by the caller, as

@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData, TensorPrimitive};
 
 use crate::backend::{
-    contiguous_f32, flex_f32, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
+    contiguous_f32, flex_f32, from_flex, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
 };
 use matmul::rowwise::{self, AttentionRows};
 
@@ -65,6 +65,19 @@ pub fn silu_times<B: Backend, const D: usize>(
     let count = dims.iter().product::<usize>();
     let (gs, us) = (&gs.storage::<f32>()[..count], &us.storage::<f32>()[..count]);
     Some(from_flex_values(rowwise::silu_times(gs, us), dims))
+}
+
+/// `t` laid out contiguously, for a reshape that would otherwise copy a permuted view in
+/// burn-flex's element-by-element walk on one thread: on burn-flex without autodiff the copy
+/// runs row by row on every thread (`matmul::strided`); elsewhere `t` is returned as it is.
+pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() {
+        return t;
+    }
+    match flex_f32(t.clone()) {
+        Some(values) => from_flex(values),
+        None => t,
+    }
 }
 
 /// RoPE of `x [B, T, heads, head_dim]` with tables `[B, T, 1, head_dim]` (see

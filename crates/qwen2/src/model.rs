@@ -297,7 +297,12 @@ impl<B: Backend> Attention<B> {
         // GQA without copying keys and values: the g query heads that share a kv head are laid
         // out contiguously (repeat_interleave order), so they fold into the query-length axis.
         let group = self.num_heads / self.num_kv_heads;
-        let queries = queries.reshape([batch, self.num_kv_heads, group * seq, self.head_dim]);
+        let queries = crate::flex_kernels::contiguous(queries).reshape([
+            batch,
+            self.num_kv_heads,
+            group * seq,
+            self.head_dim,
+        ]);
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = queries.matmul(keys.swap_dims(2, 3));
         let probabilities =
@@ -305,11 +310,11 @@ impl<B: Backend> Attention<B> {
                 Some(probabilities) => probabilities,
                 None => self.probabilities(scores * scale, blocked, group, seq, keys_len),
             };
-        probabilities
+        let heads = probabilities
             .matmul(values)
             .reshape([batch, self.num_heads, seq, self.head_dim])
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.num_heads * self.head_dim])
+            .swap_dims(1, 2);
+        crate::flex_kernels::contiguous(heads).reshape([batch, seq, self.num_heads * self.head_dim])
     }
 
     /// `softmax(mask_fill(scores, blocked, f32::MIN))` for scores `[B, kv_heads, group * T, S]`

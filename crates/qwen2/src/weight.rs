@@ -20,6 +20,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
 use burn::backend::Autodiff;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -27,7 +28,9 @@ use burn::tensor::{bf16, Tensor, TensorData, TensorPrimitive};
 use matmul::{Bf16Matrix, Orientation};
 use rayon::prelude::*;
 
-use crate::backend::{flex_f32, flex_f32_whole, from_flex_values, same_type};
+use crate::backend::{
+    contiguous_f32, f32_operand, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
+};
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -203,8 +206,7 @@ impl FrozenMatrix {
             .column_blocks()
             .into_iter()
             .map(|(start, end)| {
-                x.clone()
-                    .matmul(self.column_block::<B>(start, end, &device))
+                plain_product(x.clone(), self.column_block::<B>(start, end, &device))
             })
             .collect();
         match products.len() {
@@ -223,10 +225,7 @@ impl FrozenMatrix {
         let mut sum: Option<Tensor<B, 2>> = None;
         for (start, end) in self.column_blocks() {
             let block = self.column_block::<B>(start, end, &device);
-            let part = g
-                .clone()
-                .narrow(1, start, end - start)
-                .matmul(block.transpose());
+            let part = plain_product(g.clone().narrow(1, start, end - start), block.transpose());
             sum = Some(match sum {
                 Some(sum) => sum + part,
                 None => part,
@@ -330,7 +329,7 @@ impl<B: Backend> Weight<B> {
         let product = match &self.frozen {
             None => {
                 let weight = self.val();
-                match few_rows_product(&rows, &weight) {
+                match flex_product(&rows, &weight) {
                     Some(product) => product,
                     None => rows.matmul(weight),
                 }
@@ -385,24 +384,108 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, weight: &FrozenMatrix) -> Tens
     weight.right_product(x)
 }
 
-/// `x [N, in] · w` for at most [`matmul::rows_f32::MAX_ROWS`] rows on burn-flex without autodiff
-/// (decoding): every thread streams its own columns of `w` (`matmul::rows_f32`), where
-/// burn-flex's gemm runs such a product on one thread below 7M multiply-adds and reads the
-/// lm_head at about half the machine's bandwidth. `None` for other backends, more rows, or a
-/// `w` that is a strided view.
-fn few_rows_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    let [rows, inputs] = x.dims();
-    let [_, outputs] = w.dims();
-    if !(1..=matmul::rows_f32::MAX_ROWS).contains(&rows) {
+/// `x · w` for a product no gradient passes through (a widened frozen block): on burn-flex
+/// without autodiff by `matmul::f32_product` (burn-flex's own gemm call, the same bits, no
+/// zeroed-then-copied output), elsewhere by Burn.
+fn plain_product<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
+        let (xs, ws) = (flex_primitive(&x), flex_primitive(&w));
+        if let (Some(a), Some(b)) = (f32_operand(&xs), f32_operand(&ws)) {
+            let dims = [a.rows, b.cols];
+            return from_flex_values(matmul::f32_product(a, b), dims);
+        }
+    }
+    x.matmul(w)
+}
+
+/// The burn-flex tensor behind `t`, for a `B` checked to be [`FlexCpu`].
+fn flex_primitive<B: Backend>(t: &Tensor<B, 2>) -> FlexTensor {
+    same_type::<_, Tensor<FlexCpu, 2>>(t.clone())
+        .into_primitive()
+        .tensor()
+}
+
+/// `x [N, in] · w [in, out]` on burn-flex by this crate's route: decoding's few rows stream the
+/// matrix (`matmul::rows_f32`); more rows go to gemm exactly as burn-flex's matmul calls it (the
+/// same operand strides, so the same bits) without the zeroed and then copied output buffer
+/// burn-flex makes first (`matmul::f32_product`); under autodiff the product is recorded with
+/// its own backward step ([`ProductBackward`]). `None` on other backends.
+fn flex_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        return recorded_product(same_type(x.clone()), same_type(w.clone())).map(same_type);
+    }
+    if TypeId::of::<B>() != TypeId::of::<FlexCpu>() {
         return None;
     }
-    let (Some(x), Some(w)) = (flex_f32(x.clone()), flex_f32_whole(w.clone())) else {
+    let (x, w) = (flex_primitive(x), flex_primitive(w));
+    let (a, b) = (f32_operand(&x)?, f32_operand(&w)?);
+    let (rows, inputs, outputs) = (a.rows, a.cols, b.cols);
+    if rows == 0 {
         return None;
+    }
+    let product = match rows <= matmul::rows_f32::MAX_ROWS && a.is_row_major() && b.is_row_major() {
+        true => matmul::rows_f32::row_products(
+            &a.values[a.offset..a.offset + rows * inputs],
+            rows,
+            &b.values[b.offset..b.offset + inputs * outputs],
+            inputs,
+            outputs,
+        ),
+        false => matmul::f32_product(a, b),
     };
-    let x_values = &x.storage::<f32>()[..rows * inputs];
-    let w_values = &w.storage::<f32>()[..inputs * outputs];
-    let product = matmul::rows_f32::row_products(x_values, rows, w_values, inputs, outputs);
     Some(from_flex_values(product, [rows, outputs]))
+}
+
+/// [`flex_product`] under burn-flex's autodiff: the product, entered in the graph with
+/// [`ProductBackward`]. Like Burn's matmul it keeps `x` only when `w` needs a gradient and `w`
+/// only when `x` does.
+fn recorded_product(
+    x: Tensor<FlexAutodiff, 2>,
+    w: Tensor<FlexAutodiff, 2>,
+) -> Option<Tensor<FlexAutodiff, 2>> {
+    let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
+    let (a, b) = (f32_operand(&x.primitive)?, f32_operand(&w.primitive)?);
+    let [rows, outputs] = [a.rows, b.cols];
+    let output = FlexTensor::from_data(TensorData::new(matmul::f32_product(a, b), [rows, outputs]));
+    let state = (
+        w.is_tracked().then(|| x.primitive.clone()),
+        x.is_tracked().then(|| w.primitive.clone()),
+    );
+    let output = record(ProductBackward, [&x, &w], state, output);
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+/// The backward step of `y = x · w`: `dx = g · wᵀ` and `dw = xᵀ · g`, the products Burn's
+/// matmul backward makes (transposed views, the same strides), by `matmul::f32_product`.
+#[derive(Debug)]
+struct ProductBackward;
+
+impl Backward<FlexCpu, 2> for ProductBackward {
+    /// `x` (kept when `w` needs a gradient) and `w` (kept when `x` does).
+    type State = (Option<FlexTensor>, Option<FlexTensor>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w) = ops.state;
+        let grad = grads.consume::<FlexCpu>(&ops.node);
+        let grad = match f32_operand(&grad) {
+            Some(_) => grad,
+            None => contiguous_f32(grad).expect("an f32 gradient"),
+        };
+        let g = f32_operand(&grad).expect("a 2-D f32 gradient");
+        let [x_node, w_node] = ops.parents;
+        if let (Some(node), Some(w)) = (x_node, &w) {
+            let w = f32_operand(w).expect("an f32 weight").transposed();
+            let dx = matmul::f32_product(g, w);
+            let dx = FlexTensor::from_data(TensorData::new(dx, [g.rows, w.cols]));
+            grads.register::<FlexCpu>(node.id, dx);
+        }
+        if let (Some(node), Some(x)) = (w_node, &x) {
+            let x = f32_operand(x).expect("f32 inputs").transposed();
+            let dw = matmul::f32_product(x, g);
+            let dw = FlexTensor::from_data(TensorData::new(dw, [x.rows, g.cols]));
+            grads.register::<FlexCpu>(node.id, dw);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -458,6 +541,113 @@ pub fn transpose_matrix(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::backend::FlexCpu;
+
+    /// burn-flex's inference products skip its output buffer but keep its gemm call: the same
+    /// bits as `Tensor::matmul`, on one thread (small) and on all (above 192³ multiply-adds),
+    /// and decoding's few rows (`rows_f32`) within rounding of it.
+    #[test]
+    fn flex_products_are_burn_flex_matmul_bit_for_bit() {
+        let device = Default::default();
+        let tensor = |rows: usize, cols: usize, seed: usize| {
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|i| (((i + seed) * 7919 % 2003) as f32 - 1001.0) / 997.0)
+                .collect();
+            Tensor::<FlexCpu, 2>::from_data(TensorData::new(values, [rows, cols]), &device)
+        };
+        for (rows, inputs, outputs) in [(5, 17, 33), (37, 96, 130), (130, 256, 300)] {
+            let (x, w) = (tensor(rows, inputs, 1), tensor(inputs, outputs, 2));
+            let ours = flex_product(&x, &w).expect("flex, contiguous").into_data();
+            let burn = x.matmul(w).into_data();
+            assert_eq!(ours.shape, burn.shape);
+            let (ours, burn) = (ours.to_vec::<f32>().unwrap(), burn.to_vec::<f32>().unwrap());
+            let same = ours
+                .iter()
+                .zip(&burn)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{rows} x {inputs} x {outputs} differs from Tensor::matmul"
+            );
+        }
+        let (x, w) = (tensor(3, 64, 3), tensor(64, 40, 4));
+        let few = flex_product(&x, &w).expect("flex").into_data();
+        few.assert_approx_eq::<f32>(&x.matmul(w).into_data(), Default::default());
+        // A strided weight (a transposed view) is read where it lies, as burn-flex reads it.
+        let (x, w) = (tensor(40, 160, 5), tensor(240, 160, 6).transpose());
+        let ours = flex_product(&x, &w)
+            .expect("flex")
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let burn = x.matmul(w).into_data().to_vec::<f32>().unwrap();
+        assert!(ours
+            .iter()
+            .zip(&burn)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// Under autodiff the recorded product gives Burn's matmul values and gradients bit for bit
+    /// (its backward step makes the same transposed-view products), and keeps what a frozen
+    /// side does not need.
+    #[test]
+    fn recorded_products_give_burns_gradients_bit_for_bit() {
+        let device = Default::default();
+        let values = |count: usize, seed: usize| -> Vec<f32> {
+            (0..count)
+                .map(|i| (((i + seed) * 7919 % 2003) as f32 - 1001.0) / 997.0)
+                .collect()
+        };
+        let (rows, inputs, outputs) = (70, 200, 150);
+        let weights = |c| {
+            Tensor::<FlexAutodiff, 2>::from_data(
+                TensorData::new(values(rows * outputs, c), [rows, outputs]),
+                &device,
+            )
+        };
+        for (x_tracked, w_tracked) in [(true, true), (true, false), (false, true)] {
+            let leaf = |v: Vec<f32>, dims: [usize; 2], tracked: bool| {
+                let t = Tensor::<FlexAutodiff, 2>::from_data(TensorData::new(v, dims), &device);
+                match tracked {
+                    true => t.require_grad(),
+                    false => t,
+                }
+            };
+            let x = leaf(values(rows * inputs, 1), [rows, inputs], x_tracked);
+            let w = leaf(values(inputs * outputs, 2), [inputs, outputs], w_tracked);
+            let ours = flex_product(&x, &w).expect("flex autodiff");
+            let burn = x.clone().matmul(w.clone());
+            let bits = |t: Tensor<FlexAutodiff, 2>| -> Vec<u32> {
+                t.into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(ours.clone()), bits(burn.clone()), "values");
+            let ours_grads = (ours * weights(3)).sum().backward();
+            let burn_grads = (burn * weights(3)).sum().backward();
+            for (tracked, t) in [(x_tracked, &x), (w_tracked, &w)] {
+                let (a, b) = (t.grad(&ours_grads), t.grad(&burn_grads));
+                assert_eq!(a.is_some(), tracked);
+                if let (Some(a), Some(b)) = (a, b) {
+                    let to_bits = |g: Tensor<FlexCpu, 2>| -> Vec<u32> {
+                        g.into_data()
+                            .to_vec::<f32>()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect()
+                    };
+                    assert_eq!(
+                        to_bits(a),
+                        to_bits(b),
+                        "gradient ({x_tracked}, {w_tracked})"
+                    );
+                }
+            }
+        }
+    }
 
     /// A matrix wider than one block: the blocked products equal the products of the widened
     /// matrix (same f32 values, same sums per column).
