@@ -21,12 +21,12 @@ impl Kernel {
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            // A cap of exactly avx512bf16 asks for `vdpbf16ps` itself (a pinned choice, so runs
-            // repeat bit for bit); otherwise the two AVX-512 kernels are timed.
-            if Kernel::Avx512Bf16.available() && Isa::cap() == Some(Isa::Avx512Bf16) {
-                return Kernel::Avx512Bf16;
-            }
             if Kernel::Avx512Bf16.available() {
+                // A cap of exactly avx512bf16 asks for `vdpbf16ps` itself (a pinned choice, so
+                // runs repeat bit for bit); otherwise the two AVX-512 kernels are timed.
+                if Isa::cap() == Some(Isa::Avx512Bf16) {
+                    return Kernel::Avx512Bf16;
+                }
                 let faster = seconds_per_product(Kernel::Avx512Bf16)
                     <= seconds_per_product(Kernel::Avx512Widened);
                 return match faster {

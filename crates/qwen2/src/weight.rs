@@ -29,7 +29,8 @@ use matmul::{Bf16Matrix, Orientation};
 use rayon::prelude::*;
 
 use crate::backend::{
-    contiguous_f32, f32_operand, from_flex_values, record, same_type, FlexAutodiff, FlexCpu,
+    contiguous_f32, f32_operand, from_flex, from_flex_values, record, same_type, FlexAutodiff,
+    FlexCpu,
 };
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
@@ -391,11 +392,16 @@ fn plain_product<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
         let (xs, ws) = (flex_primitive(&x), flex_primitive(&w));
         if let (Some(a), Some(b)) = (f32_operand(&xs), f32_operand(&ws)) {
-            let dims = [a.rows, b.cols];
-            return from_flex_values(matmul::f32_product(a, b), dims);
+            return from_flex(gemm_product(a, b));
         }
     }
     x.matmul(w)
+}
+
+/// `a · b` by `matmul::f32_product`, as a burn-flex tensor.
+fn gemm_product(a: matmul::F32Operand, b: matmul::F32Operand) -> FlexTensor {
+    let dims = [a.rows, b.cols];
+    FlexTensor::from_data(TensorData::new(matmul::f32_product(a, b), dims))
 }
 
 /// The burn-flex tensor behind `t`, for a `B` checked to be [`FlexCpu`].
@@ -423,16 +429,16 @@ fn flex_product<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor
     if rows == 0 {
         return None;
     }
-    let product = match rows <= matmul::rows_f32::MAX_ROWS && a.is_row_major() && b.is_row_major() {
-        true => matmul::rows_f32::row_products(
-            &a.values[a.offset..a.offset + rows * inputs],
-            rows,
-            &b.values[b.offset..b.offset + inputs * outputs],
-            inputs,
-            outputs,
-        ),
-        false => matmul::f32_product(a, b),
-    };
+    if rows > matmul::rows_f32::MAX_ROWS || !a.is_row_major() || !b.is_row_major() {
+        return Some(from_flex(gemm_product(a, b)));
+    }
+    let product = matmul::rows_f32::row_products(
+        &a.values[a.offset..a.offset + rows * inputs],
+        rows,
+        &b.values[b.offset..b.offset + inputs * outputs],
+        inputs,
+        outputs,
+    );
     Some(from_flex_values(product, [rows, outputs]))
 }
 
@@ -444,9 +450,7 @@ fn recorded_product(
     w: Tensor<FlexAutodiff, 2>,
 ) -> Option<Tensor<FlexAutodiff, 2>> {
     let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
-    let (a, b) = (f32_operand(&x.primitive)?, f32_operand(&w.primitive)?);
-    let [rows, outputs] = [a.rows, b.cols];
-    let output = FlexTensor::from_data(TensorData::new(matmul::f32_product(a, b), [rows, outputs]));
+    let output = gemm_product(f32_operand(&x.primitive)?, f32_operand(&w.primitive)?);
     let state = (
         w.is_tracked().then(|| x.primitive.clone()),
         x.is_tracked().then(|| w.primitive.clone()),
@@ -466,24 +470,19 @@ impl Backward<FlexCpu, 2> for ProductBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, w) = ops.state;
-        let grad = grads.consume::<FlexCpu>(&ops.node);
-        let grad = match f32_operand(&grad) {
-            Some(_) => grad,
-            None => contiguous_f32(grad).expect("an f32 gradient"),
-        };
+        let mut grad = grads.consume::<FlexCpu>(&ops.node);
+        if f32_operand(&grad).is_none() {
+            grad = contiguous_f32(grad).expect("an f32 gradient");
+        }
         let g = f32_operand(&grad).expect("a 2-D f32 gradient");
         let [x_node, w_node] = ops.parents;
         if let (Some(node), Some(w)) = (x_node, &w) {
             let w = f32_operand(w).expect("an f32 weight").transposed();
-            let dx = matmul::f32_product(g, w);
-            let dx = FlexTensor::from_data(TensorData::new(dx, [g.rows, w.cols]));
-            grads.register::<FlexCpu>(node.id, dx);
+            grads.register::<FlexCpu>(node.id, gemm_product(g, w));
         }
         if let (Some(node), Some(x)) = (w_node, &x) {
             let x = f32_operand(x).expect("f32 inputs").transposed();
-            let dw = matmul::f32_product(x, g);
-            let dw = FlexTensor::from_data(TensorData::new(dw, [x.rows, g.cols]));
-            grads.register::<FlexCpu>(node.id, dw);
+            grads.register::<FlexCpu>(node.id, gemm_product(x, g));
         }
     }
 }
@@ -542,6 +541,22 @@ mod tests {
     use super::*;
     use crate::backend::FlexCpu;
 
+    /// Pseudo-random values in [-1, 1], the same for the same seed.
+    fn test_values(count: usize, seed: usize) -> Vec<f32> {
+        (0..count)
+            .map(|i| (((i + seed) * 7919 % 2003) as f32 - 1001.0) / 997.0)
+            .collect()
+    }
+
+    /// A tensor's values as bits, for bit-for-bit comparisons.
+    fn bits(data: TensorData) -> Vec<u32> {
+        data.to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
     /// burn-flex's inference products skip its output buffer but keep its gemm call: the same
     /// bits as `Tensor::matmul`, on one thread (small) and on all (above 192³ multiply-adds),
     /// and decoding's few rows (`rows_f32`) within rounding of it.
@@ -549,9 +564,7 @@ mod tests {
     fn flex_products_are_burn_flex_matmul_bit_for_bit() {
         let device = Default::default();
         let tensor = |rows: usize, cols: usize, seed: usize| {
-            let values: Vec<f32> = (0..rows * cols)
-                .map(|i| (((i + seed) * 7919 % 2003) as f32 - 1001.0) / 997.0)
-                .collect();
+            let values = test_values(rows * cols, seed);
             Tensor::<FlexCpu, 2>::from_data(TensorData::new(values, [rows, cols]), &device)
         };
         for (rows, inputs, outputs) in [(5, 17, 33), (37, 96, 130), (130, 256, 300)] {
@@ -559,13 +572,8 @@ mod tests {
             let ours = flex_product(&x, &w).expect("flex, contiguous").into_data();
             let burn = x.matmul(w).into_data();
             assert_eq!(ours.shape, burn.shape);
-            let (ours, burn) = (ours.to_vec::<f32>().unwrap(), burn.to_vec::<f32>().unwrap());
-            let same = ours
-                .iter()
-                .zip(&burn)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
-                same,
+                bits(ours) == bits(burn),
                 "{rows} x {inputs} x {outputs} differs from Tensor::matmul"
             );
         }
@@ -574,16 +582,8 @@ mod tests {
         few.assert_approx_eq::<f32>(&x.matmul(w).into_data(), Default::default());
         // A strided weight (a transposed view) is read where it lies, as burn-flex reads it.
         let (x, w) = (tensor(40, 160, 5), tensor(240, 160, 6).transpose());
-        let ours = flex_product(&x, &w)
-            .expect("flex")
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let burn = x.matmul(w).into_data().to_vec::<f32>().unwrap();
-        assert!(ours
-            .iter()
-            .zip(&burn)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let ours = flex_product(&x, &w).expect("flex").into_data();
+        assert!(bits(ours) == bits(x.matmul(w).into_data()));
     }
 
     /// Under autodiff the recorded product gives Burn's matmul values and gradients bit for bit
@@ -592,56 +592,35 @@ mod tests {
     #[test]
     fn recorded_products_give_burns_gradients_bit_for_bit() {
         let device = Default::default();
-        let values = |count: usize, seed: usize| -> Vec<f32> {
-            (0..count)
-                .map(|i| (((i + seed) * 7919 % 2003) as f32 - 1001.0) / 997.0)
-                .collect()
-        };
         let (rows, inputs, outputs) = (70, 200, 150);
-        let weights = |c| {
-            Tensor::<FlexAutodiff, 2>::from_data(
-                TensorData::new(values(rows * outputs, c), [rows, outputs]),
-                &device,
-            )
+        let leaf = |seed: usize, dims: [usize; 2], tracked: bool| {
+            let values = TensorData::new(test_values(dims[0] * dims[1], seed), dims);
+            let t = Tensor::<FlexAutodiff, 2>::from_data(values, &device);
+            match tracked {
+                true => t.require_grad(),
+                false => t,
+            }
         };
         for (x_tracked, w_tracked) in [(true, true), (true, false), (false, true)] {
-            let leaf = |v: Vec<f32>, dims: [usize; 2], tracked: bool| {
-                let t = Tensor::<FlexAutodiff, 2>::from_data(TensorData::new(v, dims), &device);
-                match tracked {
-                    true => t.require_grad(),
-                    false => t,
-                }
-            };
-            let x = leaf(values(rows * inputs, 1), [rows, inputs], x_tracked);
-            let w = leaf(values(inputs * outputs, 2), [inputs, outputs], w_tracked);
+            let x = leaf(1, [rows, inputs], x_tracked);
+            let w = leaf(2, [inputs, outputs], w_tracked);
             let ours = flex_product(&x, &w).expect("flex autodiff");
             let burn = x.clone().matmul(w.clone());
-            let bits = |t: Tensor<FlexAutodiff, 2>| -> Vec<u32> {
-                t.into_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            };
-            assert_eq!(bits(ours.clone()), bits(burn.clone()), "values");
-            let ours_grads = (ours * weights(3)).sum().backward();
-            let burn_grads = (burn * weights(3)).sum().backward();
+            assert_eq!(
+                bits(ours.clone().into_data()),
+                bits(burn.clone().into_data()),
+                "values"
+            );
+            let weights = leaf(3, [rows, outputs], false);
+            let ours_grads = (ours * weights.clone()).sum().backward();
+            let burn_grads = (burn * weights).sum().backward();
             for (tracked, t) in [(x_tracked, &x), (w_tracked, &w)] {
                 let (a, b) = (t.grad(&ours_grads), t.grad(&burn_grads));
                 assert_eq!(a.is_some(), tracked);
                 if let (Some(a), Some(b)) = (a, b) {
-                    let to_bits = |g: Tensor<FlexCpu, 2>| -> Vec<u32> {
-                        g.into_data()
-                            .to_vec::<f32>()
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect()
-                    };
                     assert_eq!(
-                        to_bits(a),
-                        to_bits(b),
+                        bits(a.into_data()),
+                        bits(b.into_data()),
                         "gradient ({x_tracked}, {w_tracked})"
                     );
                 }
