@@ -4,10 +4,13 @@
 //! with numpy's BLAS on the same cores (tests/python/compare_with_torch.py runs both).
 //! `--bf16`: the same shapes as products with a frozen bf16 matrix (crates/matmul: `x · W` and
 //! the backward's `g · Wᵀ`), for every kernel this CPU has, beside the f32 product.
+//! `--shape NAME [--rows N]`: instead, every distinct linear layer of that published model
+//! (attention's projections, the MLP's, the lm_head) for `N` rows (tokens), to see which
+//! products hold a forward pass back.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use clap::Args as ClapArgs;
@@ -35,6 +38,42 @@ pub struct Args {
     /// every kernel this CPU has, instead of the backend's f32 products.
     #[arg(long)]
     bf16: bool,
+    /// The linear layers of this published model instead of the 0.5B update's fixed shapes:
+    /// tiny, qwen2.5-0.5b, qwen2.5-1.5b, deepseek-r1-distill-qwen-1.5b, ...
+    #[arg(long)]
+    shape: Option<String>,
+    /// Rows (tokens) of each product with `--shape`.
+    #[arg(long, default_value_t = 512, requires = "shape")]
+    rows: usize,
+}
+
+impl Args {
+    /// `(m, k, n)` of every product to time.
+    fn shapes(&self) -> Result<Vec<(usize, usize, usize)>> {
+        let Some(name) = &self.shape else {
+            return Ok(SHAPES.to_vec());
+        };
+        let Some(config) = qwen2::ModelConfig::preset(name) else {
+            bail!(
+                "unknown --shape `{name}`: use {}",
+                qwen2::ModelConfig::PRESETS
+            );
+        };
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        let mut shapes = Vec::new();
+        for (k, n) in [(h, q), (h, kv), (q, h), (h, i), (i, h), (h, v)] {
+            if !shapes.contains(&(self.rows, k, n)) {
+                shapes.push((self.rows, k, n));
+            }
+        }
+        Ok(shapes)
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -67,7 +106,7 @@ fn bf16_products(args: &Args) -> Result<()> {
         matmul::cpu_description()
     );
     let mut results = Vec::new();
-    for (m, k, n) in SHAPES {
+    for (m, k, n) in args.shapes()? {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
             .collect();
@@ -136,7 +175,7 @@ impl BackendTask for Matmul {
             args.repeats.max(1),
             matmul::cpu_description()
         );
-        for (m, k, n) in SHAPES {
+        for (m, k, n) in args.shapes()? {
             let a = Tensor::<B, 2>::random([m, k], Distribution::Default, &device);
             let b = Tensor::<B, 2>::random([k, n], Distribution::Default, &device);
             let median = median_seconds(args.repeats, || {

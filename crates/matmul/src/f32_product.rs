@@ -71,44 +71,101 @@ impl<'a> F32Operand<'a> {
 /// # Panics
 /// When the inner sizes differ or a view reaches past its values.
 pub fn f32_product(a: F32Operand, b: F32Operand) -> Vec<f32> {
+    let (m, n) = (a.rows, b.cols);
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `c` has room for `m x n` entries at row stride `n`. Not accumulating, gemm writes
+    // every entry (`c = 1 * a · b`) and reads none, so all `m x n` are initialized on return.
+    unsafe {
+        gemm_into(a, b, c.as_mut_ptr(), n, false);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// `c = a · b`, or `c += a · b` with `accumulate`, where `c` is the `[m, n]` block of `out` at
+/// `offset` with rows `row_stride` apart: one column block of a wider product written in
+/// place, or the sum of products over blocks of the inner dimension without a temporary per
+/// block. Each entry is gemm's sum for it, so a block's bits are those of a separate product.
+///
+/// # Panics
+/// When the inner sizes differ, a view reaches past its values, or the block past `out`.
+pub fn f32_product_into(
+    a: F32Operand,
+    b: F32Operand,
+    out: &mut [f32],
+    offset: usize,
+    row_stride: usize,
+    accumulate: bool,
+) {
+    let (m, n) = (a.rows, b.cols);
+    if m > 0 && n > 0 {
+        assert!(n <= row_stride, "a row of the block fits its stride");
+        assert!(
+            offset + (m - 1) * row_stride + n <= out.len(),
+            "the [{m}, {n}] block at {offset} with row stride {row_stride} reaches past the output"
+        );
+    }
+    // SAFETY: the block lies inside `out` (checked above), which is initialized.
+    unsafe { gemm_into(a, b, out.as_mut_ptr().add(offset), row_stride, accumulate) }
+}
+
+/// `c = a · b` (or `c += a · b`) into the row-major block at `c` with rows `c_row_stride`
+/// apart, by burn-flex's gemm call.
+///
+/// # Safety
+/// `c` points to `a.rows` rows of `b.cols` writable entries, `c_row_stride` apart, initialized
+/// when `accumulate`.
+///
+/// # Panics
+/// When the inner sizes differ or a view reaches past its values.
+unsafe fn gemm_into(
+    a: F32Operand,
+    b: F32Operand,
+    c: *mut f32,
+    c_row_stride: usize,
+    accumulate: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "a's columns match b's rows");
     a.check("a");
     b.check("b");
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(c.add(i * c_row_stride), 0, n);
+            }
+        }
+        return;
     }
     let parallelism = match m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
         true => gemm::Parallelism::Rayon(0),
         false => gemm::Parallelism::None,
     };
-    let mut c: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: every entry of both views lies inside its values (checked above) and `c` has
-    // room for `m x n`. With `read_dst` false gemm writes every entry of `c` (`c = 1 * a · b`)
-    // and reads none, so all `m x n` are initialized when it returns.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.values.as_ptr().add(a.offset),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.values.as_ptr().add(b.offset),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        c.set_len(m * n);
-    }
-    c
+    // gemm computes `c = alpha * c + beta * a · b`, reading `c` only when told to (burn-flex
+    // passes alpha 0 then, and so does this, for the same bits).
+    let alpha = if accumulate { 1.0 } else { 0.0 };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_row_stride as isize,
+        accumulate,
+        a.values.as_ptr().add(a.offset),
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.values.as_ptr().add(b.offset),
+        b.col_stride as isize,
+        b.row_stride as isize,
+        alpha,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }

@@ -41,11 +41,14 @@ impl Kernel {
         })
     }
 
+    /// Rows up to which a product counts as decoding's (see [`Kernel::for_rows`]).
+    pub const FEW_ROWS: usize = 8;
+
     /// The kernel for a product with `m` rows: batch-1 decoding's few rows read the matrix
     /// once and are bound by memory bandwidth, where `vdpbf16ps` reads half the bytes of the
     /// widened panels; more rows take [`Kernel::detect`]'s choice.
     pub fn for_rows(m: usize) -> Self {
-        match m <= 8 && Kernel::Avx512Bf16.available() {
+        match m <= Self::FEW_ROWS && Kernel::Avx512Bf16.available() {
             true => Kernel::Avx512Bf16,
             false => Kernel::detect(),
         }
@@ -81,6 +84,12 @@ impl Kernel {
             Kernel::Avx2 => "avx2 (bf16 widened while packing, f32 FMA)",
             Kernel::Portable => "portable (scalar)",
         }
+    }
+
+    /// Whether the kernel multiplies in f32 FMAs on widened values (so an f32 gemm on the
+    /// widened matrix computes the same products, summed in another order).
+    pub fn widens(self) -> bool {
+        matches!(self, Kernel::Avx512Widened | Kernel::Avx2)
     }
 
     /// Rows of `A` per register tile.

@@ -74,7 +74,7 @@ mod vector;
 use half::bf16;
 use rayon::prelude::*;
 
-pub use f32_product::{f32_product, F32Operand};
+pub use f32_product::{f32_product, f32_product_into, F32Operand};
 pub use isa::{Isa, UnknownIsa, VARIABLE as ISA_VARIABLE};
 pub use kernel::Kernel;
 

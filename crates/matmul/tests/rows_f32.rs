@@ -106,3 +106,55 @@ fn f32_products_match_the_reference() {
         }
     }
 }
+
+/// `f32_product_into` writes a column block of a wider output in place with the bits of a
+/// separate product, leaves the other entries alone, and with `accumulate` adds a product to
+/// what is there (the sum over blocks of the inner dimension).
+#[test]
+fn products_into_a_block_of_a_wider_output() {
+    let (m, k, n, width) = (70, 150, 90, 200);
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 32.0)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 17 % 89) as f32 - 44.0) / 16.0)
+        .collect();
+    let (a_op, b_op) = (
+        matmul::F32Operand::row_major(&a, m, k),
+        matmul::F32Operand::row_major(&b, k, n),
+    );
+    let separate = matmul::f32_product(a_op, b_op);
+    let (offset, marker) = (37, -3.5f32);
+    let mut out = vec![marker; m * width];
+    matmul::f32_product_into(a_op, b_op, &mut out, offset, width, false);
+    for i in 0..m {
+        for j in 0..width {
+            let got = out[i * width + j];
+            match j.checked_sub(offset).filter(|&c| c < n) {
+                Some(c) => assert_eq!(got.to_bits(), separate[i * n + c].to_bits(), "{i},{j}"),
+                None => assert_eq!(got, marker, "{i},{j} outside the block"),
+            }
+        }
+    }
+    // a · b as the sum of two products over halves of k, the second accumulated.
+    let half = k / 2;
+    let mut sum = vec![0f32; m * n];
+    for (index, (start, end)) in [(0, half), (half, k)].into_iter().enumerate() {
+        let a_part = matmul::F32Operand {
+            offset: start,
+            cols: end - start,
+            ..a_op
+        };
+        let b_part = matmul::F32Operand {
+            offset: start * n,
+            rows: end - start,
+            ..b_op
+        };
+        matmul::f32_product_into(a_part, b_part, &mut sum, 0, n, index > 0);
+    }
+    let reference = f64_product(&a, m, &b, k, n);
+    for (index, (&got, &(exact, scale))) in sum.iter().zip(&reference).enumerate() {
+        let error = (got as f64 - exact).abs();
+        assert!(error <= scale * k as f64 * 1e-7 + 1e-30, "entry {index}");
+    }
+}

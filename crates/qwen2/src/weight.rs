@@ -13,6 +13,7 @@
 //!   that widens the bf16 matrix again when the gradient of `x` is needed.
 
 use std::any::TypeId;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -68,8 +69,9 @@ pub enum FrozenProducts {
     #[default]
     Float32,
     /// Round the activations to bf16 and multiply by the bf16 matrix with f32 sums, as
-    /// PyTorch's bf16 does (crates/matmul: `vdpbf16ps` on AVX512-BF16, otherwise widened while
-    /// packing); no f32 copy of the matrix is made.
+    /// PyTorch's bf16 does (crates/matmul: `vdpbf16ps` on AVX512-BF16 where it is the faster,
+    /// otherwise widened while packing; on burn-flex, more than decoding's rows go to gemm with
+    /// the matrix widened block by block, as in f32 products, which is faster at these shapes).
     Bfloat16,
 }
 
@@ -92,18 +94,27 @@ impl FrozenProducts {
     /// What a report says ran: "float32", or "bfloat16 (<kernel>, ...)".
     pub fn describe(self) -> String {
         let (many, few) = (matmul::Kernel::detect(), matmul::Kernel::for_rows(1));
+        let many = match many.widens() {
+            true => format!("flex: gemm on widened blocks, else {}", many.name()),
+            false => many.name().to_string(),
+        };
         match self {
             FrozenProducts::Float32 => "float32".into(),
-            FrozenProducts::Bfloat16 if many == few => format!("bfloat16 ({})", many.name()),
-            FrozenProducts::Bfloat16 => {
-                format!("bfloat16 ({}; up to 8 rows: {})", many.name(), few.name())
-            }
+            FrozenProducts::Bfloat16 => format!("bfloat16 ({many}; up to 8 rows: {})", few.name()),
         }
     }
 }
 
 /// Widest column block a product widens at once (see [`FrozenMatrix::right_product`]).
 pub const BLOCK_COLUMNS: usize = 16384;
+
+thread_local! {
+    /// The f32 block products on burn-flex widen a frozen matrix into, kept from product to
+    /// product on the thread that multiplies (at most one block: the memory plan's "f32
+    /// widening of a bf16 matrix block"). A fresh block per product, up to 100 MB, cost page
+    /// faults, the kernel's zeroing of every page and a memset, each time.
+    static WIDENED_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A frozen matrix in bf16 on the host, in Burn's `[in, out]` layout.
 #[derive(Clone)]
@@ -151,16 +162,22 @@ impl FrozenMatrix {
         end: usize,
         device: &B::Device,
     ) -> Tensor<B, 2> {
-        let [rows, cols] = self.dims;
-        let width = end - start;
-        let mut out = vec![0f32; rows * width];
-        out.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-            let source = &self.values[r * cols + start..r * cols + end];
-            for (o, v) in row.iter_mut().zip(source) {
-                *o = v.to_f32();
-            }
-        });
-        Tensor::from_data(TensorData::new(out, [rows, width]), device)
+        let mut out = vec![0f32; self.dims[0] * (end - start)];
+        self.widen_columns(start, end, &mut out);
+        Tensor::from_data(TensorData::new(out, [self.dims[0], end - start]), device)
+    }
+
+    /// Columns `start..end` widened into `out`, row-major `[in, end - start]`, on every thread.
+    fn widen_columns(&self, start: usize, end: usize, out: &mut [f32]) {
+        let cols = self.dims[1];
+        out.par_chunks_mut(end - start)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let source = &self.values[r * cols + start..r * cols + end];
+                for (o, v) in row.iter_mut().zip(source) {
+                    *o = v.to_f32();
+                }
+            });
     }
 
     /// The column blocks products widen one at a time: the whole matrix when it is narrow, else
@@ -175,6 +192,21 @@ impl FrozenMatrix {
             .step_by(BLOCK_COLUMNS)
             .map(|start| (start, (start + BLOCK_COLUMNS).min(cols)))
             .collect()
+    }
+
+    /// The left operand of a product by widened blocks: `x` itself in f32 products; in bf16
+    /// products, `x` rounded to bf16 where [`bf16_by_gemm`] chooses gemm, else `Err` with the
+    /// product made by this crate's bf16 kernels.
+    fn widened_operand<B: Backend>(
+        &self,
+        x: Tensor<B, 2>,
+        orientation: Orientation,
+    ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+        match FrozenProducts::current() {
+            FrozenProducts::Float32 => Ok(x),
+            FrozenProducts::Bfloat16 if bf16_by_gemm::<B>(x.dims()[0]) => Ok(rounded_to_bf16(x)),
+            FrozenProducts::Bfloat16 => Err(self.bf16_product(x, orientation)),
+        }
     }
 
     /// `x [N, in] · W` or `g [N, out] · Wᵀ` in bf16 (see [`FrozenProducts::Bfloat16`]).
@@ -199,40 +231,113 @@ impl FrozenMatrix {
     /// `x [N, in] · W`, widening one column block at a time (or in bf16, when
     /// [`FrozenProducts::current`] says so).
     pub fn right_product<B: Backend>(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        if FrozenProducts::current() == FrozenProducts::Bfloat16 {
-            return self.bf16_product(x, Orientation::AsStored);
-        }
-        let device = x.device();
-        let products: Vec<Tensor<B, 2>> = self
-            .column_blocks()
-            .into_iter()
-            .map(|(start, end)| {
-                plain_product(x.clone(), self.column_block::<B>(start, end, &device))
-            })
-            .collect();
-        match products.len() {
-            1 => products.into_iter().next().expect("one block"),
-            _ => Tensor::cat(products, 1),
+        match self.widened_operand(x, Orientation::AsStored) {
+            Ok(x) => self.widened_product(x, Orientation::AsStored),
+            Err(product) => product,
         }
     }
 
     /// `g [N, out] · Wᵀ`, widening one column block at a time: the gradient of `x` in
     /// `x · W`.
     pub fn transposed_product<B: Backend>(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
-        if FrozenProducts::current() == FrozenProducts::Bfloat16 {
-            return self.bf16_product(g, Orientation::Transposed);
+        match self.widened_operand(g, Orientation::Transposed) {
+            Ok(g) => self.widened_product(g, Orientation::Transposed),
+            Err(product) => product,
         }
-        let device = g.device();
-        let mut sum: Option<Tensor<B, 2>> = None;
-        for (start, end) in self.column_blocks() {
+    }
+
+    /// `x [N, in] · W` or `g [N, out] · Wᵀ` in f32, one widened column block of `W` at a time:
+    /// `x · W`'s blocks are its output's column blocks, `g · Wᵀ` sums one product per block.
+    fn widened_product<B: Backend>(
+        &self,
+        x: Tensor<B, 2>,
+        orientation: Orientation,
+    ) -> Tensor<B, 2> {
+        if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
+            let flex = flex_primitive(&x);
+            if let Some(a) = f32_operand(&flex) {
+                let (_, columns) = self.product_shape(orientation);
+                let product = self.gemm_on_widened_blocks(a, orientation);
+                return from_flex_values(product, [a.rows, columns]);
+            }
+        }
+        let device = x.device();
+        let blocks = self.column_blocks().into_iter();
+        let mut products = blocks.map(|(start, end)| {
             let block = self.column_block::<B>(start, end, &device);
-            let part = plain_product(g.clone().narrow(1, start, end - start), block.transpose());
-            sum = Some(match sum {
-                Some(sum) => sum + part,
-                None => part,
-            });
+            match orientation {
+                Orientation::AsStored => x.clone().matmul(block),
+                Orientation::Transposed => x
+                    .clone()
+                    .narrow(1, start, end - start)
+                    .matmul(block.transpose()),
+            }
+        });
+        match orientation {
+            Orientation::AsStored => {
+                let mut blocks: Vec<_> = products.collect();
+                match blocks.len() {
+                    1 => blocks.pop().expect("one block"),
+                    _ => Tensor::cat(blocks, 1),
+                }
+            }
+            Orientation::Transposed => {
+                let first = products.next().expect("a matrix has columns");
+                products.fold(first, |sum, part| sum + part)
+            }
         }
-        sum.expect("a matrix has columns")
+    }
+
+    /// `(k, n)` of `x · W` or `g · Wᵀ`.
+    fn product_shape(&self, orientation: Orientation) -> (usize, usize) {
+        let [inputs, outputs] = self.dims;
+        match orientation {
+            Orientation::AsStored => (inputs, outputs),
+            Orientation::Transposed => (outputs, inputs),
+        }
+    }
+
+    /// [`FrozenMatrix::widened_product`] on burn-flex: gemm's products (burn-flex's call, see
+    /// `matmul::f32_product`) written into one output, `x · W`'s blocks in place and
+    /// `g · Wᵀ`'s summed in place, each block widened into [`WIDENED_BLOCK`].
+    fn gemm_on_widened_blocks(&self, a: matmul::F32Operand, orientation: Orientation) -> Vec<f32> {
+        let (inner, columns) = self.product_shape(orientation);
+        assert_eq!(a.cols, inner, "the product's inner sizes");
+        let inputs = self.dims[0];
+        let mut out = vec![0f32; a.rows * columns];
+        WIDENED_BLOCK.with_borrow_mut(|buffer| {
+            for (index, (start, end)) in self.column_blocks().into_iter().enumerate() {
+                let width = end - start;
+                if buffer.len() < inputs * width {
+                    buffer.resize(inputs * width, 0.0);
+                }
+                let block = &mut buffer[..inputs * width];
+                self.widen_columns(start, end, block);
+                let block = matmul::F32Operand::row_major(block, inputs, width);
+                match orientation {
+                    Orientation::AsStored => {
+                        matmul::f32_product_into(a, block, &mut out, start, columns, false)
+                    }
+                    Orientation::Transposed => {
+                        let g = matmul::F32Operand {
+                            offset: a.offset + start * a.col_stride,
+                            cols: width,
+                            ..a
+                        };
+                        let accumulate = index > 0;
+                        matmul::f32_product_into(
+                            g,
+                            block.transposed(),
+                            &mut out,
+                            0,
+                            columns,
+                            accumulate,
+                        )
+                    }
+                }
+            }
+        });
+        out
     }
 
     /// Columns `ids` as an f32 `[ids.len(), in]` tensor (the rows of the transposed matrix):
@@ -385,17 +490,31 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, weight: &FrozenMatrix) -> Tens
     weight.right_product(x)
 }
 
-/// `x · w` for a product no gradient passes through (a widened frozen block): on burn-flex
-/// without autodiff by `matmul::f32_product` (burn-flex's own gemm call, the same bits, no
-/// zeroed-then-copied output), elsewhere by Burn.
-fn plain_product<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-    if TypeId::of::<B>() == TypeId::of::<FlexCpu>() {
-        let (xs, ws) = (flex_primitive(&x), flex_primitive(&w));
-        if let (Some(a), Some(b)) = (f32_operand(&xs), f32_operand(&ws)) {
-            return from_flex(gemm_product(a, b));
-        }
-    }
-    x.matmul(w)
+/// Whether bf16 products of `rows` rows on `B` run as gemm's f32 product of the activations
+/// rounded to bf16 with the matrix widened block by block: on burn-flex, for more rows than
+/// decoding's, where this crate's kernel would widen too (no `vdpbf16ps`). The products and
+/// their f32 sums are the same up to order, and gemm is as fast or faster at every model shape
+/// (`cargo xtask bench matmul --bf16 --shape deepseek-r1-distill-qwen-1.5b`, 512 rows, 2026-12-08:
+/// 201 against 114 GFLOP/s at 1536 x 256, 282 against 188 at 8960 x 1536).
+fn bf16_by_gemm<B: Backend>(rows: usize) -> bool {
+    let kernel = matmul::Kernel::for_rows(rows);
+    TypeId::of::<B>() == TypeId::of::<FlexCpu>()
+        && rows > matmul::Kernel::FEW_ROWS
+        && kernel.widens()
+}
+
+/// `x` with every value rounded to bf16 (to nearest, ties to even), kept in f32.
+fn rounded_to_bf16<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let (device, dims) = (x.device(), x.dims());
+    let mut values = x
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("float activations");
+    values
+        .par_iter_mut()
+        .for_each(|v| *v = bf16::from_f32(*v).to_f32());
+    Tensor::from_data(TensorData::new(values, dims), &device)
 }
 
 /// `a · b` by `matmul::f32_product`, as a burn-flex tensor.
@@ -629,9 +748,9 @@ mod tests {
     }
 
     /// A matrix wider than one block: the blocked products equal the products of the widened
-    /// matrix (same f32 values, same sums per column).
-    #[test]
-    fn blocked_products_equal_the_whole_product() {
+    /// matrix (same f32 values, same sums per column), on burn-flex (gemm into one output,
+    /// the left operand a transposed view) and on burn-ndarray (Burn's products per block).
+    fn blocked_products_equal_the_whole_product<B: Backend>() {
         let device = Default::default();
         let (rows, cols) = (8, 2 * BLOCK_COLUMNS + 123);
         let values: Vec<f32> = (0..rows * cols)
@@ -639,20 +758,30 @@ mod tests {
             .collect();
         let frozen = FrozenMatrix::from_f32(&values, [rows, cols]);
         assert_eq!(frozen.column_blocks().len(), 3);
-        let whole = frozen.tensor::<FlexCpu>(&device);
-        let x = Tensor::<FlexCpu, 2>::from_data(
+        let whole = frozen.tensor::<B>(&device);
+        let x = Tensor::<B, 2>::from_data(
             TensorData::new(
                 (0..3 * rows).map(|i| i as f32 / 7.0).collect::<Vec<_>>(),
-                [3, rows],
+                [rows, 3],
             ),
             &device,
-        );
+        )
+        .transpose();
         let blocked = frozen.right_product(x.clone());
         let expected = x.matmul(whole.clone());
         blocked
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
-        let g = Tensor::<FlexCpu, 2>::ones([3, cols], &device);
+        let g = Tensor::<B, 2>::from_data(
+            TensorData::new(
+                (0..cols * 3)
+                    .map(|i| (i % 13) as f32 / 5.0 - 1.0)
+                    .collect::<Vec<_>>(),
+                [cols, 3],
+            ),
+            &device,
+        )
+        .transpose();
         let blocked = frozen.transposed_product(g.clone());
         let expected = g.matmul(whole.transpose());
         let (a, b) = (
@@ -662,5 +791,11 @@ mod tests {
         for (a, b) in a.iter().zip(&b) {
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn blocked_products_equal_the_whole_product_on_every_cpu_backend() {
+        blocked_products_equal_the_whole_product::<FlexCpu>();
+        blocked_products_equal_the_whole_product::<crate::backend::NdArrayCpu>();
     }
 }

@@ -12,10 +12,12 @@ mod common;
 use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use common::*;
+use matmul::Orientation;
 use qwen2::backend::{FlexCpu, NdArrayCpu};
 use qwen2::loss::next_token_cross_entropy;
+use qwen2::weight::FrozenMatrix;
 use qwen2::{
     attach_lora, build_model, load_frozen_model, AttentionMask, FrozenDtype, FrozenProducts,
     LoraSettings, Model, ModelConfig, RandomWeights,
@@ -125,9 +127,87 @@ fn lora_gradients_through_a_bf16_base<B: Backend>(backend: &str) {
     assert!(worst > 0.0, "the bf16 products ran");
 }
 
+/// On flex, bf16 products of more than decoding's rows are gemm's f32 products of the
+/// activations rounded to bf16 with the widened matrix (where the CPU's bf16 kernel widens
+/// too): bit for bit burn-flex's matmul of those two, both orientations, a matrix wider than
+/// one widening block; and within f32 rounding of this crate's own bf16 kernel.
+fn flex_bf16_products_by_gemm_round_the_activations() {
+    let kernel = matmul::Kernel::for_rows(40);
+    if !kernel.widens() {
+        println!(
+            "bf16 products by gemm: not this CPU's route ({})",
+            kernel.name()
+        );
+        return;
+    }
+    let device = Default::default();
+    let (rows, inputs, outputs) = (40, 48, qwen2::weight::BLOCK_COLUMNS + 70);
+    let values = |count: usize, seed: usize| -> Vec<f32> {
+        (0..count)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * 1.3)
+            .collect()
+    };
+    let weights = values(inputs * outputs, 1);
+    let matrix = FrozenMatrix::from_f32(&weights, [inputs, outputs]);
+    let stored: Vec<half::bf16> = weights.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let widened: Tensor<FlexCpu, 2> = matrix.tensor(&device);
+    let rounded = |x: &[f32]| -> Vec<f32> {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect()
+    };
+    FrozenProducts::Bfloat16.set();
+    for (orientation, width) in [
+        (Orientation::AsStored, inputs),
+        (Orientation::Transposed, outputs),
+    ] {
+        let x = values(rows * width, 2);
+        let tensor = |v: Vec<f32>| {
+            Tensor::<FlexCpu, 2>::from_data(TensorData::new(v, [rows, width]), &device)
+        };
+        let (product, expected) = match orientation {
+            Orientation::AsStored => (
+                matrix.right_product(tensor(x.clone())),
+                tensor(rounded(&x)).matmul(widened.clone()),
+            ),
+            Orientation::Transposed => (
+                matrix.transposed_product(tensor(x.clone())),
+                tensor(rounded(&x)).matmul(widened.clone().transpose()),
+            ),
+        };
+        let product = to_vec(product);
+        let kernel = matmul::matmul(
+            matmul::Kernel::Portable,
+            &x,
+            rows,
+            &matmul::Bf16Matrix {
+                values: &stored,
+                dims: [inputs, outputs],
+                orientation,
+            },
+        );
+        let largest = largest(&kernel);
+        let from_kernel = max_abs_diff(&product, &kernel) / largest;
+        println!("bf16 products by gemm, {orientation:?}: {from_kernel:.2e} of the largest from the portable kernel");
+        assert!(
+            from_kernel < 1e-5,
+            "{orientation:?}: {from_kernel} from the bf16 kernel"
+        );
+        if orientation == Orientation::AsStored || outputs <= qwen2::weight::BLOCK_COLUMNS {
+            assert_eq!(
+                product,
+                to_vec(expected),
+                "{orientation:?}: not burn-flex's matmul bits"
+            );
+        }
+    }
+    FrozenProducts::Float32.set();
+}
+
 #[test]
 fn bf16_products_beside_f32_products() {
     println!("bf16 kernel: {}", matmul::Kernel::detect().name());
+    flex_bf16_products_by_gemm_round_the_activations();
     fixtures_move_within_bf16_rounding::<FlexCpu>("flex");
     fixtures_move_within_bf16_rounding::<NdArrayCpu>("ndarray");
     lora_gradients_through_a_bf16_base::<FlexCpu>("flex");
