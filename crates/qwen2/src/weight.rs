@@ -449,20 +449,26 @@ impl<B: Backend> Weight<B> {
     /// Columns `ids` of the matrix as rows, `[ids.len(), in]`: the embedding lookup of a
     /// `[hidden, vocab]` table.
     pub fn select_columns(&self, ids: Tensor<B, 1, burn::tensor::Int>) -> Tensor<B, 2> {
+        let device = ids.device();
+        let id_values = || -> Vec<usize> {
+            ids.clone()
+                .into_data()
+                .convert::<i64>()
+                .into_vec::<i64>()
+                .expect("int ids")
+                .into_iter()
+                .map(|id| id as usize)
+                .collect()
+        };
         match &self.frozen {
-            None => self.val().select(1, ids).transpose(),
-            Some(frozen) => {
-                let device = ids.device();
-                let ids: Vec<usize> = ids
-                    .into_data()
-                    .convert::<i64>()
-                    .into_vec::<i64>()
-                    .expect("int ids")
-                    .into_iter()
-                    .map(|id| id as usize)
-                    .collect();
-                frozen.columns(&ids, &device)
+            None => {
+                let table = self.val();
+                match crate::flex_kernels::embedding_columns(&table, id_values) {
+                    Some(rows) => rows,
+                    None => table.select(1, ids).transpose(),
+                }
             }
+            Some(frozen) => frozen.columns(&id_values(), &device),
         }
     }
 }
