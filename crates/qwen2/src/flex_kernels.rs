@@ -165,12 +165,12 @@ type FlexMask = <FlexCpu as burn::tensor::backend::BackendTypes>::BoolTensorPrim
 
 /// The embedding lookup of a `[hidden, vocab]` table: columns `ids` as rows, `[ids.len(),
 /// hidden]` (`ids` is called only on burn-flex). Under autodiff its backward step adds the
-/// gradient's rows into the table's columns in place, into the gradient already registered for
-/// the table when there is one (a tied lm_head's: the lookup is the graph's first operation, so
-/// its backward step comes last). Burn's `select` backward instead makes a zeroed table-sized
-/// tensor, which burn-flex allocates and then copies to align it, copies again to add into, and
-/// then adds to the lm_head's gradient: three fresh 545 MB buffers per update at Qwen2.5-0.5B's
-/// vocabulary, 76% of an update's page faults.
+/// gradient's rows into the table's columns in place: into the gradient already registered for
+/// the table when there is one (a tied lm_head's in the same graph: the lookup is the graph's
+/// first operation, so its backward step comes last), else into one fresh zeroed table. Burn's
+/// `select` backward makes a zeroed table-sized tensor, which burn-flex allocates and then
+/// copies to align it, and copies it again to add into: at Qwen2.5-0.5B's vocabulary two more
+/// fresh 545 MB buffers per update, which took 76% of an update's page faults.
 pub fn embedding_columns<B: Backend>(
     table: &Tensor<B, 2>,
     ids: impl FnOnce() -> Vec<usize>,
@@ -724,6 +724,9 @@ mod tests {
             selected.clone().into_data().to_vec::<f32>().unwrap()
         );
         for tied in [false, true] {
+            // A backward pass consumes its graph: each pass records its own.
+            let looked_up = embedding_columns(&table, || ids.clone()).expect("flex");
+            let selected = table.clone().select(1, id_tensor.clone()).transpose();
             let loss = |rows: Tensor<A, 2>| {
                 let lookup = (rows.clone() * weights.clone()).sum();
                 match tied {
