@@ -21,7 +21,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use matmul::log_softmax;
 use qwen2::backend::{
-    contiguous_f32, flex_f32, from_flex, record, same_type, FlexAutodiff, FlexCpu, RecordedTensor,
+    contiguous_f32, flex_f32, from_flex, record, same_type, usize_values, FlexAutodiff, FlexCpu,
+    RecordedTensor,
 };
 
 /// `log_softmax(logits / T)` at `ids` (`[N, V]` logits, `[N, k]` ids -> `[N, k]`).
@@ -34,7 +35,7 @@ pub(crate) fn gathered_log_softmax<B: Backend>(
     let vocab = logits.dims()[1];
     let inverse_t = (1.0 / temperature) as f32;
     let (x, recorded) = flex_input(logits)?;
-    let ids = Arc::new(id_values(ids));
+    let ids = Arc::new(usize_values(ids));
     let (gathered, log_z) = log_softmax::gathered_log_softmax(
         values(&x, rows * vocab),
         vocab,
@@ -194,15 +195,4 @@ impl Backward<FlexCpu, 1> for ForwardKlBackward {
 
 fn values(t: &FlexTensor, count: usize) -> &[f32] {
     &t.storage::<f32>()[..count]
-}
-
-fn id_values<B: Backend>(ids: &Tensor<B, 2, Int>) -> Vec<usize> {
-    ids.clone()
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .expect("integer ids")
-        .into_iter()
-        .map(|id| id as usize)
-        .collect()
 }

@@ -70,6 +70,17 @@ fn results_do_not_depend_on_the_number_of_threads() {
     }
 }
 
+/// `a [m, k]` and `b [k, n]` with values of several signs and magnitudes, for the f32 products.
+fn product_values(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let a = (0..m * k)
+        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 32.0)
+        .collect();
+    let b = (0..k * n)
+        .map(|i| ((i * 17 % 89) as f32 - 44.0) / 16.0)
+        .collect();
+    (a, b)
+}
+
 /// `f32_product` (gemm into an unzeroed buffer) against an f64 reference, on one thread and
 /// threaded, empty sizes included.
 #[test]
@@ -81,12 +92,7 @@ fn f32_products_match_the_reference() {
         (3, 0, 4),
         (0, 5, 6),
     ] {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 32.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 16.0)
-            .collect();
+        let (a, b) = product_values(m, k, n);
         let (a_op, b_op) = (
             matmul::F32Operand::row_major(&a, m, k),
             matmul::F32Operand::row_major(&b, k, n),
@@ -113,12 +119,7 @@ fn f32_products_match_the_reference() {
 #[test]
 fn products_into_a_block_of_a_wider_output() {
     let (m, k, n, width) = (70, 150, 90, 200);
-    let a: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 32.0)
-        .collect();
-    let b: Vec<f32> = (0..k * n)
-        .map(|i| ((i * 17 % 89) as f32 - 44.0) / 16.0)
-        .collect();
+    let (a, b) = product_values(m, k, n);
     let (a_op, b_op) = (
         matmul::F32Operand::row_major(&a, m, k),
         matmul::F32Operand::row_major(&b, k, n),

@@ -10,7 +10,7 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::error::{ModelError, Result};
 
@@ -116,6 +116,18 @@ pub fn contiguous_f32(t: FlexTensor) -> Option<FlexTensor> {
         None => t.to_contiguous(),
     };
     (t.layout().start_offset() == 0).then_some(t)
+}
+
+/// The values of an integer tensor of token ids (or positions), read to the host as indices.
+pub fn usize_values<B: Backend, const D: usize>(ids: &Tensor<B, D, Int>) -> Vec<usize> {
+    ids.clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("integer ids")
+        .into_iter()
+        .map(|id| id as usize)
+        .collect()
 }
 
 /// A 2-D f32 burn-flex tensor as a product operand, read where it lies (a transposed or

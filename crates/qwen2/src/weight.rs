@@ -30,8 +30,8 @@ use matmul::{Bf16Matrix, Orientation};
 use rayon::prelude::*;
 
 use crate::backend::{
-    contiguous_f32, f32_operand, from_flex, from_flex_values, record, same_type, FlexAutodiff,
-    FlexCpu,
+    contiguous_f32, f32_operand, from_flex, from_flex_values, record, same_type, usize_values,
+    FlexAutodiff, FlexCpu,
 };
 
 /// How a frozen model (teacher, LoRA base) stores its weight matrices.
@@ -111,8 +111,9 @@ pub const BLOCK_COLUMNS: usize = 16384;
 thread_local! {
     /// The f32 block products on burn-flex widen a frozen matrix into, kept from product to
     /// product on the thread that multiplies (at most one block: the memory plan's "f32
-    /// widening of a bf16 matrix block"). A fresh block per product, up to 100 MB, cost page
-    /// faults, the kernel's zeroing of every page and a memset, each time.
+    /// widening of a bf16 matrix block"). A fresh zeroed block per product, up to 100 MB, was
+    /// memset each time: the heap hands freed blocks back (`memory::reuse_freed_memory`), so
+    /// calloc cannot skip the zeroing.
     static WIDENED_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -449,26 +450,15 @@ impl<B: Backend> Weight<B> {
     /// Columns `ids` of the matrix as rows, `[ids.len(), in]`: the embedding lookup of a
     /// `[hidden, vocab]` table.
     pub fn select_columns(&self, ids: Tensor<B, 1, burn::tensor::Int>) -> Tensor<B, 2> {
-        let device = ids.device();
-        let id_values = || -> Vec<usize> {
-            ids.clone()
-                .into_data()
-                .convert::<i64>()
-                .into_vec::<i64>()
-                .expect("int ids")
-                .into_iter()
-                .map(|id| id as usize)
-                .collect()
-        };
         match &self.frozen {
             None => {
                 let table = self.val();
-                match crate::flex_kernels::embedding_columns(&table, id_values) {
+                match crate::flex_kernels::embedding_columns(&table, || usize_values(&ids)) {
                     Some(rows) => rows,
                     None => table.select(1, ids).transpose(),
                 }
             }
-            Some(frozen) => frozen.columns(&id_values(), &device),
+            Some(frozen) => frozen.columns(&usize_values(&ids), &ids.device()),
         }
     }
 }
